@@ -1,0 +1,210 @@
+"""The `monitor` command (also `python -m monitor`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import re
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from monitor import __version__
+from monitor.errors import ConfigError, UserError
+
+log = logging.getLogger("monitor")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    # Third-party chatter (amqtt logs every client) is kept to warnings.
+    for noisy in ("amqtt", "transitions", "libav"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _stream_arg(text: str) -> dict[str, str]:
+    """`ID=URL` or a bare URL (the id is then the last path part)."""
+    if "=" in text.split("://", 1)[0]:
+        sid, url = text.split("=", 1)
+    else:
+        url = text
+        tail = url.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
+        sid = re.sub(r"[^A-Za-z0-9._-]", "-", tail.rsplit(".", 1)[0] if "." in tail else tail) or "stream"
+    return {"id": sid, "url": url}
+
+
+def _bank_arg(text: str) -> dict[str, str]:
+    """`NAME=PATH` or a bare path (the name is the file's stem)."""
+    if "=" in text:
+        name, path = text.split("=", 1)
+    else:
+        path, name = text, Path(text).stem
+    return {"name": re.sub(r"[^A-Za-z0-9._-]", "-", name), "path": path}
+
+
+def _add_broker_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--broker", metavar="URL", help="mqtt://HOST:PORT or mqtts://HOST:PORT")
+    p.add_argument("--username")
+    p.add_argument("--password")
+    p.add_argument("--ca-file", type=Path)
+    p.add_argument("--prefix", dest="topic_prefix", help="topic prefix (default livesafe)")
+
+
+def _broker_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    keys = ("broker", "username", "password", "ca_file", "topic_prefix")
+    out = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    if "broker" in out:
+        out["url"] = out.pop("broker")
+    if "ca_file" in out:
+        out["ca_file"] = str(out["ca_file"])
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="monitor", description="Livestream safety monitor.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="watch streams and publish alerts")
+    run.add_argument("--config", "-c", type=Path, help="YAML config file")
+    run.add_argument("--stream", action="append", default=[], metavar="[ID=]URL", help="repeatable")
+    run.add_argument("--bank", action="append", default=[], metavar="[NAME=]PATH", help="PDQ hash list")
+    run.add_argument("--node", help="node name (topic level)")
+    run.add_argument("--once", action="store_true", help="exit when every stream has ended (files)")
+    run.add_argument("--validate-config", action="store_true", help="check the config and banks, then exit")
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    _add_broker_args(run)
+
+    con = sub.add_parser("console", help="show alerts as they arrive")
+    _add_broker_args(con)
+    con.add_argument("--json", action="store_true", help="one alert per line as JSON")
+    con.add_argument("--max-alerts", type=int, help="exit after this many alerts")
+
+    h = sub.add_parser("hash", help="fingerprint image/video files into a hash list")
+    h.add_argument("files", nargs="+", type=Path)
+    h.add_argument("--signal", choices=["pdq", "phash"], default="pdq")
+    h.add_argument("--format", choices=["csv", "plain", "typed", "jsonl"], default="csv")
+    h.add_argument("--every", type=float, default=1.0, help="seconds between hashed video frames")
+    h.add_argument("--output", "-o", type=Path, help="write here instead of stdout")
+
+    d = sub.add_parser("demo", help="self-contained demo: generated live stream, embedded broker, console")
+    d.add_argument("--duration", type=float, default=40.0, help="stream length in seconds")
+    d.add_argument("--keep", type=Path, help="keep the demo's files (bank, ground truth) in this folder")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(getattr(args, "log_level", None) or "info")
+    try:
+        if args.command == "run":
+            return _cmd_run(args)
+        if args.command == "console":
+            return _cmd_console(args)
+        if args.command == "hash":
+            return _cmd_hash(args)
+        if args.command == "demo":
+            from monitor.demo import run_demo
+
+            return run_demo(duration_s=args.duration, keep=args.keep)
+    except UserError as exc:
+        print(f"monitor: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from monitor.config import build_config, load_config
+    from monitor.engine import Engine, load_banks
+
+    data: dict[str, Any] = load_config(args.config) if args.config else {}
+    source = str(args.config) if args.config else "command line"
+    if args.stream:
+        data["streams"] = list(data.get("streams") or []) + [_stream_arg(s) for s in args.stream]
+    if args.bank:
+        data["banks"] = list(data.get("banks") or []) + [_bank_arg(b) for b in args.bank]
+    if args.node:
+        data["node"] = args.node
+    if args.log_level:
+        data["log_level"] = args.log_level
+    overrides = _broker_overrides(args)
+    if overrides:
+        broker = data.get("broker") or {}
+        if not isinstance(broker, dict):
+            raise ConfigError(f"{source}: broker: must be a mapping")
+        data["broker"] = {**broker, **overrides}
+    cfg = build_config(data, source)
+    logging.getLogger().setLevel(getattr(logging, cfg.log_level.upper()))
+    banks = load_banks(cfg)
+    if args.validate_config:
+        print(f"{source}: OK ({len(cfg.streams)} streams, {len(banks)} banks, "
+              f"{sum(len(b) for b in banks)} entries)")
+        return 0
+    if not cfg.streams:
+        log.warning("no streams configured: waiting (add streams with --stream or in the config)")
+    engine = Engine(cfg, banks)
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await engine.run(stop, until_streams_end=args.once)
+
+    asyncio.run(go())
+    log.info("stopped: %d alerts sent", engine.alerts_sent)
+    return 0
+
+
+def _cmd_console(args: argparse.Namespace) -> int:
+    from monitor.config import BrokerConfig
+    from monitor.console import run_console
+
+    try:
+        cfg = BrokerConfig.model_validate(_broker_overrides(args))
+    except Exception as exc:
+        raise ConfigError(f"console: {exc}") from None
+
+    async def go() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await run_console(cfg, as_json=args.json, max_alerts=args.max_alerts, stop=stop)
+
+    asyncio.run(go())
+    return 0
+
+
+def _cmd_hash(args: argparse.Namespace) -> int:
+    from monitor.hashfiles import hash_file
+    from pipelines.banks import format_bank
+
+    hexes: list[str] = []
+    labels: list[str] = []
+    for path in args.files:
+        for fh in hash_file(path, signal_type=args.signal, every_s=args.every):
+            if fh.quality < 50:
+                log.warning("%s%s: PDQ quality %d < 50: hashes of such frames match unreliably", path,
+                            f" at {fh.time_s}s" if fh.time_s is not None else "", fh.quality)
+            hexes.append(fh.hex)
+            labels.append(path.name if fh.time_s is None else f"{path.name}@{fh.time_s}")
+    text = format_bank(hexes, args.format, args.signal, labels)
+    if args.output:
+        args.output.write_text(text)
+        log.info("wrote %d hashes to %s", len(hexes), args.output)
+    else:
+        with contextlib.suppress(BrokenPipeError):
+            sys.stdout.write(text)
+    return 0

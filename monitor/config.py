@@ -1,0 +1,178 @@
+"""The monitor's configuration: one validated model; each module takes only the part it needs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from monitor.errors import ConfigError
+
+STREAM_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")  # one MQTT topic level, no wildcards
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BrokerConfig(_Strict):
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password: str | None = None
+    ca_file: Path | None = None
+    topic_prefix: str = "livesafe"
+    # "auto" tries MQTT 5 and falls back to 3.1.1 (the embedded broker speaks only 3.1.1).
+    protocol: Literal["auto", "5", "3.1.1"] = "auto"
+    connect_timeout_s: float = Field(10.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError("must look like mqtt://HOST:PORT or mqtts://HOST:PORT")
+        return v
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _check_prefix(cls, v: str) -> str:
+        if not v or any(c in v for c in "#+") or v.startswith("/") or v.endswith("/"):
+            raise ValueError("must be a non-empty topic path without wildcards or outer slashes")
+        return v
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme == "mqtts" or self.ca_file is not None
+
+
+class StreamConfig(_Strict):
+    id: str
+    url: str
+
+    @field_validator("id")
+    @classmethod
+    def _check_id(cls, v: str) -> str:
+        if not STREAM_ID_RE.match(v):
+            raise ValueError("must be 1-128 characters of A-Z a-z 0-9 . _ -")
+        return v
+
+
+class BankConfig(_Strict):
+    name: str
+    path: Path
+    signal_type: Literal["pdq", "phash"] = "pdq"
+    threshold: int | None = Field(None, ge=0, le=256)  # None: the signal type's default
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, v: str) -> str:
+        if not STREAM_ID_RE.match(v):
+            raise ValueError("must be 1-128 characters of A-Z a-z 0-9 . _ -")
+        return v
+
+
+class IngestConfig(_Strict):
+    open_timeout_s: float = Field(10.0, gt=0)
+    read_timeout_s: float = Field(5.0, gt=0)
+    # Frames are scaled in libswscale to this width (aspect kept) before hashing.
+    scale_width: int = Field(512, ge=64, le=4096)
+    decoder_threads: int = Field(1, ge=0, le=16)
+    backoff_initial_s: float = Field(1.0, gt=0)
+    backoff_max_s: float = Field(30.0, gt=0)
+
+
+class SamplingConfig(_Strict):
+    # 0 samples every keyframe; otherwise keyframes closer than this to the last sample are skipped.
+    min_interval_s: float = Field(0.0, ge=0)
+
+
+class MatchingConfig(_Strict):
+    min_quality: int = Field(50, ge=0, le=100)  # PDQ quality below this hashes unreliably (flat frames)
+
+
+class AlertsConfig(_Strict):
+    # One alert per (stream, bank, entry) within this many seconds of media time.
+    cooldown_s: float = Field(60.0, ge=0)
+
+
+class MonitorConfig(_Strict):
+    node: str = "node-1"
+    broker: BrokerConfig = BrokerConfig()
+    streams: list[StreamConfig] = []
+    banks: list[BankConfig] = []
+    ingest: IngestConfig = IngestConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    matching: MatchingConfig = MatchingConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("node")
+    @classmethod
+    def _check_node(cls, v: str) -> str:
+        if not STREAM_ID_RE.match(v):
+            raise ValueError("must be 1-128 characters of A-Z a-z 0-9 . _ -")
+        return v
+
+    @field_validator("streams")
+    @classmethod
+    def _unique_streams(cls, v: list[StreamConfig]) -> list[StreamConfig]:
+        seen: set[str] = set()
+        for s in v:
+            if s.id in seen:
+                raise ValueError(f"stream id {s.id!r} appears twice")
+            seen.add(s.id)
+        return v
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else str(e["msg"]).removeprefix("Value error, ")
+        lines.append(f"{source}: {where}: {msg}")
+    return "\n".join(lines)
+
+
+def build_config(data: dict[str, Any], source: str = "config") -> MonitorConfig:
+    try:
+        return MonitorConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    """Read YAML into a dict; relative bank paths are resolved against the file's folder."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{where}: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    for bank in data.get("banks") or []:
+        if isinstance(bank, dict) and isinstance(bank.get("path"), str):
+            p = Path(bank["path"])
+            if not p.is_absolute():
+                bank["path"] = str(path.parent / p)
+    return data

@@ -1,0 +1,168 @@
+"""One worker thread per stream: read keyframes, sample, run the pipelines, reconnect on failure.
+
+A stream's failure stays inside its thread; the supervisor only hears state changes and findings.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from monitor.config import IngestConfig, SamplingConfig, StreamConfig
+from monitor.ingest import IngestError, KeyframeReader, is_live_url
+from monitor.scheduler import SamplingPolicy
+from monitor.urls import redact_url
+from pipelines.base import Finding, Pipeline, Sample
+
+log = logging.getLogger(__name__)
+
+
+class StreamState(enum.StrEnum):
+    CONNECTING = "connecting"
+    LIVE = "live"
+    STALLED = "stalled"  # connected, but no packet within the read timeout
+    RECONNECTING = "reconnecting"
+    ENDED = "ended"  # a file reached its end, or the stream was removed
+    FAILED = "failed"  # an error that retrying cannot fix
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    stream_id: str
+    state: StreamState
+    detail: str
+    at: float
+    attempt: int
+    retry_in_s: float | None = None
+
+
+class EngineSink(Protocol):
+    """Called from worker threads; implementations hand over to their own loop and return at once."""
+
+    def on_state(self, change: StateChange) -> None: ...
+
+    def on_findings(self, sample: Sample, findings: list[Finding]) -> None: ...
+
+
+def backoff_delay(attempt: int, initial: float, maximum: float, rng: random.Random) -> float:
+    """Exponential backoff with jitter: spread reconnects so a server restart is not hit by all at once."""
+    base = min(maximum, initial * (2 ** max(0, attempt - 1)))
+    return float(base * rng.uniform(0.5, 1.0))
+
+
+class StreamWorker(threading.Thread):
+    def __init__(self, stream: StreamConfig, ingest: IngestConfig, sampling: SamplingConfig,
+                 pipelines: Sequence[Pipeline], sink: EngineSink) -> None:
+        super().__init__(name=f"stream-{stream.id}", daemon=True)
+        self.stream = stream
+        self.ingest = ingest
+        self.policy = SamplingPolicy(sampling.min_interval_s)
+        self.pipelines = tuple(pipelines)
+        self.sink = sink
+        self.stop_event = threading.Event()
+        self.state = StreamState.CONNECTING
+        self.samples = 0
+        self.keyframes = 0
+        self._rng = random.Random()
+
+    def _set(self, state: StreamState, detail: str, attempt: int, retry_in: float | None = None) -> None:
+        self.state = state
+        change = StateChange(self.stream.id, state, detail, time.time(), attempt, retry_in)
+        level = logging.INFO if state in (StreamState.LIVE, StreamState.ENDED) else logging.WARNING
+        if state == StreamState.CONNECTING:
+            level = logging.INFO
+        log.log(level, "stream %s: %s%s", self.stream.id, state.value, f" ({detail})" if detail else "")
+        self.sink.on_state(change)
+
+    def run(self) -> None:
+        attempt = 0
+        live = is_live_url(self.stream.url)
+        url_shown = redact_url(self.stream.url)
+        while not self.stop_event.is_set():
+            attempt += 1
+            self._set(StreamState.CONNECTING, url_shown, attempt)
+            reader = KeyframeReader(self.stream.url, self.ingest, self.stop_event)
+            got_frame = False
+            try:
+                for frame in reader.frames():
+                    if not got_frame:
+                        got_frame = True
+                        attempt = 0  # a working connection resets the backoff
+                        self._set(StreamState.LIVE, "", attempt)
+                    self.keyframes += 1
+                    if not self.policy.admit(frame.media_time_s):
+                        continue
+                    self._process(Sample(self.stream.id, frame.media_time_s, frame.received_at, frame.rgb))
+                if self.stop_event.is_set():
+                    break
+                if not live:
+                    self._set(StreamState.ENDED, "end of file", attempt)
+                    return
+                detail = "stream ended (publisher stopped?)"
+                stalled = False
+            except IngestError as exc:
+                if not exc.retryable:
+                    self._set(StreamState.FAILED, exc.reason, attempt)
+                    return
+                detail, stalled = exc.reason, exc.stalled
+            if self.stop_event.is_set():
+                break
+            delay = backoff_delay(max(attempt, 1), self.ingest.backoff_initial_s, self.ingest.backoff_max_s,
+                                  self._rng)
+            state = StreamState.STALLED if stalled else StreamState.RECONNECTING
+            self._set(state, f"{detail}; retry in {delay:.1f} s", attempt, delay)
+            self.stop_event.wait(delay)
+        self._set(StreamState.ENDED, "removed", attempt)
+
+    def _process(self, sample: Sample) -> None:
+        self.samples += 1
+        for pipeline in self.pipelines:
+            try:
+                findings = pipeline.process(sample)
+            except Exception:  # an analysis bug must not stop the stream being watched
+                log.exception("stream %s: pipeline %s failed on a sample", self.stream.id, pipeline.name)
+                continue
+            if findings:
+                self.sink.on_findings(sample, findings)
+
+
+class Supervisor:
+    """Starts and stops stream workers; streams can be added and removed while running."""
+
+    def __init__(self, ingest: IngestConfig, sampling: SamplingConfig, pipelines: Sequence[Pipeline],
+                 sink: EngineSink) -> None:
+        self.ingest = ingest
+        self.sampling = sampling
+        self.pipelines = tuple(pipelines)
+        self.sink = sink
+        self.workers: dict[str, StreamWorker] = {}
+        self.urls: dict[str, str] = {}
+
+    def add_stream(self, stream: StreamConfig) -> None:
+        if stream.id in self.workers and self.workers[stream.id].is_alive():
+            raise ValueError(f"stream {stream.id!r} is already monitored")
+        worker = StreamWorker(stream, self.ingest, self.sampling, self.pipelines, self.sink)
+        self.workers[stream.id] = worker
+        self.urls[stream.id] = redact_url(stream.url)
+        worker.start()
+
+    def remove_stream(self, stream_id: str) -> None:
+        worker = self.workers.pop(stream_id, None)
+        if worker is not None:
+            worker.stop_event.set()
+
+    def active(self) -> int:
+        return sum(1 for w in self.workers.values() if w.is_alive())
+
+    def stop_all(self, timeout_s: float = 10.0) -> None:
+        for w in self.workers.values():
+            w.stop_event.set()
+        deadline = time.monotonic() + timeout_s
+        for w in self.workers.values():
+            w.join(max(0.0, deadline - time.monotonic()))

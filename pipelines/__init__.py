@@ -1,0 +1,1 @@
+"""Analyses that a sampled frame goes through; each turns a Sample into Findings."""

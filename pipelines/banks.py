@@ -1,0 +1,222 @@
+"""Hash lists ("banks") of known content, loaded from the formats in circulation.
+
+Accepted, one entry per line (blank lines and `#` comments ignored):
+  - a bare hex hash;
+  - `<signal_type> <hex>`;
+  - ThreatExchange-style CSV `hash,indicator_id,descriptor_id,added_on,tags` (header optional, tags space-separated);
+  - JSON lines `{"hash": ..., "signal_type": ..., "id": ..., "label": ..., "tags": [...], "added_on": ...}`.
+`entry_id` is the list's id column when it has one, else the 1-based line number.
+A malformed line rejects the whole file, naming file and line: half a list is worse than a clear error.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from monitor.errors import BankFormatError
+from pipelines.fingerprint import DEFAULT_THRESHOLDS, SIGNAL_TYPES
+from pipelines.hamming import CODE_BYTES, Codes, HammingIndex, LinearIndex, hex_to_code
+
+log = logging.getLogger(__name__)
+
+CSV_COLUMNS = ("hash", "indicator_id", "descriptor_id", "added_on", "tags")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    entry_id: str
+    label: str | None = None
+    tags: tuple[str, ...] = ()
+    added_on: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BankMatch:
+    entry: Entry
+    distance: int
+
+
+class Bank:
+    """A named list of hashes of one signal type, with its match threshold."""
+
+    def __init__(
+        self,
+        name: str,
+        signal_type: str,
+        codes: Codes,
+        entries: list[Entry],
+        threshold: int | None = None,
+    ) -> None:
+        if signal_type not in SIGNAL_TYPES:
+            raise ValueError(f"unknown signal type {signal_type!r}")
+        self.name = name
+        self.signal_type = signal_type
+        self.threshold = DEFAULT_THRESHOLDS[signal_type] if threshold is None else threshold
+        self.entries = entries
+        self.codes = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1, CODE_BYTES)
+        self._index: HammingIndex = LinearIndex(self.codes, np.arange(len(entries), dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def lookup(self, code: Codes) -> list[BankMatch]:
+        """Entries within the bank's threshold, nearest first."""
+        rows, dists = self._index.search(code, self.threshold)
+        return [BankMatch(self.entries[int(r)], int(d)) for r, d in zip(rows, dists, strict=True)]
+
+
+def load_bank(path: Path, name: str, signal_type: str = "pdq", threshold: int | None = None) -> Bank:
+    """Parse a hash-list file; raises BankFormatError naming the file and line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise BankFormatError(str(path), None, f"cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise BankFormatError(str(path), None, "not a UTF-8 text file") from None
+    codes, entries, skipped = parse_bank_text(text, str(path), signal_type)
+    if skipped:
+        log.warning("bank %s: %s: skipped entries of other signal types: %s", name, path, dict(skipped))
+    if not entries:
+        log.warning("bank %s: %s holds no %s entries", name, path, signal_type)
+    return Bank(name, signal_type, codes, entries, threshold)
+
+
+def parse_bank_text(text: str, source: str, signal_type: str) -> tuple[Codes, list[Entry], Counter[str]]:
+    lines = text.splitlines()
+    first = next((ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")), "")
+    if first.startswith("{"):
+        rows = _parse_jsonl(lines, source, signal_type)
+    elif "," in first:
+        rows = _parse_csv(text, source)
+    else:
+        rows = _parse_plain(lines, source)
+    codes: list[Codes] = []
+    entries: list[Entry] = []
+    skipped: Counter[str] = Counter()
+    for lineno, sig, hex_str, entry in rows:
+        if sig is not None and sig != signal_type:
+            skipped[sig] += 1
+            continue
+        try:
+            codes.append(hex_to_code(hex_str))
+        except ValueError:
+            shown = hex_str if len(hex_str) <= 70 else hex_str[:67] + "..."
+            raise BankFormatError(
+                source, lineno, f"{shown!r} is not a {CODE_BYTES * 2}-digit hex {signal_type} hash"
+            ) from None
+        entries.append(entry)
+    arr: npt.NDArray[np.uint8] = (
+        np.stack(codes) if codes else np.empty((0, CODE_BYTES), dtype=np.uint8)
+    )
+    return arr, entries, skipped
+
+
+_Row = tuple[int, str | None, str, Entry]
+
+
+def _signal_name(token: str) -> str:
+    t = token.strip().lower()
+    return {"pdq_hash": "pdq", "photo_pdq": "pdq", "pdqhash": "pdq"}.get(t, t)
+
+
+def _parse_plain(lines: list[str], source: str) -> list[_Row]:
+    rows: list[_Row] = []
+    for lineno, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) == 1:
+            rows.append((lineno, None, parts[0], Entry(str(lineno))))
+        elif len(parts) == 2:
+            rows.append((lineno, _signal_name(parts[0]), parts[1], Entry(str(lineno))))
+        else:
+            raise BankFormatError(source, lineno, "expected '<hex>' or '<signal_type> <hex>'")
+    return rows
+
+
+def _parse_csv(text: str, source: str) -> list[_Row]:
+    rows: list[_Row] = []
+    columns: tuple[str, ...] = CSV_COLUMNS
+    reader = csv.reader(io.StringIO(text))
+    for cells in reader:
+        lineno = reader.line_num
+        if not cells or not "".join(cells).strip() or cells[0].lstrip().startswith("#"):
+            continue
+        cells = [c.strip() for c in cells]
+        if cells[0].lower() == "hash":  # header row: columns may come in any order
+            columns = tuple(c.lower() for c in cells)
+            continue
+        if len(cells) > len(columns):
+            raise BankFormatError(source, lineno, f"{len(cells)} columns, expected at most {len(columns)}")
+        rec = dict(zip(columns, cells, strict=False))
+        entry = Entry(
+            entry_id=rec.get("indicator_id") or rec.get("id") or str(lineno),
+            label=rec.get("label") or rec.get("descriptor_id") or None,
+            tags=tuple(rec.get("tags", "").split()),
+            added_on=rec.get("added_on") or None,
+        )
+        sig = rec.get("signal_type")
+        rows.append((lineno, _signal_name(sig) if sig else None, rec.get("hash", ""), entry))
+    return rows
+
+
+def _parse_jsonl(lines: list[str], source: str, signal_type: str) -> list[_Row]:
+    rows: list[_Row] = []
+    for lineno, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise BankFormatError(source, lineno, f"invalid JSON: {exc.msg}") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("hash"), str):
+            raise BankFormatError(source, lineno, "expected an object with a string 'hash'")
+        tags = rec.get("tags") or []
+        if isinstance(tags, str):
+            tags = tags.split()
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise BankFormatError(source, lineno, "'tags' must be a list of strings")
+        ident = rec.get("id", rec.get("entry_id"))
+        entry = Entry(
+            entry_id=str(ident) if ident is not None else str(lineno),
+            label=str(rec["label"]) if rec.get("label") is not None else None,
+            tags=tuple(tags),
+            added_on=str(rec["added_on"]) if rec.get("added_on") is not None else None,
+        )
+        sig = rec.get("signal_type")
+        rows.append((lineno, _signal_name(str(sig)) if sig else None, rec["hash"], entry))
+    return rows
+
+
+def format_bank(codes: list[str], fmt: str, signal_type: str = "pdq", labels: list[str] | None = None) -> str:
+    """Write hex hashes in one of the load formats (used by `monitor hash`)."""
+    out = io.StringIO()
+    if fmt == "csv":
+        w = csv.writer(out, lineterminator="\n")
+        w.writerow(CSV_COLUMNS)
+        for i, h in enumerate(codes, start=1):
+            w.writerow([h, str(i), labels[i - 1] if labels else "", "", ""])
+    elif fmt == "typed":
+        out.writelines(f"{signal_type} {h}\n" for h in codes)
+    elif fmt == "jsonl":
+        for i, h in enumerate(codes, start=1):
+            rec: dict[str, object] = {"hash": h, "signal_type": signal_type, "id": str(i)}
+            if labels:
+                rec["label"] = labels[i - 1]
+            out.write(json.dumps(rec) + "\n")
+    elif fmt == "plain":
+        out.writelines(f"{h}\n" for h in codes)
+    else:
+        raise ValueError(f"unknown bank format {fmt!r}")
+    return out.getvalue()

@@ -1,0 +1,1 @@
+"""Test-stream generation: benign generated pictures shown at known times in a live stream."""
