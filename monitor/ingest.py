@@ -18,6 +18,7 @@ from typing import Any
 
 import av
 import av.error
+import av.stream
 import numpy as np
 import numpy.typing as npt
 
@@ -25,6 +26,9 @@ from monitor.config import IngestConfig
 from monitor.urls import redact_url
 
 log = logging.getLogger(__name__)
+
+# PyAV 18+ takes the enum; older releases took the name.
+_DISCARD_ALL: Any = getattr(getattr(av.stream, "Discard", None), "all", "all")
 
 NETWORK_SCHEMES = ("rtmp", "rtmps", "rtmpt", "http", "https", "tcp", "udp", "rtsp", "srt")
 
@@ -81,6 +85,10 @@ def _classify(url: str, exc: BaseException, opened: bool) -> IngestError:
         return IngestError(url, "no data within the read timeout (stalled)", stalled=opened)
     if isinstance(exc, ConnectionRefusedError):
         return IngestError(url, "connection refused")
+    if isinstance(exc, av.error.HTTPNotFoundError):
+        return IngestError(url, "HTTP 404: no such stream (yet)")
+    if isinstance(exc, av.error.HTTPClientError | av.error.HTTPServerError):
+        return IngestError(url, f"HTTP error: {exc.strerror or exc}")
     if isinstance(exc, FileNotFoundError):
         if is_live_url(url):
             return IngestError(url, "not found on the server (no such stream yet)")
@@ -134,7 +142,7 @@ class KeyframeReader:
         video = container.streams.video[0]
         for other in container.streams:
             if other.index != video.index:
-                other.discard = "all"  # audio/data: demuxed but never kept
+                other.discard = _DISCARD_ALL  # audio/data: demuxed but never kept
         ctx = video.codec_context
         ctx.skip_frame = "NONKEY"
         ctx.thread_count = self.cfg.decoder_threads

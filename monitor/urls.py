@@ -15,6 +15,8 @@ def redact_url(url: str) -> str:
     except ValueError:
         return "<unparseable url>"
     netloc = parts.hostname or ""
+    if ":" in netloc:  # IPv6 literal: keep its brackets
+        netloc = f"[{netloc}]"
     if parts.port is not None:
         netloc = f"{netloc}:{parts.port}"
     query = parts.query

@@ -1,0 +1,26 @@
+# Sourced by scripts/demo and scripts/test: makes .venv at the repository root and installs the project.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PY="${PYTHON:-python3}"
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "needs Python >= 3.11 (found: $("$PY" --version 2>&1))" >&2
+    exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+    echo "==> creating .venv"
+    "$PY" -m venv .venv
+fi
+# Reinstall only when pyproject.toml changed since the last install.
+STAMP=.venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)-${EXTRAS:-base}
+if [ ! -f "$STAMP" ]; then
+    echo "==> installing the project into .venv"
+    .venv/bin/python -m pip install -q --upgrade pip
+    if [ -n "${EXTRAS:-}" ]; then
+        .venv/bin/python -m pip install -q -e ".[${EXTRAS}]"
+    else
+        .venv/bin/python -m pip install -q -e .
+    fi
+    rm -f .venv/.installed-*
+    touch "$STAMP"
+fi

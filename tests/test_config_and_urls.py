@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import pytest
+
+from monitor.config import build_config
+from monitor.errors import ConfigError
+from monitor.urls import redact_url
+
+
+def test_defaults_and_derived_broker_fields() -> None:
+    cfg = build_config({"broker": {"url": "mqtts://example.org"}})
+    assert cfg.broker.port == 8883 and cfg.broker.tls and cfg.broker.host == "example.org"
+    assert cfg.ingest.read_timeout_s > 0 and cfg.matching.min_quality == 50
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"nodes": "x"}, "src: nodes: unknown key"),
+        ({"streams": [{"id": "a b", "url": "x"}]}, "src: streams.0.id: must be 1-128 characters"),
+        ({"streams": [{"id": "a", "url": "x"}, {"id": "a", "url": "y"}]}, "stream id 'a' appears twice"),
+        ({"broker": {"url": "http://x"}}, "src: broker.url: must look like mqtt://HOST:PORT"),
+        ({"broker": {"topic_prefix": "a/#"}}, "src: broker.topic_prefix: must be a non-empty topic path"),
+        ({"banks": [{"name": "b", "path": "p", "signal_type": "md5"}]}, "src: banks.0.signal_type: Input should be"),
+    ],
+)
+def test_errors_name_the_field(data: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        build_config(data, "src")
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("rtmp://user:pw@host:1935/live/k", "rtmp://host:1935/live/k"),
+        ("https://h/a.m3u8?token=abc&x=1", "https://h/a.m3u8?token=***&x=1"),
+        ("rtmp://h/live/name?key=secret", "rtmp://h/live/name?key=***"),
+        ("rtmp://u:p@[2001:db8::1]:1935/x", "rtmp://[2001:db8::1]:1935/x"),
+        ("/tmp/file.ts", "/tmp/file.ts"),
+    ],
+)
+def test_redact_url(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
