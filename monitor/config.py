@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -75,6 +76,7 @@ class BankConfig(_Strict):
     path: Path
     signal_type: Literal["pdq", "phash"] = "pdq"
     threshold: int | None = Field(None, ge=0, le=256)  # None: the signal type's default
+    severity: Literal["low", "medium", "high"] = "high"
 
     @field_validator("name")
     @classmethod
@@ -108,8 +110,43 @@ class AlertsConfig(_Strict):
     cooldown_s: float = Field(60.0, ge=0)
 
 
+class DeliveryConfig(_Strict):
+    outbox_max_mb: int = Field(512, ge=1)  # a long broker outage fills this, not the disk the evidence is on
+    health_interval_s: float = Field(10.0, gt=0)
+
+
+class EvidenceConfig(_Strict):
+    enabled: bool = True
+    store_images: bool = False  # frames are never written to disk unless this is on
+
+
+class HooksConfig(_Strict):
+    """HTTP endpoint the streaming servers call on publish/unpublish (see monitor/hooks.py)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(8181, ge=0, le=65535)
+    secret: str | None = None  # or secret_file, or the MONITOR_HOOK_SECRET environment variable
+    secret_file: Path | None = None
+    pull_url_templates: dict[Literal["nginx-rtmp", "srs", "mediamtx"], str] = {}
+
+
+class ServerConfig(_Strict):
+    """A streaming server's API, used to drop publishers and to list streams."""
+
+    kind: Literal["nginx-rtmp", "srs", "mediamtx"]
+    api_url: str
+
+
+class TerminateConfig(_Strict):
+    auto_severities: list[Literal["low", "medium", "high"]] = []  # terminate without a moderator for these
+    ban: bool = True  # ban the stream key so the publisher's automatic reconnect is refused
+    ban_hours: float | None = None  # None: until removed
+
+
 class MonitorConfig(_Strict):
     node: str = "node-1"
+    state_dir: Path = Path("state")  # outbox, evidence log, ban list
     broker: BrokerConfig = BrokerConfig()
     streams: list[StreamConfig] = []
     banks: list[BankConfig] = []
@@ -117,6 +154,11 @@ class MonitorConfig(_Strict):
     sampling: SamplingConfig = SamplingConfig()
     matching: MatchingConfig = MatchingConfig()
     alerts: AlertsConfig = AlertsConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
+    evidence: EvidenceConfig = EvidenceConfig()
+    hooks: HooksConfig = HooksConfig()
+    servers: list[ServerConfig] = []
+    terminate: TerminateConfig = TerminateConfig()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("node")
@@ -176,3 +218,18 @@ def load_config(path: Path) -> dict[str, Any]:
             if not p.is_absolute():
                 bank["path"] = str(path.parent / p)
     return data
+
+
+def hook_secret(cfg: HooksConfig) -> str:
+    """The hook secret from the config, a file, or MONITOR_HOOK_SECRET (kept out of config files)."""
+    if cfg.secret:
+        return cfg.secret
+    if cfg.secret_file is not None:
+        try:
+            return cfg.secret_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"hooks.secret_file: cannot read {cfg.secret_file}: {exc.strerror}") from None
+    env = os.environ.get("MONITOR_HOOK_SECRET", "")
+    if not env:
+        raise ConfigError("hooks: enabled, but no secret (hooks.secret, hooks.secret_file or MONITOR_HOOK_SECRET)")
+    return env

@@ -93,9 +93,7 @@ def run_demo(duration_s: float = 40.0, keep: Path | None = None) -> int:
         return asyncio.run(_demo(folder, duration_s))
     finally:
         if keep is not None:
-            keep.mkdir(parents=True, exist_ok=True)
-            for f in folder.iterdir():
-                shutil.copy2(f, keep / f.name)
+            shutil.copytree(folder, keep, dirs_exist_ok=True)
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -120,6 +118,7 @@ async def _demo(folder: Path, duration_s: float) -> int:
         async with EmbeddedBroker() as broker:
             cfg = build_config({
                 "node": "demo",
+                "state_dir": str(folder / "state"),
                 "broker": {"url": broker.url},
                 "streams": [{"id": "demo-known", "url": f"tcp://127.0.0.1:{known_port}"},
                             {"id": "demo-clean", "url": f"tcp://127.0.0.1:{clean_port}"}],

@@ -1,22 +1,33 @@
-"""The main job: banks and pipelines, stream workers, and the MQTT side, wired together.
+"""The main job: banks and pipelines, stream workers, delivery, evidence and server control, wired together.
 
 Worker threads do the heavy work (decode, scale, hash, match) and hand results to the asyncio loop with
-`call_soon_threadsafe`; everything that touches MQTT runs on that one loop.
+`call_soon_threadsafe`; everything that touches MQTT, the hook server and the server APIs runs on that loop.
+Evidence records are written by one background thread, in order, so an fsync never stalls the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from monitor import topics
 from monitor.alerts import CooldownGate, build_alert
+from monitor.bans import BanList
 from monitor.config import MonitorConfig, StreamConfig
+from monitor.evidence import EvidenceLog
 from monitor.mqtt import MqttPublisher
+from monitor.outbox import Outbox
+from monitor.servers import DropResult, MediaMTXAPI, NginxRtmpAPI, ServerAPI, SrsAPI
 from monitor.supervisor import StateChange, StreamState, Supervisor
+from monitor.urls import redact_url
 from pipelines.banks import Bank, load_bank
 from pipelines.base import Finding, Sample
 from pipelines.known_content import KnownContentMatcher
@@ -34,18 +45,44 @@ def load_banks(cfg: MonitorConfig) -> list[Bank]:
     return banks
 
 
+@dataclass(frozen=True, slots=True)
+class StreamOrigin:
+    """Where a stream came from, when a streaming server told us (needed to drop and ban its publisher)."""
+
+    server: str
+    app: str
+    name: str
+    publisher_addr: str | None
+
+
+def make_server_api(kind: str, url: str) -> ServerAPI:
+    apis: dict[str, type[ServerAPI]] = {"nginx-rtmp": NginxRtmpAPI, "srs": SrsAPI, "mediamtx": MediaMTXAPI}
+    return apis[kind](url)
+
+
 class Engine:
     def __init__(self, cfg: MonitorConfig, banks: Sequence[Bank]) -> None:
         self.cfg = cfg
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        self.severity = {b.name: b.severity for b in cfg.banks}
         self.matcher = KnownContentMatcher(banks, cfg.matching.min_quality)
-        self.publisher = MqttPublisher(cfg.broker, cfg.node)
+        self.outbox = Outbox(cfg.state_dir / "outbox.sqlite", max_bytes=cfg.delivery.outbox_max_mb * 2**20)
+        self.evidence = (EvidenceLog(cfg.state_dir / "evidence.sqlite", store_images=cfg.evidence.store_images)
+                         if cfg.evidence.enabled else None)
+        self.bans = BanList(cfg.state_dir / "bans.json")
+        self.publisher = MqttPublisher(cfg.broker, cfg.node, self.outbox, on_command=self._on_command)
         self.gate = CooldownGate(cfg.alerts.cooldown_s)
         self.supervisor = Supervisor(cfg.ingest, cfg.sampling, [self.matcher], self)
+        self.servers = {s.kind: make_server_api(s.kind, s.api_url) for s in cfg.servers}
+        self.origins: dict[str, StreamOrigin] = {}
         self.states: dict[str, StateChange] = {}
         self.alert_listeners: list[AlertListener] = []
         self.alerts_sent = 0
+        self.terminations: list[dict[str, Any]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle = asyncio.Event()
+        self._evidence_writer = ThreadPoolExecutor(1, thread_name_prefix="evidence")
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- called from worker threads -------------------------------------------------------------------
     def on_state(self, change: StateChange) -> None:
@@ -57,6 +94,20 @@ class Engine:
         self._loop.call_soon_threadsafe(self._handle_findings, findings, time.time())
 
     # -- on the loop ----------------------------------------------------------------------------------
+    def record(self, kind: str, stream_id: str, body: dict[str, Any], incident_id: str | None = None) -> None:
+        """Append to the evidence log in the background, in call order; failures are logged, never raised."""
+        if self.evidence is None:
+            return
+        evidence = self.evidence
+
+        def write() -> None:
+            try:
+                evidence.append(kind, stream_id=stream_id, body=body, incident_id=incident_id)
+            except Exception as exc:  # disk full, I/O error: keep watching streams, shout
+                log.error("evidence log: could not record a %s for stream %s: %s", kind, stream_id, exc)
+
+        self._evidence_writer.submit(write)
+
     def _handle_state(self, change: StateChange) -> None:
         self.states[change.stream_id] = change
         body = {
@@ -76,35 +127,147 @@ class Engine:
 
     def _handle_findings(self, findings: list[Finding], observed_at: float) -> None:
         for f in findings:
+            origin = self.origins.get(f.stream_id)
+            self.record("match", f.stream_id, {
+                "media_time_s": f.media_time_s, "received_at": f.received_at, "bank": f.bank,
+                "entry_id": f.entry_id, "entry_label": f.entry_label, "signal_type": f.signal_type,
+                "sample_hash": f.sample_hash, "distance": f.distance, "threshold": f.threshold,
+                "quality": f.quality, "stream_url": self.supervisor.urls.get(f.stream_id, ""),
+                "publisher_addr": origin.publisher_addr if origin else None,
+            })
             if not self.gate.admit(f):
                 continue
-            alert = build_alert(f, node=self.cfg.node, stream_url=self.supervisor.urls.get(f.stream_id, ""),
-                                observed_at=observed_at)
-            log.warning("ALERT stream=%s t=%.2fs bank=%s entry=%s distance=%d/%d quality=%d",
-                        f.stream_id, f.media_time_s, f.bank, f.entry_id, f.distance, f.threshold, f.quality)
-            topic = topics.alerts(self.cfg.broker.topic_prefix, self.cfg.node, f.stream_id)
-            self.publisher.send_json(topic, alert, user_properties=(("stream_id", f.stream_id),
-                                                                     ("bank", f.bank)))
-            self.alerts_sent += 1
-            for listener in self.alert_listeners:
-                listener(alert)
+            self._send_alert(f, observed_at)
 
-    def add_stream(self, stream: StreamConfig) -> None:
+    def _send_alert(self, f: Finding, observed_at: float, incident_id: str | None = None) -> dict[str, Any]:
+        alert = build_alert(f, node=self.cfg.node, stream_url=self.supervisor.urls.get(f.stream_id, ""),
+                            observed_at=observed_at)
+        if incident_id is not None:
+            alert["incident_id"] = incident_id
+        log.warning("ALERT stream=%s t=%.2fs bank=%s entry=%s distance=%d/%d quality=%d",
+                    f.stream_id, f.media_time_s, f.bank, f.entry_id, f.distance, f.threshold, f.quality)
+        topic = topics.alerts(self.cfg.broker.topic_prefix, self.cfg.node, f.stream_id)
+        self.publisher.send_durable(alert["alert_id"], topic, alert,
+                                    user_properties=(("stream_id", f.stream_id), ("bank", f.bank)))
+        self.record("alert", f.stream_id, {"msg_id": alert["alert_id"], "topic": topic, "alert": alert},
+                    incident_id)
+        self.alerts_sent += 1
+        for listener in self.alert_listeners:
+            listener(alert)
+        if self.severity.get(f.bank, "high") in self.cfg.terminate.auto_severities:
+            self.spawn(self.terminate(f.stream_id, by="auto", reason=f"bank {f.bank} entry {f.entry_id}",
+                                      incident_id=incident_id))
+        return alert
+
+    def _on_command(self, topic: str, payload: bytes) -> None:
+        """Console commands (see monitor/topics.py). Incidents own acknowledge/escalate/dismiss."""
+        try:
+            cmd = json.loads(payload)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            log.warning("ignored a command on %s: not JSON", topic)
+            return
+        if not isinstance(cmd, dict):
+            log.warning("ignored a command on %s: not a JSON object", topic)
+            return
+        self.handle_command(cmd)
+
+    def handle_command(self, cmd: dict[str, Any]) -> None:
+        action, stream_id, moderator = cmd.get("action"), cmd.get("stream_id"), cmd.get("moderator")
+        if not isinstance(moderator, str) or not moderator.strip():
+            log.warning("ignored a command: 'moderator' must name the person acting")
+            return
+        if not isinstance(stream_id, str) or not stream_id:
+            log.warning("ignored a command from %s: 'stream_id' is missing", moderator)
+            return
+        self.record("action", stream_id, {"moderator": moderator, "action": action, "command": cmd,
+                                          "acted_at": datetime.now(UTC).isoformat()},
+                    cmd.get("incident_id") if isinstance(cmd.get("incident_id"), str) else None)
+        if action == "terminate":
+            self.spawn(self.terminate(stream_id, by=moderator, reason=str(cmd.get("reason") or ""),
+                                      incident_id=cmd.get("incident_id")))
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def terminate(self, stream_id: str, *, by: str, reason: str, incident_id: str | None = None) -> DropResult:
+        """Drop the publisher through its server's API and ban its key so its reconnect is refused."""
+        origin = self.origins.get(stream_id)
+        if origin is None:
+            result = DropResult(False, f"stream {stream_id} was not announced by a streaming server hook")
+        elif origin.server not in self.servers:
+            result = DropResult(False, f"no API configured for server kind {origin.server} (servers: in config)")
+        else:
+            if self.cfg.terminate.ban:
+                expires = (datetime.now(UTC) + timedelta(hours=self.cfg.terminate.ban_hours)
+                           if self.cfg.terminate.ban_hours else None)
+                # Ban first: the publisher's client reconnects within seconds of the drop.
+                self.bans.add("key", origin.name, reason=reason or "terminated", author=by, expires_at=expires)
+            result = await self.servers[origin.server].drop_publisher(origin.app, origin.name)
+        record = {"stream_id": stream_id, "by": by, "reason": reason, "ok": result.ok, "detail": result.detail,
+                  "banned": bool(origin and self.cfg.terminate.ban),
+                  "terminated_at": datetime.now(UTC).isoformat()}
+        self.terminations.append(record)
+        (log.warning if result.ok else log.error)("terminate stream %s by %s: %s (%s)", stream_id, by,
+                                                   "done" if result.ok else "FAILED", result.detail)
+        self.record("termination", stream_id, record, incident_id)
+        if result.ok:
+            self.unwatch(stream_id)
+        return result
+
+    # -- stream registry (config, CLI, server hooks) ----------------------------------------------------
+    def watch(self, stream: StreamConfig) -> None:
         self.supervisor.add_stream(stream)
 
-    def remove_stream(self, stream_id: str) -> None:
+    def unwatch(self, stream_id: str) -> None:
         self.supervisor.remove_stream(stream_id)
         self.gate.forget_stream(stream_id)
+
+    def add_stream(self, stream_id: str, url: str, *, server: str, app: str, name: str,
+                   publisher_addr: str | None) -> None:
+        """Called by the hook server when a publish starts: start pulling it at once."""
+        self.origins[stream_id] = StreamOrigin(server, app, name, publisher_addr)
+        if stream_id in self.supervisor.workers and self.supervisor.workers[stream_id].is_alive():
+            return  # MediaMTX reports one publish twice (auth gate, then ready)
+        self.watch(StreamConfig(id=stream_id, url=url))
+        log.info("stream %s: announced by %s (%s), pulling %s", stream_id, server, publisher_addr or "?",
+                 redact_url(url))
+
+    def remove_stream(self, stream_id: str) -> None:
+        self.unwatch(stream_id)
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    async def _health(self, stop: asyncio.Event) -> None:
+        topic = topics.node_health(self.cfg.broker.topic_prefix, self.cfg.node)
+        interval = self.cfg.delivery.health_interval_s
+        while not stop.is_set():
+            counts: dict[str, int] = {}
+            for c in self.states.values():
+                counts[c.state.value] = counts.get(c.state.value, 0) + 1
+            body = {"node": self.cfg.node, "at": time.time(), "streams": counts,
+                    "outbox_depth": self.outbox.depth(), "outbox_oldest_age_s": self.outbox.oldest_age_s(),
+                    "alerts_sent": self.alerts_sent, "samples": self.matcher.stats.samples}
+            self.publisher.send_json(topic, body, retain=True, expiry_s=int(interval * 3))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
 
     async def run(self, stop: asyncio.Event, *, until_streams_end: bool = False) -> None:
         """Runs until `stop` is set (or, with until_streams_end, every stream has ended or failed)."""
         self._loop = asyncio.get_running_loop()
         await self.publisher.start()  # raises BrokerError for a broker that refuses us
+        if self.outbox.depth():
+            log.warning("outbox holds %d undelivered messages from an earlier run: sending them first",
+                        self.outbox.depth())
         pub_stop = asyncio.Event()
         pub_task = asyncio.create_task(self.publisher.run(pub_stop))
+        health = asyncio.create_task(self._health(pub_stop))
+        hooks_runner = None
         try:
+            if self.cfg.hooks.enabled:
+                hooks_runner = await self._start_hooks()
             for s in self.cfg.streams:
-                self.add_stream(s)
+                self.watch(s)
             waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
             if until_streams_end:
                 waits.append(asyncio.ensure_future(self._wait_idle()))
@@ -112,12 +275,31 @@ class Engine:
             for w in waits:
                 w.cancel()
         finally:
+            if hooks_runner is not None:
+                await hooks_runner.cleanup()
             await asyncio.to_thread(self.supervisor.stop_all)
             await asyncio.sleep(0)  # let the last call_soon_threadsafe callbacks run
+            for t in list(self._tasks):
+                await asyncio.wait_for(t, 10)
             if not await self.publisher.flush(5.0):
-                log.error("shutting down with %d MQTT messages not delivered", self.publisher.pending)
+                log.error("shutting down with %d MQTT messages not delivered (kept in the outbox)",
+                          self.publisher.pending)
             pub_stop.set()
             await pub_task
+            await health
+            self._evidence_writer.shutdown(wait=True)
+            self.outbox.close()
+            if self.evidence is not None:
+                self.evidence.close()
+
+    async def _start_hooks(self) -> Any:
+        from monitor.config import hook_secret
+        from monitor.hooks import HookSettings, start_hook_server
+
+        settings = HookSettings(secret=hook_secret(self.cfg.hooks),
+                                host=self.cfg.hooks.host, port=self.cfg.hooks.port,
+                                pull_url_templates=dict(self.cfg.hooks.pull_url_templates))
+        return await start_hook_server(self, self.bans, settings)
 
     async def _wait_idle(self) -> None:
         while True:

@@ -14,6 +14,7 @@ import random
 import ssl
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,7 @@ from paho.mqtt.properties import Properties
 from monitor import topics
 from monitor.config import BrokerConfig
 from monitor.errors import BrokerError
+from monitor.outbox import Outbox, OutboxError, OutboxMessage
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ class Outgoing:
     qos: int = 1
     retain: bool = False
     user_properties: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    expiry_s: int | None = None  # MQTT 5 message expiry: stale health must vanish, not mislead
 
 
 def _describe_connect_error(cfg: BrokerConfig, exc: Exception) -> str:
@@ -96,24 +99,38 @@ async def negotiate_protocol(cfg: BrokerConfig, client_id: str) -> aiomqtt.Proto
     raise BrokerError(_describe_connect_error(cfg, last))
 
 
-class MqttPublisher:
-    """Owns one connection; `send` never blocks and never loses a message while the process lives."""
+CommandHandler = Callable[[str, bytes], None]
 
-    def __init__(self, cfg: BrokerConfig, node: str) -> None:
+
+class MqttPublisher:
+    """Owns one connection; `send*` never blocks and never loses a message.
+
+    Alerts and incident updates go through the durable outbox when there is one: they survive a broker
+    outage and a crash, and are sent at least once with a stable id. Status, stream states and health are
+    'latest value' messages: kept in memory and re-sent after every reconnect.
+    """
+
+    def __init__(self, cfg: BrokerConfig, node: str, outbox: Outbox | None = None,
+                 on_command: CommandHandler | None = None) -> None:
         self.cfg = cfg
         self.node = node
+        self.outbox = outbox
+        self.on_command = on_command
         self.client_id = f"monitor-{node}"
         self.connected = asyncio.Event()
         self.protocol = aiomqtt.ProtocolVersion.V311
         self._queue: deque[Outgoing] = deque()
+        self._durable_fallback: deque[tuple[str, Outgoing]] = deque()  # outbox unwritable (disk full)
         self._wake = asyncio.Event()
         self._retained: dict[str, Outgoing] = {}  # latest state per topic, re-sent after each reconnect
         self.sent = 0
         self.reconnects = 0
+        self.outbox_errors = 0
 
     @property
     def pending(self) -> int:
-        return len(self._queue)
+        durable = self.outbox.depth() if self.outbox is not None else 0
+        return len(self._queue) + len(self._durable_fallback) + durable
 
     def send(self, msg: Outgoing) -> None:
         if msg.retain:
@@ -122,9 +139,26 @@ class MqttPublisher:
         self._wake.set()
 
     def send_json(self, topic: str, body: dict[str, Any], *, retain: bool = False,
-                  user_properties: tuple[tuple[str, str], ...] = ()) -> None:
+                  user_properties: tuple[tuple[str, str], ...] = (), expiry_s: int | None = None) -> None:
         payload = json.dumps(body, separators=(",", ":")).encode()
-        self.send(Outgoing(topic, payload, 1, retain, user_properties))
+        self.send(Outgoing(topic, payload, 1, retain, user_properties, expiry_s))
+
+    def send_durable(self, msg_id: str, topic: str, body: dict[str, Any], *, retain: bool = False,
+                     user_properties: tuple[tuple[str, str], ...] = ()) -> None:
+        """Store first (fsync), publish later: the alert exists on disk before anyone is told."""
+        payload = json.dumps(body, separators=(",", ":")).encode()
+        props = (("msg_id", msg_id), *user_properties)
+        msg = Outgoing(topic, payload, 1, retain, props)
+        if self.outbox is not None:
+            try:
+                self.outbox.put(OutboxMessage(msg_id, topic, payload, 1, retain, time.time(), 0, props))
+            except (OutboxError, ValueError) as exc:
+                self.outbox_errors += 1
+                log.error("outbox write failed (%s): message %s kept in memory only", exc, msg_id)
+                self._durable_fallback.append((msg_id, msg))
+        else:
+            self._durable_fallback.append((msg_id, msg))
+        self._wake.set()
 
     async def start(self) -> None:
         """First connection check: a broker that refuses us is an operator error, reported at once."""
@@ -140,6 +174,8 @@ class MqttPublisher:
         props.ContentType = "application/json"
         if msg.user_properties:
             props.UserProperty = list(msg.user_properties)
+        if msg.expiry_s is not None:
+            props.MessageExpiryInterval = msg.expiry_s
         return props
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -147,6 +183,7 @@ class MqttPublisher:
         will = aiomqtt.Will(status_topic, self._status("offline"), qos=1, retain=True)
         delay = 0.5
         while not stop.is_set():
+            reader: asyncio.Task[None] | None = None
             try:
                 async with make_client(self.cfg, self.client_id, self.protocol, will) as client:
                     delay = 0.5
@@ -154,11 +191,14 @@ class MqttPublisher:
                     log.info("connected to MQTT broker %s (MQTT %s)", self.cfg.url,
                              "5" if self.protocol == aiomqtt.ProtocolVersion.V5 else "3.1.1")
                     await client.publish(status_topic, self._status("online"), qos=1, retain=True)
+                    if self.on_command is not None:
+                        await client.subscribe(topics.commands(self.cfg.topic_prefix, self.node), qos=1)
+                        reader = asyncio.create_task(self._read_commands(client))
                     # Retained state may have been lost with a broker restart: send the latest again.
                     for msg in list(self._retained.values()):
                         if msg not in self._queue:
                             self._queue.appendleft(msg)
-                    await self._drain(client, stop)
+                    await self._drain(client, stop, reader)
                     if stop.is_set():
                         await client.publish(status_topic, self._status("offline"), qos=1, retain=True)
             except aiomqtt.MqttError as exc:
@@ -167,32 +207,60 @@ class MqttPublisher:
                     break
                 self.reconnects += 1
                 log.warning("MQTT connection lost or refused (%s); %d messages waiting; retry in %.1f s",
-                            _describe_connect_error(self.cfg, exc), len(self._queue), delay)
+                            _describe_connect_error(self.cfg, exc), self.pending, delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay * random.uniform(0.5, 1.0))
                 delay = min(delay * 2, 30.0)
+            finally:
+                if reader is not None:
+                    reader.cancel()
         self.connected.clear()
 
-    async def _drain(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
+    async def _read_commands(self, client: aiomqtt.Client) -> None:
+        assert self.on_command is not None
+        async for msg in client.messages:
+            payload = msg.payload if isinstance(msg.payload, bytes) else str(msg.payload).encode()
+            try:
+                self.on_command(str(msg.topic), payload)
+            except Exception:  # a bad command must not cost us the connection
+                log.exception("command handler failed")
+
+    async def _publish(self, client: aiomqtt.Client, msg: Outgoing) -> None:
+        await client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain,
+                             properties=self._properties(msg))
+        self.sent += 1
+
+    async def _drain(self, client: aiomqtt.Client, stop: asyncio.Event, reader: asyncio.Task[None] | None) -> None:
         while True:
+            if reader is not None and reader.done():
+                reader.result()  # re-raise the connection error the reader saw
+            # Durable messages first, oldest first; each is marked sent only after the broker's PUBACK.
+            if self.outbox is not None:
+                for om in await asyncio.to_thread(self.outbox.pending, 100):
+                    await self._publish(client, Outgoing(om.topic, om.payload, om.qos, om.retain,
+                                                         om.user_properties))
+                    await asyncio.to_thread(self.outbox.mark_sent, [om.msg_id])
+            while self._durable_fallback:
+                await self._publish(client, self._durable_fallback[0][1])
+                self._durable_fallback.popleft()
             while self._queue:
-                msg = self._queue[0]
-                await client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain,
-                                     properties=self._properties(msg))
-                self._queue.popleft()  # only after the broker acknowledged it (QoS 1)
-                self.sent += 1
+                await self._publish(client, self._queue[0])
+                self._queue.popleft()
+            if self.outbox is not None and self.outbox.depth() > 0:
+                continue
             if stop.is_set():
                 return
             self._wake.clear()
-            stop_task = asyncio.ensure_future(stop.wait())
-            wake_task = asyncio.ensure_future(self._wake.wait())
-            await asyncio.wait({stop_task, wake_task}, return_when=asyncio.FIRST_COMPLETED)
-            stop_task.cancel()
-            wake_task.cancel()
+            mine: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait()),
+                                               asyncio.ensure_future(self._wake.wait())]
+            await asyncio.wait([*mine, *([reader] if reader is not None else [])],
+                               return_when=asyncio.FIRST_COMPLETED)
+            for w in mine:
+                w.cancel()
 
     async def flush(self, timeout_s: float) -> bool:
-        """Wait until the queue is empty (for a clean shutdown)."""
+        """Wait until nothing is waiting to be sent (for a clean shutdown)."""
         deadline = time.monotonic() + timeout_s
-        while self._queue and time.monotonic() < deadline:
+        while self.pending and time.monotonic() < deadline and self.connected.is_set():
             await asyncio.sleep(0.05)
-        return not self._queue
+        return not self.pending

@@ -167,6 +167,7 @@ def monitor_factory(tmp_path: Path) -> Iterator[Callable[..., MonitorProcess]]:
 
     def start(config: dict[str, Any], *extra: str) -> MonitorProcess:
         n = len(made)
+        config = {"state_dir": str(tmp_path / "state"), **config}
         cfg_path = tmp_path / f"monitor-{n}.yaml"
         cfg_path.write_text(yaml.safe_dump(config))
         log_path = tmp_path / f"monitor-{n}.log"
