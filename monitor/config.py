@@ -136,6 +136,9 @@ class ServerConfig(_Strict):
 
     kind: Literal["nginx-rtmp", "srs", "mediamtx"]
     api_url: str
+    discover: bool = False  # poll the server's stream list and monitor what it lists
+    poll_interval_s: float = Field(10.0, gt=0)
+    pull_url_template: str | None = None  # for discovered streams; default: the hook template of this kind
 
 
 class TerminateConfig(_Strict):

@@ -22,6 +22,7 @@ from monitor import topics
 from monitor.alerts import CooldownGate, build_alert
 from monitor.bans import BanList
 from monitor.config import MonitorConfig, StreamConfig
+from monitor.discovery import DiscoveredServer, Discovery
 from monitor.evidence import EvidenceLog
 from monitor.mqtt import MqttPublisher
 from monitor.outbox import Outbox
@@ -261,11 +262,15 @@ class Engine:
                         self.outbox.depth())
         pub_stop = asyncio.Event()
         pub_task = asyncio.create_task(self.publisher.run(pub_stop))
-        health = asyncio.create_task(self._health(pub_stop))
+        bg_stop = asyncio.Event()  # health and discovery end before the publisher drains
+        health = asyncio.create_task(self._health(bg_stop))
         hooks_runner = None
         try:
             if self.cfg.hooks.enabled:
                 hooks_runner = await self._start_hooks()
+            discovery = self._discovery()
+            if discovery is not None:
+                self.spawn(discovery.run(bg_stop))
             for s in self.cfg.streams:
                 self.watch(s)
             waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
@@ -279,6 +284,7 @@ class Engine:
                 await hooks_runner.cleanup()
             await asyncio.to_thread(self.supervisor.stop_all)
             await asyncio.sleep(0)  # let the last call_soon_threadsafe callbacks run
+            bg_stop.set()
             for t in list(self._tasks):
                 await asyncio.wait_for(t, 10)
             if not await self.publisher.flush(5.0):
@@ -291,6 +297,17 @@ class Engine:
             self.outbox.close()
             if self.evidence is not None:
                 self.evidence.close()
+
+    def _discovery(self) -> Discovery | None:
+        from monitor.hooks import DEFAULT_PULL_URL_TEMPLATES
+
+        polled = [s for s in self.cfg.servers if s.discover]
+        if not polled:
+            return None
+        servers = [DiscoveredServer(s.kind, self.servers[s.kind], s.pull_url_template
+                                    or self.cfg.hooks.pull_url_templates.get(s.kind)
+                                    or DEFAULT_PULL_URL_TEMPLATES[s.kind]) for s in polled]
+        return Discovery(self, servers, min(s.poll_interval_s for s in polled))
 
     async def _start_hooks(self) -> Any:
         from monitor.config import hook_secret

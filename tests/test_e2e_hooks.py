@@ -90,3 +90,29 @@ def test_publish_hook_attach_alert_terminate_and_ban(
     bans = json.loads((Path(mon.log_path).parent / "state" / "bans.json").read_text())
     text = json.dumps(bans)
     assert "secret-key-1" in text and "alice" in text and "known content" in text
+
+
+def test_discovery_polls_nginx_stat_and_reconciles(
+    mosquitto: Mosquitto,
+    nginx_rtmp: NginxRtmp,
+    collector_factory: Callable[..., MqttCollector],
+    monitor_factory: Callable[..., MonitorProcess],
+) -> None:
+    collector = collector_factory(mosquitto.port, "d/+/streams/#")
+    mon = monitor_factory({
+        "node": "disc",
+        "broker": {"url": mosquitto.url, "topic_prefix": "d"},
+        "ingest": {"backoff_initial_s": 0.2, "backoff_max_s": 1.0},
+        "servers": [{"kind": "nginx-rtmp", "api_url": nginx_rtmp.http_base, "discover": True,
+                     "poll_interval_s": 1.0,
+                     "pull_url_template": f"rtmp://127.0.0.1:{nginx_rtmp.rtmp_port}/{{app}}/{{name}}"}],
+    })
+    pub = subprocess.run(ffmpeg_publish_cmd(nginx_rtmp.rtmp_url("found"), duration_s=8), timeout=60)
+    assert pub.returncode == 0
+    topic = "d/disc/streams/nginx-rtmp-live-found"
+    ended = collector.wait_for(lambda m: m.topic == topic and m.json()["state"] == "ended", 15)
+    assert mon.stop() == 0
+    states = [m.json()["state"] for m in collector.matching(lambda m: m.topic == topic)]
+    assert "live" in states, mon.log()
+    assert ended and ended[-1].json()["detail"] == "removed"
+    assert "discovery: nginx-rtmp lists new stream nginx-rtmp-live-found" in mon.log()
