@@ -24,6 +24,7 @@ class BrokerConfig(_Strict):
     url: str = "mqtt://127.0.0.1:1883"
     username: str | None = None
     password: str | None = None
+    password_file: Path | None = None  # keeps the secret out of the config file
     ca_file: Path | None = None
     topic_prefix: str = "livesafe"
     # "auto" tries MQTT 5 and falls back to 3.1.1 (the embedded broker speaks only 3.1.1).
@@ -44,6 +45,14 @@ class BrokerConfig(_Strict):
         if not v or any(c in v for c in "#+") or v.startswith("/") or v.endswith("/"):
             raise ValueError("must be a non-empty topic path without wildcards or outer slashes")
         return v
+
+    def secret(self) -> str | None:
+        if self.password is not None or self.password_file is None:
+            return self.password
+        try:
+            return self.password_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"broker.password_file: cannot read {self.password_file}: {exc.strerror}") from None
 
     @property
     def host(self) -> str:

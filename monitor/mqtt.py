@@ -47,6 +47,8 @@ def _describe_connect_error(cfg: BrokerConfig, exc: Exception) -> str:
     rc = getattr(exc, "rc", None)
     if rc in (4, 5, 134, 135):
         why = "not authorised (check username/password)"
+    elif "certificate verify failed" in text or "CERTIFICATE_VERIFY_FAILED" in text:
+        why = "TLS certificate not trusted (set broker.ca_file to the CA that signed the broker's certificate)"
     elif "refused" in text.lower() or isinstance(exc.__cause__, ConnectionRefusedError):
         why = "connection refused (is the broker running on that port?)"
     elif "timed out" in text.lower():
@@ -68,7 +70,7 @@ def make_client(cfg: BrokerConfig, client_id: str, protocol: aiomqtt.ProtocolVer
         cfg.host,
         cfg.port,
         username=cfg.username,
-        password=cfg.password,
+        password=cfg.secret(),
         identifier=client_id,
         protocol=protocol,
         will=will,
