@@ -70,6 +70,7 @@ class Mosquitto:
     port: int = field(default_factory=free_port)
     extra_conf: str = ""
     allow_anonymous: bool = True
+    persistence: bool = False  # keep sessions and queued QoS 1 messages across restarts
     folder: Path = field(default_factory=lambda: _private_dir("mosq-"))
     proc: subprocess.Popen[bytes] | None = None
 
@@ -82,10 +83,11 @@ class Mosquitto:
         conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
             f"allow_anonymous {'true' if self.allow_anonymous else 'false'}\n"
-            "persistence false\nlog_dest stderr\nlog_type error\nlog_type warning\n" + self.extra_conf
+            + (f"persistence true\npersistence_location {self.folder}/\n" if self.persistence else "persistence false\n")
+            + "log_dest stderr\nlog_type error\nlog_type warning\n" + self.extra_conf
         )
         conf.chmod(0o644)
-        self.log = open(self.folder / "mosquitto.log", "wb")  # noqa: SIM115 - closed in close()
+        self.log = open(self.folder / "mosquitto.log", "ab")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=self.log, stderr=subprocess.STDOUT)
         wait_port(self.port, proc=self.proc)
         return self
