@@ -1,4 +1,4 @@
-"""From findings to alert messages: the cooldown gate and the alert JSON (see schemas/alert.schema.json)."""
+"""The alert JSON (see schemas/alert.schema.json)."""
 
 from __future__ import annotations
 
@@ -23,12 +23,14 @@ def alert_schema() -> dict[str, Any]:
     return schema
 
 
-def build_alert(finding: Finding, *, node: str, stream_url: str, observed_at: float) -> dict[str, Any]:
-    """The alert for one finding. `alert_id` is made once here and travels with every retry."""
+def build_alert(finding: Finding, *, node: str, stream_url: str, observed_at: float,
+                alert_id: str | None = None, incident_id: str | None = None) -> dict[str, Any]:
+    """The alert for one finding. `alert_id` is made once and travels with every retry (outbox included)."""
     return {
         "schema_version": SCHEMA_VERSION,
         "type": "alert",
-        "alert_id": str(uuid.uuid4()),
+        "alert_id": alert_id or str(uuid.uuid4()),
+        "incident_id": incident_id,
         "node": node,
         "stream_id": finding.stream_id,
         "stream_url": stream_url,
@@ -46,28 +48,3 @@ def build_alert(finding: Finding, *, node: str, stream_url: str, observed_at: fl
         "quality": finding.quality,
         "sample_hash": finding.sample_hash,
     }
-
-
-class CooldownGate:
-    """One alert per (stream, bank, entry) per cooldown of media time; repeats of a shown image are not news.
-
-    Media time, not wall time, so a fast-read file and a live stream behave alike. A stream whose clock
-    jumps back (publisher restarted) alerts again.
-    """
-
-    def __init__(self, cooldown_s: float) -> None:
-        self.cooldown_s = cooldown_s
-        self._last: dict[tuple[str, str, str], float] = {}
-        self.suppressed = 0
-
-    def admit(self, f: Finding) -> bool:
-        key = (f.stream_id, f.bank, f.entry_id)
-        last = self._last.get(key)
-        if last is not None and 0 <= f.media_time_s - last < self.cooldown_s:
-            self.suppressed += 1
-            return False
-        self._last[key] = f.media_time_s
-        return True
-
-    def forget_stream(self, stream_id: str) -> None:
-        self._last = {k: v for k, v in self._last.items() if k[0] != stream_id}

@@ -96,6 +96,27 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--every", type=float, default=1.0, help="seconds between hashed video frames")
     h.add_argument("--output", "-o", type=Path, help="write here instead of stdout")
 
+    ev = sub.add_parser("evidence", help="verify the evidence log or export an incident report", add_help=False)
+    ev.add_argument("args", nargs=argparse.REMAINDER)
+
+    bench = sub.add_parser("bench", help="benchmarks that print JSON: `bench ingest`, `bench match`")
+    bench.add_argument("which", choices=["ingest", "match"])
+    bench.add_argument("args", nargs=argparse.REMAINDER)
+
+    bans = sub.add_parser("bans", help="list, add or remove bans (stream keys, addresses)")
+    bans.add_argument("--state-dir", type=Path, default=Path("state"))
+    bsub = bans.add_subparsers(dest="bans_command", required=True)
+    bsub.add_parser("list")
+    badd = bsub.add_parser("add")
+    badd.add_argument("kind", choices=["key", "addr"])
+    badd.add_argument("value")
+    badd.add_argument("--reason", required=True)
+    badd.add_argument("--author", required=True)
+    badd.add_argument("--hours", type=float, help="expire after this many hours")
+    brm = bsub.add_parser("remove")
+    brm.add_argument("kind", choices=["key", "addr"])
+    brm.add_argument("value")
+
     d = sub.add_parser("demo", help="self-contained demo: generated live stream, embedded broker, console")
     d.add_argument("--duration", type=float, default=40.0, help="stream length in seconds")
     d.add_argument("--keep", type=Path, help="keep the demo's files (bank, ground truth) in this folder")
@@ -112,6 +133,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_console(args)
         if args.command == "hash":
             return _cmd_hash(args)
+        if args.command == "evidence":
+            from monitor.evidence import main as evidence_main
+
+            return evidence_main(args.args)
+        if args.command == "bench":
+            if args.which == "ingest":
+                from monitor.bench_ingest import main as bench_main
+            else:
+                from monitor.bench_match import main as bench_main
+            return bench_main(args.args)
+        if args.command == "bans":
+            return _cmd_bans(args)
         if args.command == "demo":
             from monitor.demo import run_demo
 
@@ -207,4 +240,29 @@ def _cmd_hash(args: argparse.Namespace) -> int:
     else:
         with contextlib.suppress(BrokenPipeError):
             sys.stdout.write(text)
+    return 0
+
+
+def _cmd_bans(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime, timedelta
+
+    from monitor.bans import BanList
+
+    bans = BanList(args.state_dir / "bans.json")
+    if args.bans_command == "list":
+        for b in bans.list():
+            expires = b.expires_at.isoformat() if b.expires_at else "never"
+            print(f"{b.kind}\t{b.value}\t{b.author}\t{b.created_at.isoformat()}\texpires {expires}\t{b.reason}")
+        return 0
+    if args.bans_command == "add":
+        expires = datetime.now(UTC) + timedelta(hours=args.hours) if args.hours else None
+        try:
+            bans.add(args.kind, args.value, reason=args.reason, author=args.author, expires_at=expires)
+        except ValueError as exc:
+            raise UserError(f"bans add: {exc}") from None
+        print(f"banned {args.kind} {args.value}")
+        return 0
+    if not bans.remove(args.kind, args.value):
+        raise UserError(f"bans remove: no {args.kind} ban for {args.value!r}")
+    print(f"removed {args.kind} {args.value}")
     return 0

@@ -114,9 +114,18 @@ class MatchingConfig(_Strict):
     min_quality: int = Field(50, ge=0, le=100)  # PDQ quality below this hashes unreliably (flat frames)
 
 
-class AlertsConfig(_Strict):
-    # One alert per (stream, bank, entry) within this many seconds of media time.
-    cooldown_s: float = Field(60.0, ge=0)
+class IncidentsConfig(_Strict):
+    """Matches of one entry on one stream become one incident (see monitor/incidents.py)."""
+
+    strong_distance: int = Field(16, ge=0, le=256)  # at or below: alert on the first sample
+    confirm_k: int = Field(2, ge=1)  # weaker matches alert after k of the last n samples ...
+    confirm_n: int = Field(3, ge=1)
+    confirm_window_s: float = Field(30.0, ge=0)  # ... within this much stream time
+    update_interval_s: float = Field(30.0, ge=0)
+    close_after_s: float = Field(120.0, ge=0)  # quiet this long (wall time): closed
+    quarantine_streams: int = Field(5, ge=1)  # an entry matching this many streams ...
+    quarantine_window_s: float = Field(300.0, ge=0)  # ... within this window is quarantined as noisy
+    quarantine_s: float = Field(3600.0, ge=0)
 
 
 class DeliveryConfig(_Strict):
@@ -165,7 +174,7 @@ class MonitorConfig(_Strict):
     ingest: IngestConfig = IngestConfig()
     sampling: SamplingConfig = SamplingConfig()
     matching: MatchingConfig = MatchingConfig()
-    alerts: AlertsConfig = AlertsConfig()
+    incidents: IncidentsConfig = IncidentsConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     evidence: EvidenceConfig = EvidenceConfig()
     hooks: HooksConfig = HooksConfig()

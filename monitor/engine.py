@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,11 +20,23 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from monitor import topics
-from monitor.alerts import CooldownGate, build_alert
+from monitor.alerts import build_alert
 from monitor.bans import BanList
 from monitor.config import MonitorConfig, StreamConfig
 from monitor.discovery import DiscoveredServer, Discovery
 from monitor.evidence import EvidenceLog
+from monitor.incidents import (
+    CommandError,
+    Event,
+    Incident,
+    IncidentBook,
+    IncidentPolicy,
+    IncidentUpdate,
+    NewIncident,
+    Quarantined,
+    QuarantineLifted,
+    Suppressed,
+)
 from monitor.mqtt import MqttPublisher
 from monitor.outbox import Outbox
 from monitor.servers import DropResult, MediaMTXAPI, NginxRtmpAPI, ServerAPI, SrsAPI
@@ -72,7 +85,8 @@ class Engine:
                          if cfg.evidence.enabled else None)
         self.bans = BanList(cfg.state_dir / "bans.json")
         self.publisher = MqttPublisher(cfg.broker, cfg.node, self.outbox, on_command=self._on_command)
-        self.gate = CooldownGate(cfg.alerts.cooldown_s)
+        self.incidents = IncidentBook(IncidentPolicy(**cfg.incidents.model_dump()), self.severity)
+        self.suppressed: dict[str, int] = {}
         self.supervisor = Supervisor(cfg.ingest, cfg.sampling, [self.matcher], self)
         self.servers = {s.kind: make_server_api(s.kind, s.api_url) for s in cfg.servers}
         self.origins: dict[str, StreamOrigin] = {}
@@ -90,9 +104,10 @@ class Engine:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._handle_state, change)
 
-    def on_findings(self, sample: Sample, findings: list[Finding]) -> None:
+    def on_sample(self, sample: Sample, findings: list[Finding]) -> None:
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._handle_findings, findings, time.time())
+        self._loop.call_soon_threadsafe(self._handle_sample, sample.stream_id, sample.media_time_s, findings,
+                                        time.time())
 
     # -- on the loop ----------------------------------------------------------------------------------
     def record(self, kind: str, stream_id: str, body: dict[str, Any], incident_id: str | None = None) -> None:
@@ -124,11 +139,13 @@ class Engine:
         topic = topics.stream_state(self.cfg.broker.topic_prefix, self.cfg.node, change.stream_id)
         self.publisher.send_json(topic, body, retain=True, user_properties=(("stream_id", change.stream_id),))
         if change.state in TERMINAL:
+            self._emit(self.incidents.stream_ended(change.stream_id), time.time())
             self._idle.set()
 
-    def _handle_findings(self, findings: list[Finding], observed_at: float) -> None:
+    def _handle_sample(self, stream_id: str, media_time_s: float, findings: list[Finding],
+                       observed_at: float) -> None:
+        origin = self.origins.get(stream_id)
         for f in findings:
-            origin = self.origins.get(f.stream_id)
             self.record("match", f.stream_id, {
                 "media_time_s": f.media_time_s, "received_at": f.received_at, "bank": f.bank,
                 "entry_id": f.entry_id, "entry_label": f.entry_label, "signal_type": f.signal_type,
@@ -136,28 +153,55 @@ class Engine:
                 "quality": f.quality, "stream_url": self.supervisor.urls.get(f.stream_id, ""),
                 "publisher_addr": origin.publisher_addr if origin else None,
             })
-            if not self.gate.admit(f):
-                continue
-            self._send_alert(f, observed_at)
+        self._emit(self.incidents.on_sample(stream_id, media_time_s, findings), observed_at)
 
-    def _send_alert(self, f: Finding, observed_at: float, incident_id: str | None = None) -> dict[str, Any]:
+    def _emit(self, events: list[Event], observed_at: float) -> None:
+        """Publish what the incident book decided: alerts for new incidents, retained incident states."""
+        for ev in events:
+            if isinstance(ev, NewIncident):
+                self._send_alert(ev.finding, observed_at, ev.alert_id, ev.incident.incident_id)
+                self._send_incident(ev.incident, "opened")
+                if self.incidents.severity(ev.incident.bank) in self.cfg.terminate.auto_severities:
+                    self.spawn(self.terminate(ev.incident.stream_id, by="auto",
+                                              reason=f"bank {ev.incident.bank} entry {ev.incident.entry_id}",
+                                              incident_id=ev.incident.incident_id))
+            elif isinstance(ev, IncidentUpdate):
+                self._send_incident(ev.incident, ev.reason)
+            elif isinstance(ev, Suppressed):
+                self.suppressed[ev.why] = self.suppressed.get(ev.why, 0) + 1
+            elif isinstance(ev, Quarantined):
+                log.warning("entry %s of bank %s matched %d streams within the window: quarantined as a "
+                            "suspected noisy list entry (no alerts for it until %s)", ev.entry_id, ev.bank,
+                            len(ev.streams), datetime.fromtimestamp(ev.until, UTC).isoformat())
+                self.record("note", "-", {"text": "entry quarantined", "bank": ev.bank, "entry_id": ev.entry_id,
+                                          "streams": sorted(ev.streams)})
+            elif isinstance(ev, QuarantineLifted):
+                log.info("entry %s of bank %s: quarantine lifted", ev.entry_id, ev.bank)
+
+    def _send_incident(self, inc: Incident, reason: str) -> None:
+        origin = self.origins.get(inc.stream_id)
+        body = inc.to_message(self.cfg.node, self.supervisor.urls.get(inc.stream_id, ""))
+        topic = topics.incident(self.cfg.broker.topic_prefix, self.cfg.node, inc.incident_id)
+        # Retained: a console that starts later sees every open incident; the outbox keeps the order.
+        self.publisher.send_durable(str(uuid.uuid4()), topic, body, retain=True,
+                                    user_properties=(("stream_id", inc.stream_id), ("bank", inc.bank)))
+        self.record("incident", inc.stream_id, {**body, "reason": reason,
+                                                "publisher_addr": origin.publisher_addr if origin else None},
+                    inc.incident_id)
+
+    def _send_alert(self, f: Finding, observed_at: float, alert_id: str, incident_id: str) -> dict[str, Any]:
         alert = build_alert(f, node=self.cfg.node, stream_url=self.supervisor.urls.get(f.stream_id, ""),
-                            observed_at=observed_at)
-        if incident_id is not None:
-            alert["incident_id"] = incident_id
-        log.warning("ALERT stream=%s t=%.2fs bank=%s entry=%s distance=%d/%d quality=%d",
-                    f.stream_id, f.media_time_s, f.bank, f.entry_id, f.distance, f.threshold, f.quality)
-        topic = topics.alerts(self.cfg.broker.topic_prefix, self.cfg.node, f.stream_id)
-        self.publisher.send_durable(alert["alert_id"], topic, alert,
-                                    user_properties=(("stream_id", f.stream_id), ("bank", f.bank)))
-        self.record("alert", f.stream_id, {"msg_id": alert["alert_id"], "topic": topic, "alert": alert},
+                            observed_at=observed_at, alert_id=alert_id, incident_id=incident_id)
+        log.warning("ALERT stream=%s t=%.2fs bank=%s entry=%s distance=%d/%d quality=%d incident=%s",
+                    f.stream_id, f.media_time_s, f.bank, f.entry_id, f.distance, f.threshold, f.quality,
                     incident_id)
+        topic = topics.alerts(self.cfg.broker.topic_prefix, self.cfg.node, f.stream_id)
+        self.publisher.send_durable(alert_id, topic, alert,
+                                    user_properties=(("stream_id", f.stream_id), ("bank", f.bank)))
+        self.record("alert", f.stream_id, {"msg_id": alert_id, "topic": topic, "alert": alert}, incident_id)
         self.alerts_sent += 1
         for listener in self.alert_listeners:
             listener(alert)
-        if self.severity.get(f.bank, "high") in self.cfg.terminate.auto_severities:
-            self.spawn(self.terminate(f.stream_id, by="auto", reason=f"bank {f.bank} entry {f.entry_id}",
-                                      incident_id=incident_id))
         return alert
 
     def _on_command(self, topic: str, payload: bytes) -> None:
@@ -173,19 +217,40 @@ class Engine:
         self.handle_command(cmd)
 
     def handle_command(self, cmd: dict[str, Any]) -> None:
-        action, stream_id, moderator = cmd.get("action"), cmd.get("stream_id"), cmd.get("moderator")
-        if not isinstance(moderator, str) or not moderator.strip():
-            log.warning("ignored a command: 'moderator' must name the person acting")
+        try:
+            outcome = self.incidents.apply_command(cmd)
+        except CommandError as exc:
+            log.warning("refused a console command from %r: %s", str(cmd.get("moderator"))[:100], exc)
             return
-        if not isinstance(stream_id, str) or not stream_id:
-            log.warning("ignored a command from %s: 'stream_id' is missing", moderator)
-            return
-        self.record("action", stream_id, {"moderator": moderator, "action": action, "command": cmd,
-                                          "acted_at": datetime.now(UTC).isoformat()},
-                    cmd.get("incident_id") if isinstance(cmd.get("incident_id"), str) else None)
-        if action == "terminate":
-            self.spawn(self.terminate(stream_id, by=moderator, reason=str(cmd.get("reason") or ""),
-                                      incident_id=cmd.get("incident_id")))
+        inc = outcome.incident
+        if outcome.duplicate:
+            return  # MQTT delivered it again; it was applied once
+        action = str(cmd["action"])
+        self.record("action", inc.stream_id, {"moderator": cmd["moderator"], "action": action,
+                                              "reason": cmd.get("reason") or "", "command_id": cmd["command_id"],
+                                              "changed": outcome.changed, "message": outcome.message,
+                                              "acted_at": datetime.now(UTC).isoformat()}, inc.incident_id)
+        log.info("incident %s: %s by %s (%s)", inc.incident_id, action, cmd["moderator"], outcome.message)
+        if outcome.changed:
+            self._send_incident(inc, f"{action} by {cmd['moderator']}")
+        if outcome.proposed_negative_entry is not None:
+            bank, entry_id = outcome.proposed_negative_entry
+            proposal = {"bank": bank, "entry_id": entry_id, "incident_id": inc.incident_id,
+                        "moderator": cmd["moderator"], "reason": cmd.get("reason") or "",
+                        "at": datetime.now(UTC).isoformat()}
+            with open(self.cfg.state_dir / "negative-proposals.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(proposal) + "\n")
+            log.info("entry %s of bank %s proposed for a negative bank (false positive)", entry_id, bank)
+        if action == "terminate" and outcome.changed:
+            command_id = str(cmd["command_id"])
+
+            async def run() -> None:
+                result = await self.terminate(inc.stream_id, by=str(cmd["moderator"]),
+                                              reason=str(cmd.get("reason") or ""), incident_id=inc.incident_id)
+                text = ("dropped" if result.ok else "failed") + f": {result.detail}"
+                self._emit(self.incidents.record_result(inc.incident_id, command_id, text), time.time())
+
+            self.spawn(run())
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -223,7 +288,6 @@ class Engine:
 
     def unwatch(self, stream_id: str) -> None:
         self.supervisor.remove_stream(stream_id)
-        self.gate.forget_stream(stream_id)
 
     def add_stream(self, stream_id: str, url: str, *, server: str, app: str, name: str,
                    publisher_addr: str | None) -> None:
@@ -248,10 +312,19 @@ class Engine:
                 counts[c.state.value] = counts.get(c.state.value, 0) + 1
             body = {"node": self.cfg.node, "at": time.time(), "streams": counts,
                     "outbox_depth": self.outbox.depth(), "outbox_oldest_age_s": self.outbox.oldest_age_s(),
-                    "alerts_sent": self.alerts_sent, "samples": self.matcher.stats.samples}
+                    "alerts_sent": self.alerts_sent, "samples": self.matcher.stats.samples,
+                    "open_incidents": len(self.incidents.open_incidents()), "suppressed": self.suppressed,
+                    "quarantined": [f"{b}/{e}" for b, e in self.incidents.quarantined()]}
             self.publisher.send_json(topic, body, retain=True, expiry_s=int(interval * 3))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
+
+    async def _tick(self, stop: asyncio.Event) -> None:
+        """Close quiet incidents and lift expired quarantines."""
+        while not stop.is_set():
+            self._emit(self.incidents.tick(), time.time())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 2.0)
 
     async def run(self, stop: asyncio.Event, *, until_streams_end: bool = False) -> None:
         """Runs until `stop` is set (or, with until_streams_end, every stream has ended or failed)."""
@@ -264,6 +337,7 @@ class Engine:
         pub_task = asyncio.create_task(self.publisher.run(pub_stop))
         bg_stop = asyncio.Event()  # health and discovery end before the publisher drains
         health = asyncio.create_task(self._health(bg_stop))
+        self.spawn(self._tick(bg_stop))
         hooks_runner = None
         try:
             if self.cfg.hooks.enabled:

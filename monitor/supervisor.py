@@ -47,7 +47,9 @@ class EngineSink(Protocol):
 
     def on_state(self, change: StateChange) -> None: ...
 
-    def on_findings(self, sample: Sample, findings: list[Finding]) -> None: ...
+    def on_sample(self, sample: Sample, findings: list[Finding]) -> None:
+        """Every sample, matched or not: confirming weak matches needs the misses too."""
+        ...
 
 
 def backoff_delay(attempt: int, initial: float, maximum: float, rng: random.Random) -> float:
@@ -122,14 +124,13 @@ class StreamWorker(threading.Thread):
 
     def _process(self, sample: Sample) -> None:
         self.samples += 1
+        findings: list[Finding] = []
         for pipeline in self.pipelines:
             try:
-                findings = pipeline.process(sample)
+                findings += pipeline.process(sample)
             except Exception:  # an analysis bug must not stop the stream being watched
                 log.exception("stream %s: pipeline %s failed on a sample", self.stream.id, pipeline.name)
-                continue
-            if findings:
-                self.sink.on_findings(sample, findings)
+        self.sink.on_sample(sample, findings)
 
 
 class Supervisor:

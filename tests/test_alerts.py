@@ -6,7 +6,7 @@ import time
 import jsonschema
 import pytest
 
-from monitor.alerts import CooldownGate, alert_schema, build_alert
+from monitor.alerts import alert_schema, build_alert
 from monitor.supervisor import backoff_delay
 from pipelines.base import Finding
 
@@ -32,17 +32,6 @@ def test_schema_rejects_missing_and_extra_fields() -> None:
 def test_alert_ids_are_unique() -> None:
     ids = {build_alert(finding(), node="n", stream_url="u", observed_at=0)["alert_id"] for _ in range(100)}
     assert len(ids) == 100
-
-
-def test_cooldown_gate_per_stream_and_entry() -> None:
-    gate = CooldownGate(10.0)
-    assert gate.admit(finding(0.0))
-    assert not gate.admit(finding(2.0))
-    assert gate.admit(finding(2.0, entry="4"))
-    assert gate.admit(finding(2.0, stream="s2"))
-    assert gate.admit(finding(10.0))
-    assert gate.admit(finding(1.0))  # clock went back: publisher restarted
-    assert gate.suppressed == 1
 
 
 @pytest.mark.parametrize("attempt", range(1, 10))

@@ -71,7 +71,7 @@ def test_broker_down_for_30_s_every_alert_arrives_once(
         "node": "f1", "broker": {"url": durable_broker.url, "topic_prefix": "f"},
         "streams": [{"id": "s", "url": f"tcp://127.0.0.1:{port}"}],
         "banks": [{"name": "known", "path": str(bank_csv)}],
-        "alerts": {"cooldown_s": 30},
+        "incidents": {"close_after_s": 10},  # the image shown again at 52 s is a new incident
         "ingest": {"backoff_initial_s": 0.1, "backoff_max_s": 0.5},
     })
     try:
