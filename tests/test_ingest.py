@@ -79,7 +79,7 @@ def test_live_keyframes_arrive_without_gop_lag(tmp_path: Path) -> None:
     try:
         reader = KeyframeReader(f"tcp://127.0.0.1:{port}", IngestConfig(), threading.Event())
         frames = []
-        for attempt in range(50):
+        for _attempt in range(50):
             try:
                 frames = list(reader.frames())
                 break
