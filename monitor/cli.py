@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import re
 import signal
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +21,33 @@ from monitor.errors import ConfigError, UserError
 log = logging.getLogger("monitor")
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers; stream and incident ids as fields when known."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key in ("stream_id", "incident_id"):
+            if hasattr(record, key):
+                out[key] = getattr(record, key)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def setup_logging(level: str, fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(getattr(logging, level.upper()))
     # Third-party chatter (amqtt logs every client) is kept to warnings.
     for noisy in ("amqtt", "transitions", "libav"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -178,7 +200,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise ConfigError(f"{source}: broker: must be a mapping")
         data["broker"] = {**broker, **overrides}
     cfg = build_config(data, source)
-    logging.getLogger().setLevel(getattr(logging, cfg.log_level.upper()))
+    setup_logging(cfg.log_level, cfg.log_format)
     banks = load_banks(cfg)
     if args.validate_config:
         print(f"{source}: OK ({len(cfg.streams)} streams, {len(banks)} banks, "
@@ -251,8 +273,8 @@ def _cmd_bans(args: argparse.Namespace) -> int:
     bans = BanList(args.state_dir / "bans.json")
     if args.bans_command == "list":
         for b in bans.list():
-            expires = b.expires_at.isoformat() if b.expires_at else "never"
-            print(f"{b.kind}\t{b.value}\t{b.author}\t{b.created_at.isoformat()}\texpires {expires}\t{b.reason}")
+            until = b.expires_at.isoformat() if b.expires_at else "never"
+            print(f"{b.kind}\t{b.value}\t{b.author}\t{b.created_at.isoformat()}\texpires {until}\t{b.reason}")
         return 0
     if args.bans_command == "add":
         expires = datetime.now(UTC) + timedelta(hours=args.hours) if args.hours else None

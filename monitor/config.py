@@ -159,6 +159,14 @@ class ServerConfig(_Strict):
     pull_url_template: str | None = None  # for discovered streams; default: the hook template of this kind
 
 
+class MetricsConfig(_Strict):
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(9108, ge=0, le=65535)
+    stale_sample_s: float = Field(30.0, gt=0)  # /healthz fails for a live stream without samples this long
+    max_outbox_age_s: float = Field(300.0, gt=0)  # ... or alerts undelivered this long
+
+
 class TerminateConfig(_Strict):
     auto_severities: list[Literal["low", "medium", "high"]] = []  # terminate without a moderator for these
     ban: bool = True  # ban the stream key so the publisher's automatic reconnect is refused
@@ -180,6 +188,8 @@ class MonitorConfig(_Strict):
     hooks: HooksConfig = HooksConfig()
     servers: list[ServerConfig] = []
     terminate: TerminateConfig = TerminateConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    log_format: Literal["text", "json"] = "text"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("node")

@@ -37,10 +37,11 @@ from monitor.incidents import (
     QuarantineLifted,
     Suppressed,
 )
+from monitor.metrics import HealthInput, HealthRules, Metrics, start_metrics_server
 from monitor.mqtt import MqttPublisher
 from monitor.outbox import Outbox
 from monitor.servers import DropResult, MediaMTXAPI, NginxRtmpAPI, ServerAPI, SrsAPI
-from monitor.supervisor import StateChange, StreamState, Supervisor
+from monitor.supervisor import SampleTiming, StateChange, StreamState, Supervisor
 from monitor.urls import redact_url
 from pipelines.banks import Bank, load_bank
 from pipelines.base import Finding, Sample
@@ -87,6 +88,10 @@ class Engine:
         self.publisher = MqttPublisher(cfg.broker, cfg.node, self.outbox, on_command=self._on_command)
         self.incidents = IncidentBook(IncidentPolicy(**cfg.incidents.model_dump()), self.severity)
         self.suppressed: dict[str, int] = {}
+        self.metrics = Metrics()
+        self.last_sample: dict[str, float] = {}
+        for b in banks:
+            self.metrics.bank_entries.labels(b.name).set(len(b))
         self.supervisor = Supervisor(cfg.ingest, cfg.sampling, [self.matcher], self)
         self.servers = {s.kind: make_server_api(s.kind, s.api_url) for s in cfg.servers}
         self.origins: dict[str, StreamOrigin] = {}
@@ -104,10 +109,20 @@ class Engine:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._handle_state, change)
 
-    def on_sample(self, sample: Sample, findings: list[Finding]) -> None:
+    def on_sample(self, sample: Sample, findings: list[Finding], timing: SampleTiming) -> None:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._handle_sample, sample.stream_id, sample.media_time_s, findings,
-                                        time.time())
+                                        timing.done_at)
+        # Prometheus metrics are thread-safe: observe here, off the loop.
+        m = self.metrics
+        m.samples.labels(sample.stream_id).inc()
+        m.sample_lag.observe(timing.done_at - sample.received_at)
+        m.stage.labels("decode").observe(timing.decode_s)
+        for name, seconds in timing.stages:
+            m.stage.labels(name).observe(seconds)
+        for f in findings:
+            m.matches.labels(f.bank).inc()
+        self.last_sample[sample.stream_id] = timing.done_at
 
     # -- on the loop ----------------------------------------------------------------------------------
     def record(self, kind: str, stream_id: str, body: dict[str, Any], incident_id: str | None = None) -> None:
@@ -138,6 +153,10 @@ class Engine:
         }
         topic = topics.stream_state(self.cfg.broker.topic_prefix, self.cfg.node, change.stream_id)
         self.publisher.send_json(topic, body, retain=True, user_properties=(("stream_id", change.stream_id),))
+        if change.state in (StreamState.RECONNECTING, StreamState.STALLED):
+            self.metrics.reconnects.labels(change.stream_id, change.state.value).inc()
+        if change.state == StreamState.CONNECTING:
+            self.last_sample.pop(change.stream_id, None)
         if change.state in TERMINAL:
             self._emit(self.incidents.stream_ended(change.stream_id), time.time())
             self._idle.set()
@@ -159,6 +178,8 @@ class Engine:
         """Publish what the incident book decided: alerts for new incidents, retained incident states."""
         for ev in events:
             if isinstance(ev, NewIncident):
+                self.metrics.incidents.labels(ev.incident.bank, ev.incident.severity).inc()
+                self.metrics.alerts.labels(ev.incident.bank).inc()
                 self._send_alert(ev.finding, observed_at, ev.alert_id, ev.incident.incident_id)
                 self._send_incident(ev.incident, "opened")
                 if self.incidents.severity(ev.incident.bank) in self.cfg.terminate.auto_severities:
@@ -169,6 +190,7 @@ class Engine:
                 self._send_incident(ev.incident, ev.reason)
             elif isinstance(ev, Suppressed):
                 self.suppressed[ev.why] = self.suppressed.get(ev.why, 0) + 1
+                self.metrics.suppressed.labels(ev.why).inc()
             elif isinstance(ev, Quarantined):
                 log.warning("entry %s of bank %s matched %d streams within the window: quarantined as a "
                             "suspected noisy list entry (no alerts for it until %s)", ev.entry_id, ev.bank,
@@ -194,7 +216,7 @@ class Engine:
                             observed_at=observed_at, alert_id=alert_id, incident_id=incident_id)
         log.warning("ALERT stream=%s t=%.2fs bank=%s entry=%s distance=%d/%d quality=%d incident=%s",
                     f.stream_id, f.media_time_s, f.bank, f.entry_id, f.distance, f.threshold, f.quality,
-                    incident_id)
+                    incident_id, extra={"stream_id": f.stream_id, "incident_id": incident_id})
         topic = topics.alerts(self.cfg.broker.topic_prefix, self.cfg.node, f.stream_id)
         self.publisher.send_durable(alert_id, topic, alert,
                                     user_properties=(("stream_id", f.stream_id), ("bank", f.bank)))
@@ -319,6 +341,26 @@ class Engine:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
 
+    def _refresh_metrics(self) -> None:
+        m = self.metrics
+        counts = dict.fromkeys((s.value for s in StreamState), 0)
+        for c in self.states.values():
+            counts[c.state.value] += 1
+        for state, n in counts.items():
+            m.streams.labels(state).set(n)
+        m.outbox_depth.set(self.outbox.depth())
+        m.outbox_age.set(self.outbox.oldest_age_s() or 0.0)
+        m.mqtt_connected.set(1 if self.publisher.connected.is_set() else 0)
+        m.quarantined.set(len(self.incidents.quarantined()))
+
+    def health_input(self) -> HealthInput:
+        live = {sid: self.last_sample.get(sid) for sid, c in self.states.items()
+                if c.state == StreamState.LIVE and sid in self.supervisor.workers}
+        dead = [sid for sid, w in self.supervisor.workers.items()
+                if not w.is_alive() and self.states.get(sid) is not None
+                and self.states[sid].state not in TERMINAL]
+        return HealthInput(live, dead, self.publisher.connected.is_set(), self.outbox.oldest_age_s())
+
     async def _tick(self, stop: asyncio.Event) -> None:
         """Close quiet incidents and lift expired quarantines."""
         while not stop.is_set():
@@ -339,9 +381,15 @@ class Engine:
         health = asyncio.create_task(self._health(bg_stop))
         self.spawn(self._tick(bg_stop))
         hooks_runner = None
+        metrics_runner = None
         try:
             if self.cfg.hooks.enabled:
                 hooks_runner = await self._start_hooks()
+            if self.cfg.metrics.enabled:
+                mc = self.cfg.metrics
+                metrics_runner = await start_metrics_server(
+                    self.metrics, self._refresh_metrics, self.health_input,
+                    HealthRules(mc.stale_sample_s, mc.max_outbox_age_s), mc.host, mc.port)
             discovery = self._discovery()
             if discovery is not None:
                 self.spawn(discovery.run(bg_stop))
@@ -354,8 +402,9 @@ class Engine:
             for w in waits:
                 w.cancel()
         finally:
-            if hooks_runner is not None:
-                await hooks_runner.cleanup()
+            for runner in (hooks_runner, metrics_runner):
+                if runner is not None:
+                    await runner.cleanup()
             await asyncio.to_thread(self.supervisor.stop_all)
             await asyncio.sleep(0)  # let the last call_soon_threadsafe callbacks run
             bg_stop.set()

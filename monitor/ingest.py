@@ -48,6 +48,7 @@ class DecodedFrame:
     media_time_s: float
     received_at: float  # unix time the key packet was read
     rgb: npt.NDArray[np.uint8]
+    decoded_at: float = 0.0  # unix time the scaled frame was ready
 
 
 def is_live_url(url: str) -> bool:
@@ -167,4 +168,4 @@ class KeyframeReader:
                 last_key = media_time
                 w, h = _scaled_size(frame.width, frame.height, self.cfg.scale_width)
                 rgb = frame.to_ndarray(format="rgb24", width=w, height=h)
-                yield DecodedFrame(media_time, received_at, rgb)
+                yield DecodedFrame(media_time, received_at, rgb, time.time())

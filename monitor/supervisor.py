@@ -42,12 +42,19 @@ class StateChange:
     retry_in_s: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class SampleTiming:
+    decode_s: float  # key packet read -> scaled frame ready
+    stages: tuple[tuple[str, float], ...]  # (pipeline name, seconds)
+    done_at: float  # unix time the analyses finished
+
+
 class EngineSink(Protocol):
     """Called from worker threads; implementations hand over to their own loop and return at once."""
 
     def on_state(self, change: StateChange) -> None: ...
 
-    def on_sample(self, sample: Sample, findings: list[Finding]) -> None:
+    def on_sample(self, sample: Sample, findings: list[Finding], timing: SampleTiming) -> None:
         """Every sample, matched or not: confirming weak matches needs the misses too."""
         ...
 
@@ -79,7 +86,8 @@ class StreamWorker(threading.Thread):
         level = logging.INFO if state in (StreamState.LIVE, StreamState.ENDED) else logging.WARNING
         if state == StreamState.CONNECTING:
             level = logging.INFO
-        log.log(level, "stream %s: %s%s", self.stream.id, state.value, f" ({detail})" if detail else "")
+        log.log(level, "stream %s: %s%s", self.stream.id, state.value, f" ({detail})" if detail else "",
+                extra={"stream_id": self.stream.id})
         self.sink.on_state(change)
 
     def run(self) -> None:
@@ -100,7 +108,8 @@ class StreamWorker(threading.Thread):
                     self.keyframes += 1
                     if not self.policy.admit(frame.media_time_s):
                         continue
-                    self._process(Sample(self.stream.id, frame.media_time_s, frame.received_at, frame.rgb))
+                    self._process(Sample(self.stream.id, frame.media_time_s, frame.received_at, frame.rgb),
+                                  frame.decoded_at - frame.received_at)
                 if self.stop_event.is_set():
                     break
                 if not live:
@@ -122,15 +131,18 @@ class StreamWorker(threading.Thread):
             self.stop_event.wait(delay)
         self._set(StreamState.ENDED, "removed", attempt)
 
-    def _process(self, sample: Sample) -> None:
+    def _process(self, sample: Sample, decode_s: float) -> None:
         self.samples += 1
         findings: list[Finding] = []
+        stages: list[tuple[str, float]] = []
         for pipeline in self.pipelines:
+            t0 = time.perf_counter()
             try:
                 findings += pipeline.process(sample)
             except Exception:  # an analysis bug must not stop the stream being watched
                 log.exception("stream %s: pipeline %s failed on a sample", self.stream.id, pipeline.name)
-        self.sink.on_sample(sample, findings)
+            stages.append((pipeline.name, time.perf_counter() - t0))
+        self.sink.on_sample(sample, findings, SampleTiming(decode_s, tuple(stages), time.time()))
 
 
 class Supervisor:
