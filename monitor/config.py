@@ -213,8 +213,10 @@ class MonitorConfig(_Strict):
 def _describe(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        where = ".".join(str(p) if str(p).isprintable() and str(p).strip() == str(p) else repr(p)
+                         for p in e["loc"]) or "(top level)"
         msg = "unknown key" if e["type"] == "extra_forbidden" else str(e["msg"]).removeprefix("Value error, ")
+        msg = " ".join(msg.split())  # one line per problem
         lines.append(f"{source}: {where}: {msg}")
     return "\n".join(lines)
 
