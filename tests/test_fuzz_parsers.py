@@ -19,8 +19,13 @@ from pipelines.banks import parse_bank_text
 HEX = "0123456789abcdef"
 hexes = st.text(HEX, min_size=60, max_size=68)
 lines = st.one_of(
-    hexes, st.builds(lambda h: f"pdq {h}", hexes), st.builds(lambda h, i: f"{h},{i},d,2024-01-01,a b", hexes, st.integers()),
-    st.builds(lambda h: json.dumps({"hash": h, "id": 1}), hexes), st.text(max_size=80), st.just("# comment"), st.just(""),
+    hexes,
+    st.builds(lambda h: f"pdq {h}", hexes),
+    st.builds(lambda h, i: f"{h},{i},d,2024-01-01,a b", hexes, st.integers()),
+    st.builds(lambda h: json.dumps({"hash": h, "id": 1}), hexes),
+    st.text(max_size=80),
+    st.just("# comment"),
+    st.just(""),
 )
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
