@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import re
 import signal
 import sys
@@ -108,8 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     con = sub.add_parser("console", help="show alerts as they arrive")
     _add_broker_args(con)
-    con.add_argument("--json", action="store_true", help="one alert per line as JSON")
-    con.add_argument("--max-alerts", type=int, help="exit after this many alerts")
+    con.add_argument("--json", action="store_true", help="one alert per line as JSON (for scripts)")
+    con.add_argument("--lines", action="store_true", help="print alerts as lines instead of the full-screen UI")
+    con.add_argument("--max-alerts", type=int, help="with --json/--lines: exit after this many alerts")
+    con.add_argument("--moderator", default=os.environ.get("USER", ""), help="your name, recorded with actions")
+    con.add_argument("--node", dest="node_filter", help="only this monitor node")
+    con.add_argument("--actions-log", type=Path, help="also record your actions in this JSON-lines file")
 
     h = sub.add_parser("hash", help="fingerprint image/video files into a hash list")
     h.add_argument("files", nargs="+", type=Path)
@@ -230,6 +235,12 @@ def _cmd_console(args: argparse.Namespace) -> int:
         cfg = BrokerConfig.model_validate(_broker_overrides(args))
     except Exception as exc:
         raise ConfigError(f"console: {exc}") from None
+    if not args.json and not args.lines and sys.stdout.isatty():
+        from monitor.tui import run_tui
+
+        if not args.moderator.strip():
+            raise ConfigError("console: --moderator NAME is required: every action is recorded with its author")
+        return run_tui(cfg, moderator=args.moderator, node_filter=args.node_filter, actions_log=args.actions_log)
 
     async def go() -> int:
         stop = asyncio.Event()
