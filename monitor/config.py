@@ -176,6 +176,9 @@ class TerminateConfig(_Strict):
 class MonitorConfig(_Strict):
     node: str = "node-1"
     state_dir: Path = Path("state")  # outbox, evidence log, ban list
+    # Worker processes that decode and analyse streams (threads inside). None: one per core.
+    # 0: everything in the main process (debugging, tiny deployments).
+    workers: int | None = Field(None, ge=0, le=256)
     broker: BrokerConfig = BrokerConfig()
     streams: list[StreamConfig] = []
     banks: list[BankConfig] = []

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -41,10 +42,11 @@ from monitor.metrics import HealthInput, HealthRules, Metrics, start_metrics_ser
 from monitor.mqtt import MqttPublisher
 from monitor.outbox import Outbox
 from monitor.servers import DropResult, MediaMTXAPI, NginxRtmpAPI, ServerAPI, SrsAPI
-from monitor.supervisor import SampleTiming, StateChange, StreamState, Supervisor
+from monitor.supervisor import SampleReport, SampleTiming, StateChange, StreamState, Supervisor
 from monitor.urls import redact_url
+from monitor.workers import ShardedSupervisor
 from pipelines.banks import Bank, load_bank
-from pipelines.base import Finding, Sample
+from pipelines.base import Finding
 from pipelines.known_content import KnownContentMatcher
 
 log = logging.getLogger(__name__)
@@ -80,7 +82,6 @@ class Engine:
         self.cfg = cfg
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         self.severity = {b.name: b.severity for b in cfg.banks}
-        self.matcher = KnownContentMatcher(banks, cfg.matching.min_quality)
         self.outbox = Outbox(cfg.state_dir / "outbox.sqlite", max_bytes=cfg.delivery.outbox_max_mb * 2**20)
         self.evidence = (EvidenceLog(cfg.state_dir / "evidence.sqlite", store_images=cfg.evidence.store_images)
                          if cfg.evidence.enabled else None)
@@ -92,7 +93,14 @@ class Engine:
         self.last_sample: dict[str, float] = {}
         for b in banks:
             self.metrics.bank_entries.labels(b.name).set(len(b))
-        self.supervisor = Supervisor(cfg.ingest, cfg.sampling, [self.matcher], self)
+        n_workers = (os.cpu_count() or 1) if cfg.workers is None else cfg.workers
+        self.supervisor: Supervisor | ShardedSupervisor = (
+            # Worker processes load their own banks; the main process keeps none of them.
+            Supervisor(cfg.ingest, cfg.sampling, [KnownContentMatcher(banks, cfg.matching.min_quality)], self)
+            if n_workers == 0 else
+            ShardedSupervisor(n_workers, cfg.ingest, cfg.sampling, cfg.banks, cfg.matching.min_quality, self,
+                              cfg.log_format == "json"))
+        self.samples = 0
         self.servers = {s.kind: make_server_api(s.kind, s.api_url) for s in cfg.servers}
         self.origins: dict[str, StreamOrigin] = {}
         self.states: dict[str, StateChange] = {}
@@ -109,7 +117,7 @@ class Engine:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._handle_state, change)
 
-    def on_sample(self, sample: Sample, findings: list[Finding], timing: SampleTiming) -> None:
+    def on_sample(self, sample: SampleReport, findings: list[Finding], timing: SampleTiming) -> None:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._handle_sample, sample.stream_id, sample.media_time_s, findings,
                                         timing.done_at)
@@ -123,6 +131,7 @@ class Engine:
         for f in findings:
             m.matches.labels(f.bank).inc()
         self.last_sample[sample.stream_id] = timing.done_at
+        self.samples += 1
 
     # -- on the loop ----------------------------------------------------------------------------------
     def record(self, kind: str, stream_id: str, body: dict[str, Any], incident_id: str | None = None) -> None:
@@ -315,7 +324,7 @@ class Engine:
                    publisher_addr: str | None) -> None:
         """Called by the hook server when a publish starts: start pulling it at once."""
         self.origins[stream_id] = StreamOrigin(server, app, name, publisher_addr)
-        if stream_id in self.supervisor.workers and self.supervisor.workers[stream_id].is_alive():
+        if self.supervisor.has_stream(stream_id):
             return  # MediaMTX reports one publish twice (auth gate, then ready)
         self.watch(StreamConfig(id=stream_id, url=url))
         log.info("stream %s: announced by %s (%s), pulling %s", stream_id, server, publisher_addr or "?",
@@ -334,7 +343,7 @@ class Engine:
                 counts[c.state.value] = counts.get(c.state.value, 0) + 1
             body = {"node": self.cfg.node, "at": time.time(), "streams": counts,
                     "outbox_depth": self.outbox.depth(), "outbox_oldest_age_s": self.outbox.oldest_age_s(),
-                    "alerts_sent": self.alerts_sent, "samples": self.matcher.stats.samples,
+                    "alerts_sent": self.alerts_sent, "samples": self.samples,
                     "open_incidents": len(self.incidents.open_incidents()), "suppressed": self.suppressed,
                     "quarantined": [f"{b}/{e}" for b, e in self.incidents.quarantined()]}
             self.publisher.send_json(topic, body, retain=True, expiry_s=int(interval * 3))
@@ -354,11 +363,11 @@ class Engine:
         m.quarantined.set(len(self.incidents.quarantined()))
 
     def health_input(self) -> HealthInput:
+        watched = set(self.supervisor.stream_ids())
         live = {sid: self.last_sample.get(sid) for sid, c in self.states.items()
-                if c.state == StreamState.LIVE and sid in self.supervisor.workers}
-        dead = [sid for sid, w in self.supervisor.workers.items()
-                if not w.is_alive() and self.states.get(sid) is not None
-                and self.states[sid].state not in TERMINAL]
+                if c.state == StreamState.LIVE and sid in watched}
+        dead = [sid for sid in self.supervisor.dead_streams()
+                if (c := self.states.get(sid)) is not None and c.state not in TERMINAL]
         return HealthInput(live, dead, self.publisher.connected.is_set(), self.outbox.oldest_age_s())
 
     async def _tick(self, stop: asyncio.Event) -> None:
@@ -393,6 +402,7 @@ class Engine:
             discovery = self._discovery()
             if discovery is not None:
                 self.spawn(discovery.run(bg_stop))
+            await asyncio.to_thread(self.supervisor.start)
             for s in self.cfg.streams:
                 self.watch(s)
             waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
@@ -445,6 +455,6 @@ class Engine:
         while True:
             await self._idle.wait()
             self._idle.clear()
-            latest = [self.states.get(sid) for sid in self.supervisor.workers]
+            latest = [self.states.get(sid) for sid in self.supervisor.stream_ids()]
             if all(c is not None and c.state in TERMINAL for c in latest):
                 return

@@ -43,6 +43,15 @@ class StateChange:
 
 
 @dataclass(frozen=True, slots=True)
+class SampleReport:
+    """What the engine needs of a sample once it was analysed (the pixels stay with the worker)."""
+
+    stream_id: str
+    media_time_s: float
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class SampleTiming:
     decode_s: float  # key packet read -> scaled frame ready
     stages: tuple[tuple[str, float], ...]  # (pipeline name, seconds)
@@ -54,7 +63,7 @@ class EngineSink(Protocol):
 
     def on_state(self, change: StateChange) -> None: ...
 
-    def on_sample(self, sample: Sample, findings: list[Finding], timing: SampleTiming) -> None:
+    def on_sample(self, sample: SampleReport, findings: list[Finding], timing: SampleTiming) -> None:
         """Every sample, matched or not: confirming weak matches needs the misses too."""
         ...
 
@@ -142,11 +151,12 @@ class StreamWorker(threading.Thread):
             except Exception:  # an analysis bug must not stop the stream being watched
                 log.exception("stream %s: pipeline %s failed on a sample", self.stream.id, pipeline.name)
             stages.append((pipeline.name, time.perf_counter() - t0))
-        self.sink.on_sample(sample, findings, SampleTiming(decode_s, tuple(stages), time.time()))
+        report = SampleReport(sample.stream_id, sample.media_time_s, sample.received_at)
+        self.sink.on_sample(report, findings, SampleTiming(decode_s, tuple(stages), time.time()))
 
 
 class Supervisor:
-    """Starts and stops stream workers; streams can be added and removed while running."""
+    """Starts and stops stream worker threads in this process; streams can be added and removed while running."""
 
     def __init__(self, ingest: IngestConfig, sampling: SamplingConfig, pipelines: Sequence[Pipeline],
                  sink: EngineSink) -> None:
@@ -172,6 +182,20 @@ class Supervisor:
 
     def active(self) -> int:
         return sum(1 for w in self.workers.values() if w.is_alive())
+
+    def has_stream(self, stream_id: str) -> bool:
+        w = self.workers.get(stream_id)
+        return w is not None and w.is_alive()
+
+    def stream_ids(self) -> list[str]:
+        return list(self.workers)
+
+    def dead_streams(self) -> list[str]:
+        """Streams whose worker thread ended (its last state says whether that was expected)."""
+        return [sid for sid, w in self.workers.items() if not w.is_alive()]
+
+    def start(self) -> None:
+        """Threads start with each stream; nothing to do (the sharded supervisor starts processes here)."""
 
     def stop_all(self, timeout_s: float = 10.0) -> None:
         for w in self.workers.values():
