@@ -220,6 +220,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, engine.reload_requested.set)  # reload banks
         await engine.run(stop, until_streams_end=args.once)
 
     asyncio.run(go())

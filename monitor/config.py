@@ -86,6 +86,9 @@ class BankConfig(_Strict):
     signal_type: Literal["pdq", "phash"] = "pdq"
     threshold: int | None = Field(None, ge=0, le=256)  # None: the signal type's default
     severity: Literal["low", "medium", "high"] = "high"
+    enabled: bool = True
+    # Known benign content (test cards, popular false positives): a sample matching it alerts on no bank.
+    negative: bool = False
 
     @field_validator("name")
     @classmethod
@@ -112,6 +115,11 @@ class SamplingConfig(_Strict):
 
 class MatchingConfig(_Strict):
     min_quality: int = Field(50, ge=0, le=100)  # PDQ quality below this hashes unreliably (flat frames)
+
+
+class BankReloadConfig(_Strict):
+    watch: bool = True  # reload a bank when its file changes (also on SIGHUP)
+    interval_s: float = Field(5.0, gt=0)
 
 
 class IncidentsConfig(_Strict):
@@ -186,6 +194,7 @@ class MonitorConfig(_Strict):
     sampling: SamplingConfig = SamplingConfig()
     matching: MatchingConfig = MatchingConfig()
     incidents: IncidentsConfig = IncidentsConfig()
+    bank_reload: BankReloadConfig = BankReloadConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     evidence: EvidenceConfig = EvidenceConfig()
     hooks: HooksConfig = HooksConfig()

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from monitor import topics
@@ -25,6 +26,7 @@ from monitor.alerts import build_alert
 from monitor.bans import BanList
 from monitor.config import MonitorConfig, StreamConfig
 from monitor.discovery import DiscoveredServer, Discovery
+from monitor.errors import UserError
 from monitor.evidence import EvidenceLog
 from monitor.incidents import (
     CommandError,
@@ -43,9 +45,10 @@ from monitor.mqtt import MqttPublisher
 from monitor.outbox import Outbox
 from monitor.servers import DropResult, MediaMTXAPI, NginxRtmpAPI, ServerAPI, SrsAPI
 from monitor.supervisor import SampleReport, SampleTiming, StateChange, StreamState, Supervisor
+from monitor.supervisor import load_banks as load_bank_files
 from monitor.urls import redact_url
 from monitor.workers import ShardedSupervisor
-from pipelines.banks import Bank, load_bank
+from pipelines.banks import Bank
 from pipelines.base import Finding
 from pipelines.known_content import KnownContentMatcher
 
@@ -56,10 +59,18 @@ AlertListener = Callable[[dict[str, Any]], None]
 
 
 def load_banks(cfg: MonitorConfig) -> list[Bank]:
-    banks = [load_bank(b.path, b.name, b.signal_type, b.threshold) for b in cfg.banks]
+    banks = load_bank_files(cfg.banks)
     for b in banks:
         log.info("bank %s: %d %s entries, threshold %d", b.name, len(b), b.signal_type, b.threshold)
     return banks
+
+
+def _file_stamp(path: Path) -> tuple[float, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime, st.st_size
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +93,9 @@ class Engine:
         self.cfg = cfg
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         self.severity = {b.name: b.severity for b in cfg.banks}
+        self.negative_banks = {b.name for b in cfg.banks if b.negative}
+        self._bank_stamps = {b.name: _file_stamp(b.path) for b in cfg.banks}
+        self.reload_requested = asyncio.Event()
         self.outbox = Outbox(cfg.state_dir / "outbox.sqlite", max_bytes=cfg.delivery.outbox_max_mb * 2**20)
         self.evidence = (EvidenceLog(cfg.state_dir / "evidence.sqlite", store_images=cfg.evidence.store_images)
                          if cfg.evidence.enabled else None)
@@ -181,6 +195,14 @@ class Engine:
                 "quality": f.quality, "stream_url": self.supervisor.urls.get(f.stream_id, ""),
                 "publisher_addr": origin.publisher_addr if origin else None,
             })
+        negative = [f for f in findings if f.bank in self.negative_banks]
+        if negative:
+            # Known benign content: whatever else this sample matched is not news.
+            n = sum(1 for f in findings if f.bank not in self.negative_banks)
+            if n:
+                self.suppressed["negative bank"] = self.suppressed.get("negative bank", 0) + n
+                self.metrics.suppressed.labels("negative bank").inc(n)
+            findings = []
         self._emit(self.incidents.on_sample(stream_id, media_time_s, findings), observed_at)
 
     def _emit(self, events: list[Event], observed_at: float) -> None:
@@ -370,6 +392,40 @@ class Engine:
                 if (c := self.states.get(sid)) is not None and c.state not in TERMINAL]
         return HealthInput(live, dead, self.publisher.connected.is_set(), self.outbox.oldest_age_s())
 
+    async def _watch_banks(self, stop: asyncio.Event) -> None:
+        """Reload banks whose files changed (or all, on SIGHUP): validated here, swapped atomically by workers."""
+        while not stop.is_set():
+            waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait()),
+                                                asyncio.ensure_future(self.reload_requested.wait())]
+            await asyncio.wait(waits, timeout=self.cfg.bank_reload.interval_s, return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
+            if stop.is_set():
+                return
+            forced = self.reload_requested.is_set()
+            self.reload_requested.clear()
+            stamps = {b.name: _file_stamp(b.path) for b in self.cfg.banks}
+            if not forced and (not self.cfg.bank_reload.watch or stamps == self._bank_stamps):
+                continue
+            await self.reload_banks(stamps)
+
+    async def reload_banks(self, stamps: dict[str, tuple[float, int] | None] | None = None) -> bool:
+        t0 = time.perf_counter()
+        try:
+            banks = await asyncio.to_thread(load_bank_files, self.cfg.banks)
+        except UserError as exc:
+            log.error("bank reload refused, the loaded banks stay in use: %s", exc)
+            return False
+        finally:
+            self._bank_stamps = stamps or {b.name: _file_stamp(b.path) for b in self.cfg.banks}
+        self.supervisor.reload_banks(self.cfg.banks)
+        elapsed = time.perf_counter() - t0
+        for b in banks:
+            self.metrics.bank_entries.labels(b.name).set(len(b))
+            self.metrics.bank_reload.labels(b.name).observe(elapsed)
+        log.info("banks reloaded (%s) in %.2f s", ", ".join(f"{b.name}: {len(b)}" for b in banks), elapsed)
+        return True
+
     async def _tick(self, stop: asyncio.Event) -> None:
         """Close quiet incidents and lift expired quarantines."""
         while not stop.is_set():
@@ -389,6 +445,7 @@ class Engine:
         bg_stop = asyncio.Event()  # health and discovery end before the publisher drains
         health = asyncio.create_task(self._health(bg_stop))
         self.spawn(self._tick(bg_stop))
+        self.spawn(self._watch_banks(bg_stop))
         hooks_runner = None
         metrics_runner = None
         try:

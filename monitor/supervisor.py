@@ -14,10 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from monitor.config import IngestConfig, SamplingConfig, StreamConfig
+from monitor.config import BankConfig, IngestConfig, SamplingConfig, StreamConfig
 from monitor.ingest import IngestError, KeyframeReader, is_live_url
 from monitor.scheduler import SamplingPolicy
 from monitor.urls import redact_url
+from pipelines.banks import Bank, load_bank
 from pipelines.base import Finding, Pipeline, Sample
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,11 @@ class EngineSink(Protocol):
     def on_sample(self, sample: SampleReport, findings: list[Finding], timing: SampleTiming) -> None:
         """Every sample, matched or not: confirming weak matches needs the misses too."""
         ...
+
+
+def load_banks(banks: Sequence[BankConfig]) -> list[Bank]:
+    """The enabled banks, parsed; raises BankFormatError naming file and line."""
+    return [load_bank(b.path, b.name, b.signal_type, b.threshold) for b in banks if b.enabled]
 
 
 def backoff_delay(attempt: int, initial: float, maximum: float, rng: random.Random) -> float:
@@ -196,6 +202,23 @@ class Supervisor:
 
     def start(self) -> None:
         """Threads start with each stream; nothing to do (the sharded supervisor starts processes here)."""
+
+    def reload_banks(self, banks: Sequence[BankConfig]) -> None:
+        """Build the new banks in the background, then swap them in whole (samples never wait for a load)."""
+
+        def build() -> None:
+            from pipelines.known_content import KnownContentMatcher
+
+            try:
+                loaded = load_banks(banks)
+            except Exception as exc:  # validated by the caller; a file changed again meanwhile
+                log.error("bank reload failed, keeping the loaded banks: %s", exc)
+                return
+            for p in self.pipelines:
+                if isinstance(p, KnownContentMatcher):
+                    p.set_banks(loaded)
+
+        threading.Thread(target=build, name="bank-reload", daemon=True).start()
 
     def stop_all(self, timeout_s: float = 10.0) -> None:
         for w in self.workers.values():

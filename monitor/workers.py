@@ -21,7 +21,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from monitor.config import BankConfig, IngestConfig, SamplingConfig, StreamConfig
-from monitor.supervisor import EngineSink, SampleReport, SampleTiming, StateChange, Supervisor
+from monitor.supervisor import EngineSink, SampleReport, SampleTiming, StateChange, Supervisor, load_banks
 from monitor.urls import redact_url
 from pipelines.base import Finding
 
@@ -57,11 +57,9 @@ def _worker_main(index: int, spec: WorkerSpec, commands: Any, events: Any) -> No
     from monitor.cli import setup_logging
 
     setup_logging(logging.getLevelName(spec.log_level).lower(), "json" if spec.log_json else "text")
-    from pipelines.banks import load_bank
     from pipelines.known_content import KnownContentMatcher
 
-    banks = [load_bank(b.path, b.name, b.signal_type, b.threshold)
-             for b in (BankConfig.model_validate(d) for d in spec.banks)]
+    banks = load_banks([BankConfig.model_validate(d) for d in spec.banks])
     supervisor = Supervisor(IngestConfig.model_validate(spec.ingest), SamplingConfig.model_validate(spec.sampling),
                             [KnownContentMatcher(banks, spec.min_quality)], _QueueSink(events))
     events.put(("ready", index))
@@ -71,6 +69,8 @@ def _worker_main(index: int, spec: WorkerSpec, commands: Any, events: Any) -> No
             supervisor.add_stream(StreamConfig.model_validate(cmd[1]))
         elif cmd[0] == "remove":
             supervisor.remove_stream(cmd[1])
+        elif cmd[0] == "banks":
+            supervisor.reload_banks([BankConfig.model_validate(d) for d in cmd[1]])
         elif cmd[0] == "stop":
             supervisor.stop_all()
             events.put(("stopped", index))
@@ -163,6 +163,14 @@ class ShardedSupervisor:
 
     def has_stream(self, stream_id: str) -> bool:
         return stream_id in self.shard_of
+
+    def reload_banks(self, banks: Sequence[BankConfig]) -> None:
+        data = [b.model_dump(mode="json") for b in banks]
+        self.spec = WorkerSpec(self.spec.ingest, self.spec.sampling, data, self.spec.min_quality,
+                               self.spec.log_level, self.spec.log_json)  # a restarted worker loads these too
+        for q in self.commands:
+            if q is not None:
+                q.put(("banks", data))
 
     def stream_ids(self) -> list[str]:
         return list(self.shard_of)
