@@ -144,6 +144,17 @@ def build_parser() -> argparse.ArgumentParser:
     brm.add_argument("kind", choices=["key", "addr"])
     brm.add_argument("value")
 
+    bk = sub.add_parser("bank", help="hash lists: convert between formats, check a file")
+    bksub = bk.add_subparsers(dest="bank_command", required=True)
+    conv = bksub.add_parser("convert", help="read any accepted format, write another")
+    conv.add_argument("input", type=Path)
+    conv.add_argument("--format", choices=["csv", "plain", "typed", "jsonl"], required=True)
+    conv.add_argument("--signal", choices=["pdq", "phash"], default="pdq")
+    conv.add_argument("--output", "-o", type=Path)
+    chk = bksub.add_parser("check", help="parse a hash list and report its entries or its first error")
+    chk.add_argument("input", type=Path)
+    chk.add_argument("--signal", choices=["pdq", "phash"], default="pdq")
+
     d = sub.add_parser("demo", help="self-contained demo: generated live stream, embedded broker, console")
     d.add_argument("--duration", type=float, default=40.0, help="stream length in seconds")
     d.add_argument("--keep", type=Path, help="keep the demo's files (bank, ground truth) in this folder")
@@ -170,6 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 from monitor.bench_match import main as bench_main
             return bench_main(args.args)
+        if args.command == "bank":
+            return _cmd_bank(args)
         if args.command == "bans":
             return _cmd_bans(args)
         if args.command == "demo":
@@ -299,4 +312,22 @@ def _cmd_bans(args: argparse.Namespace) -> int:
     if not bans.remove(args.kind, args.value):
         raise UserError(f"bans remove: no {args.kind} ban for {args.value!r}")
     print(f"removed {args.kind} {args.value}")
+    return 0
+
+
+def _cmd_bank(args: argparse.Namespace) -> int:
+    from pipelines.banks import format_bank, load_bank
+    from pipelines.hamming import code_to_hex
+
+    bank = load_bank(args.input, args.input.stem, args.signal)
+    if args.bank_command == "check":
+        print(f"{args.input}: {len(bank)} {args.signal} entries, OK")
+        return 0
+    text = format_bank([code_to_hex(c) for c in bank.codes], args.format, args.signal, entries=bank.entries)
+    if args.output:
+        args.output.write_text(text)
+        log.info("wrote %d entries to %s", len(bank), args.output)
+    else:
+        with contextlib.suppress(BrokenPipeError):
+            sys.stdout.write(text)
     return 0

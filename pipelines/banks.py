@@ -199,21 +199,32 @@ def _parse_jsonl(lines: list[str], source: str, signal_type: str) -> list[_Row]:
     return rows
 
 
-def format_bank(codes: list[str], fmt: str, signal_type: str = "pdq", labels: list[str] | None = None) -> str:
-    """Write hex hashes in one of the load formats (used by `monitor hash`)."""
+def format_bank(codes: list[str], fmt: str, signal_type: str = "pdq", labels: list[str] | None = None,
+                entries: list[Entry] | None = None) -> str:
+    """Write hex hashes in one of the load formats (`monitor hash`, `monitor bank convert`).
+
+    With `entries`, ids, labels, tags and dates travel too (CSV and JSON lines carry them; plain and typed
+    formats cannot, and their ids become line numbers again).
+    """
+    if entries is None:
+        entries = [Entry(str(i), labels[i - 1] if labels else None) for i in range(1, len(codes) + 1)]
     out = io.StringIO()
     if fmt == "csv":
         w = csv.writer(out, lineterminator="\n")
         w.writerow(CSV_COLUMNS)
-        for i, h in enumerate(codes, start=1):
-            w.writerow([h, str(i), labels[i - 1] if labels else "", "", ""])
+        for h, e in zip(codes, entries, strict=True):
+            w.writerow([h, e.entry_id, e.label or "", e.added_on or "", " ".join(e.tags)])
     elif fmt == "typed":
         out.writelines(f"{signal_type} {h}\n" for h in codes)
     elif fmt == "jsonl":
-        for i, h in enumerate(codes, start=1):
-            rec: dict[str, object] = {"hash": h, "signal_type": signal_type, "id": str(i)}
-            if labels:
-                rec["label"] = labels[i - 1]
+        for h, e in zip(codes, entries, strict=True):
+            rec: dict[str, object] = {"hash": h, "signal_type": signal_type, "id": e.entry_id}
+            if e.label:
+                rec["label"] = e.label
+            if e.tags:
+                rec["tags"] = list(e.tags)
+            if e.added_on:
+                rec["added_on"] = e.added_on
             out.write(json.dumps(rec) + "\n")
     elif fmt == "plain":
         out.writelines(f"{h}\n" for h in codes)

@@ -89,3 +89,13 @@ def test_lookup_returns_entries_within_threshold_nearest_first(tmp_path: Path) -
     hits = bank.lookup(probe)
     assert [(h.entry.entry_id, h.distance) for h in hits] == [("1", 3)]
     assert bank.lookup(np.zeros(32, np.uint8)) == []
+
+
+def test_convert_keeps_ids_labels_tags_and_dates(tmp_path: Path) -> None:
+    from pipelines.banks import Entry
+
+    entries = [Entry("te-9", "cat", ("t1", "t2"), "2024-02-03T00:00:00Z"), Entry("te-10")]
+    for fmt in ("csv", "jsonl"):
+        text = format_bank([A, B], fmt, "pdq", entries=entries)
+        bank = load_bank(write(tmp_path, f"e.{fmt}", text), "e")
+        assert bank.entries == entries
