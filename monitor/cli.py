@@ -126,8 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evidence", help="verify the evidence log or export an incident report", add_help=False)
     ev.add_argument("args", nargs=argparse.REMAINDER)
 
-    bench = sub.add_parser("bench", help="benchmarks that print JSON: `bench ingest`, `bench match`")
-    bench.add_argument("which", choices=["ingest", "match"])
+    bench = sub.add_parser("bench", help="benchmarks that print JSON: `bench ingest`, `bench match`, `bench soak`")
+    bench.add_argument("which", choices=["ingest", "match", "soak"])
     bench.add_argument("args", nargs=argparse.REMAINDER)
 
     bans = sub.add_parser("bans", help="list, add or remove bans (stream keys, addresses)")
@@ -178,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "bench":
             if args.which == "ingest":
                 from monitor.bench_ingest import main as bench_main
+            elif args.which == "soak":
+                from monitor.soak import main as bench_main
             else:
                 from monitor.bench_match import main as bench_main
             return bench_main(args.args)
