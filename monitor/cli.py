@@ -282,14 +282,17 @@ def _cmd_hash(args: argparse.Namespace) -> int:
                             f" at {fh.time_s}s" if fh.time_s is not None else "", fh.quality)
             hexes.append(fh.hex)
             labels.append(path.name if fh.time_s is None else f"{path.name}@{fh.time_s}")
-    text = format_bank(hexes, args.format, args.signal, labels)
-    if args.output:
-        args.output.write_text(text)
-        log.info("wrote %d hashes to %s", len(hexes), args.output)
-    else:
-        with contextlib.suppress(BrokenPipeError):
-            sys.stdout.write(text)
+    _write_output(format_bank(hexes, args.format, args.signal, labels), args.output, f"{len(hexes)} hashes")
     return 0
+
+
+def _write_output(text: str, path: Path | None, what: str) -> None:
+    if path is not None:
+        path.write_text(text)
+        log.info("wrote %s to %s", what, path)
+    else:
+        with contextlib.suppress(BrokenPipeError):  # `| head` is fine
+            sys.stdout.write(text)
 
 
 def _cmd_bans(args: argparse.Namespace) -> int:
@@ -326,10 +329,5 @@ def _cmd_bank(args: argparse.Namespace) -> int:
         print(f"{args.input}: {len(bank)} {args.signal} entries, OK")
         return 0
     text = format_bank([code_to_hex(c) for c in bank.codes], args.format, args.signal, entries=bank.entries)
-    if args.output:
-        args.output.write_text(text)
-        log.info("wrote %d entries to %s", len(bank), args.output)
-    else:
-        with contextlib.suppress(BrokenPipeError):
-            sys.stdout.write(text)
+    _write_output(text, args.output, f"{len(bank)} entries")
     return 0

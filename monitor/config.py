@@ -5,15 +5,25 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from monitor.errors import ConfigError
 
 STREAM_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")  # one MQTT topic level, no wildcards
+
+
+def _topic_level(v: str) -> str:
+    """Ids that become one MQTT topic level (and file names): no wildcards, no slashes."""
+    if not STREAM_ID_RE.match(v):
+        raise ValueError("must be 1-128 characters of A-Z a-z 0-9 . _ -")
+    return v
+
+
+TopicLevel = Annotated[str, AfterValidator(_topic_level)]
 
 
 class _Strict(BaseModel):
@@ -69,19 +79,12 @@ class BrokerConfig(_Strict):
 
 
 class StreamConfig(_Strict):
-    id: str
+    id: TopicLevel
     url: str
-
-    @field_validator("id")
-    @classmethod
-    def _check_id(cls, v: str) -> str:
-        if not STREAM_ID_RE.match(v):
-            raise ValueError("must be 1-128 characters of A-Z a-z 0-9 . _ -")
-        return v
 
 
 class BankConfig(_Strict):
-    name: str
+    name: TopicLevel
     path: Path
     signal_type: Literal["pdq", "phash"] = "pdq"
     threshold: int | None = Field(None, ge=0, le=256)  # None: the signal type's default
@@ -89,13 +92,6 @@ class BankConfig(_Strict):
     enabled: bool = True
     # Known benign content (test cards, popular false positives): a sample matching it alerts on no bank.
     negative: bool = False
-
-    @field_validator("name")
-    @classmethod
-    def _check_name(cls, v: str) -> str:
-        if not STREAM_ID_RE.match(v):
-            raise ValueError("must be 1-128 characters of A-Z a-z 0-9 . _ -")
-        return v
 
 
 class IngestConfig(_Strict):
@@ -182,7 +178,7 @@ class TerminateConfig(_Strict):
 
 
 class MonitorConfig(_Strict):
-    node: str = "node-1"
+    node: TopicLevel = "node-1"
     state_dir: Path = Path("state")  # outbox, evidence log, ban list
     # Worker processes that decode and analyse streams (threads inside). None: one per core.
     # 0: everything in the main process (debugging, tiny deployments).
@@ -203,13 +199,6 @@ class MonitorConfig(_Strict):
     metrics: MetricsConfig = MetricsConfig()
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-
-    @field_validator("node")
-    @classmethod
-    def _check_node(cls, v: str) -> str:
-        if not STREAM_ID_RE.match(v):
-            raise ValueError("must be 1-128 characters of A-Z a-z 0-9 . _ -")
-        return v
 
     @field_validator("streams")
     @classmethod
