@@ -56,7 +56,8 @@ def _worker_main(index: int, spec: WorkerSpec, commands: Any, events: Any) -> No
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us in order
     from monitor.cli import setup_logging
 
-    setup_logging(logging.getLevelName(spec.log_level).lower(), "json" if spec.log_json else "text")
+    setup_logging("info", "json" if spec.log_json else "text")
+    logging.getLogger("monitor").setLevel(spec.log_level)  # as quiet as the parent's "monitor" loggers
     from pipelines.known_content import KnownContentMatcher
 
     banks = load_banks([BankConfig.model_validate(d) for d in spec.banks])
@@ -85,7 +86,7 @@ class ShardedSupervisor:
         self.n = max(1, n_workers)
         self.spec = WorkerSpec(ingest.model_dump(mode="json"), sampling.model_dump(mode="json"),
                                [b.model_dump(mode="json") for b in banks], min_quality,
-                               logging.getLogger().getEffectiveLevel(), log_json)
+                               logging.getLogger("monitor").getEffectiveLevel(), log_json)
         self.sink = sink
         self.ctx = mp.get_context("spawn")
         self.events: Any = self.ctx.Queue()

@@ -14,12 +14,14 @@ fi
 # Reinstall only when pyproject.toml changed since the last install.
 STAMP=.venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)-${EXTRAS:-base}
 if [ ! -f "$STAMP" ]; then
-    echo "==> installing the project into .venv"
-    .venv/bin/python -m pip install -q --upgrade pip
-    if [ -n "${EXTRAS:-}" ]; then
-        .venv/bin/python -m pip install -q -e ".[${EXTRAS}]"
-    else
-        .venv/bin/python -m pip install -q -e .
+    echo "==> installing the project into .venv (log: .venv/install.log)"
+    target="."
+    if [ -n "${EXTRAS:-}" ]; then target=".[${EXTRAS}]"; fi
+    if ! { .venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install -e "$target"; } \
+            > .venv/install.log 2>&1; then
+        tail -n 30 .venv/install.log >&2
+        echo "installing the project failed; full log in .venv/install.log" >&2
+        exit 1
     fi
     rm -f .venv/.installed-*
     touch "$STAMP"
