@@ -271,18 +271,19 @@ def _cmd_console(args: argparse.Namespace) -> int:
 
 def _cmd_hash(args: argparse.Namespace) -> int:
     from monitor.hashfiles import hash_file
-    from pipelines.banks import format_bank
+    from pipelines.banks import Entry, format_bank
 
     hexes: list[str] = []
-    labels: list[str] = []
-    for path in args.files:
+    entries: list[Entry] = []
+    for n, path in enumerate(args.files, start=1):
         for fh in hash_file(path, signal_type=args.signal, every_s=args.every):
             if fh.quality < 50:
                 log.warning("%s%s: PDQ quality %d < 50: hashes of such frames match unreliably", path,
                             f" at {fh.time_s}s" if fh.time_s is not None else "", fh.quality)
             hexes.append(fh.hex)
-            labels.append(path.name if fh.time_s is None else f"{path.name}@{fh.time_s}")
-    _write_output(format_bank(hexes, args.format, args.signal, labels), args.output, f"{len(hexes)} hashes")
+            # Every frame of one video shares the file's entry id: together they are one known video.
+            entries.append(Entry(str(n), path.name, frame_s=fh.time_s))
+    _write_output(format_bank(hexes, args.format, args.signal, entries=entries), args.output, f"{len(hexes)} hashes")
     return 0
 
 

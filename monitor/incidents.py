@@ -326,7 +326,10 @@ class IncidentBook:
         since = media_time_s - self.policy.confirm_window_s
         hits = [s for s in window if s is not seen and (f.bank, f.entry_id) in s.matches and s.media_time_s >= since]
         hits.append(seen)
-        if f.distance > self.policy.strong_distance and len(hits) < self.policy.confirm_k:
+        # A frame of a known video is never enough alone (intros, logos and black frames are shared between
+        # videos): several samples matching the same video within the window confirm it, as vPDQ does.
+        strong = f.distance <= self.policy.strong_distance and f.entry_frame_s is None
+        if not strong and len(hits) < self.policy.confirm_k:
             return [Suppressed(f, "unconfirmed")]
         return self._open(f, hits, now)
 

@@ -5,7 +5,8 @@ Accepted, one entry per line (blank lines and `#` comments ignored):
   - `<signal_type> <hex>`;
   - ThreatExchange-style CSV `hash,indicator_id,descriptor_id,added_on,tags` (header optional, tags space-separated);
   - JSON lines `{"hash": ..., "signal_type": ..., "id": ..., "label": ..., "tags": [...], "added_on": ...}`.
-`entry_id` is the list's id column when it has one, else the 1-based line number.
+`entry_id` is the list's id column when it has one, else the 1-based line number. A known video is several rows
+with one id and a `frame_s` column (CSV with a header) or key (JSON lines): its frame hashes, about one a second.
 A malformed line rejects the whole file, naming file and line: half a list is worse than a clear error.
 """
 
@@ -37,6 +38,7 @@ class Entry:
     label: str | None = None
     tags: tuple[str, ...] = ()
     added_on: str | None = None
+    frame_s: float | None = None  # set for frames of a known video: all frames of one video share entry_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +130,18 @@ def _signal_name(token: str) -> str:
     return {"pdq_hash": "pdq", "photo_pdq": "pdq", "pdqhash": "pdq"}.get(t, t)
 
 
+def _frame_time(value: object, source: str, lineno: int) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        t = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise BankFormatError(source, lineno, f"frame_s {value!r} is not a number of seconds") from None
+    if not t >= 0:
+        raise BankFormatError(source, lineno, f"frame_s {value!r} must be >= 0")
+    return t
+
+
 def _parse_plain(lines: list[str], source: str) -> list[_Row]:
     rows: list[_Row] = []
     for lineno, raw in enumerate(lines, start=1):
@@ -164,6 +178,7 @@ def _parse_csv(text: str, source: str) -> list[_Row]:
             label=rec.get("label") or rec.get("descriptor_id") or None,
             tags=tuple(rec.get("tags", "").split()),
             added_on=rec.get("added_on") or None,
+            frame_s=_frame_time(rec.get("frame_s"), source, lineno),
         )
         sig = rec.get("signal_type")
         rows.append((lineno, _signal_name(sig) if sig else None, rec.get("hash", ""), entry))
@@ -193,6 +208,7 @@ def _parse_jsonl(lines: list[str], source: str, signal_type: str) -> list[_Row]:
             label=str(rec["label"]) if rec.get("label") is not None else None,
             tags=tuple(tags),
             added_on=str(rec["added_on"]) if rec.get("added_on") is not None else None,
+            frame_s=_frame_time(rec.get("frame_s"), source, lineno),
         )
         sig = rec.get("signal_type")
         rows.append((lineno, _signal_name(str(sig)) if sig else None, rec["hash"], entry))
@@ -209,11 +225,13 @@ def format_bank(codes: list[str], fmt: str, signal_type: str = "pdq", labels: li
     if entries is None:
         entries = [Entry(str(i), labels[i - 1] if labels else None) for i in range(1, len(codes) + 1)]
     out = io.StringIO()
+    videos = any(e.frame_s is not None for e in entries)
     if fmt == "csv":
         w = csv.writer(out, lineterminator="\n")
-        w.writerow(CSV_COLUMNS)
+        w.writerow((*CSV_COLUMNS, "frame_s") if videos else CSV_COLUMNS)
         for h, e in zip(codes, entries, strict=True):
-            w.writerow([h, e.entry_id, e.label or "", e.added_on or "", " ".join(e.tags)])
+            row = [h, e.entry_id, e.label or "", e.added_on or "", " ".join(e.tags)]
+            w.writerow([*row, "" if e.frame_s is None else f"{e.frame_s:g}"] if videos else row)
     elif fmt == "typed":
         out.writelines(f"{signal_type} {h}\n" for h in codes)
     elif fmt == "jsonl":
@@ -225,6 +243,8 @@ def format_bank(codes: list[str], fmt: str, signal_type: str = "pdq", labels: li
                 rec["tags"] = list(e.tags)
             if e.added_on:
                 rec["added_on"] = e.added_on
+            if e.frame_s is not None:
+                rec["frame_s"] = e.frame_s
             out.write(json.dumps(rec) + "\n")
     elif fmt == "plain":
         out.writelines(f"{h}\n" for h in codes)

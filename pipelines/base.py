@@ -36,6 +36,7 @@ class Finding:
     sample_hash: str
     entry_label: str | None = None
     entry_tags: tuple[str, ...] = field(default_factory=tuple)
+    entry_frame_s: float | None = None  # the entry is a known video; this is the matched frame's time in it
 
 
 class Pipeline(Protocol):

@@ -99,3 +99,14 @@ def test_convert_keeps_ids_labels_tags_and_dates(tmp_path: Path) -> None:
         text = format_bank([A, B], fmt, "pdq", entries=entries)
         bank = load_bank(write(tmp_path, f"e.{fmt}", text), "e")
         assert bank.entries == entries
+
+
+def test_video_entries_share_an_id_and_carry_frame_times(tmp_path: Path) -> None:
+    from pipelines.banks import Entry
+
+    entries = [Entry("7", "clip.mp4", frame_s=0.0), Entry("7", "clip.mp4", frame_s=1.0), Entry("8", "still.png")]
+    for fmt in ("csv", "jsonl"):
+        bank = load_bank(write(tmp_path, f"v.{fmt}", format_bank([A, B, C], fmt, "pdq", entries=entries)), "v")
+        assert bank.entries == entries
+    with pytest.raises(BankFormatError, match="frame_s 'x' is not a number"):
+        load_bank(write(tmp_path, "bad.csv", f"hash,indicator_id,frame_s\n{A},1,x\n"), "b")

@@ -447,3 +447,14 @@ def test_random_operations_keep_invariants(ops: list[tuple[Any, ...]]) -> None:
         assert all(i.is_open for i in live)
         for i in live:
             check(i)
+
+
+def test_frames_of_a_known_video_need_several_samples_even_when_exact() -> None:
+    from dataclasses import replace
+
+    book, _ = make_book()
+    frame = replace(finding(t=0.0, distance=0), entry_frame_s=12.0)
+    assert sample(book, "s1", 0.0, frame) == [Suppressed(frame, "unconfirmed")]
+    later = replace(finding(t=2.0, distance=3), entry_frame_s=14.0)  # the next second of the same video
+    inc = new_incident(sample(book, "s1", 2.0, later))
+    assert inc.samples == 2 and inc.entry_id == "e1"
