@@ -49,9 +49,11 @@ def setup_logging(level: str, fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level.upper()))
-    # Third-party chatter (amqtt logs every client) is kept to warnings.
+    # Third-party chatter (amqtt logs every client) is kept to warnings. paho (logger "mqtt") logs an ERROR for
+    # the socket of a client we closed on purpose; our own messages say what a connection problem means.
     for noisy in ("amqtt", "transitions", "libav"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("mqtt").setLevel(logging.CRITICAL)
 
 
 def _stream_arg(text: str) -> dict[str, str]:
