@@ -120,7 +120,6 @@ class Engine:
         self.states: dict[str, StateChange] = {}
         self.alert_listeners: list[AlertListener] = []
         self.alerts_sent = 0
-        self.terminations: list[dict[str, Any]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle = asyncio.Event()
         self._evidence_writer = ThreadPoolExecutor(1, thread_name_prefix="evidence")
@@ -182,7 +181,21 @@ class Engine:
             self.last_sample.pop(change.stream_id, None)
         if change.state in TERMINAL:
             self._emit(self.incidents.stream_ended(change.stream_id), time.time())
+            if not self.supervisor.has_stream(change.stream_id):
+                self._forget_stream(change.stream_id, topic)
             self._idle.set()
+
+    def _forget_stream(self, stream_id: str, state_topic: str) -> None:
+        """A removed stream leaves no trace in memory, metrics or retained state (hooks add streams forever)."""
+        self.states.pop(stream_id, None)
+        self.last_sample.pop(stream_id, None)
+        self.origins.pop(stream_id, None)
+        self.supervisor.urls.pop(stream_id, None)
+        for labels in ((stream_id,), *((stream_id, s) for s in ("reconnecting", "stalled"))):
+            for metric in (self.metrics.samples, self.metrics.reconnects):
+                with contextlib.suppress(KeyError, ValueError):
+                    metric.remove(*labels)
+        self.publisher.clear_retained(state_topic)
 
     def _handle_sample(self, stream_id: str, media_time_s: float, findings: list[Finding],
                        observed_at: float) -> None:
@@ -327,7 +340,6 @@ class Engine:
         record = {"stream_id": stream_id, "by": by, "reason": reason, "ok": result.ok, "detail": result.detail,
                   "banned": bool(origin and self.cfg.terminate.ban),
                   "terminated_at": datetime.now(UTC).isoformat()}
-        self.terminations.append(record)
         (log.warning if result.ok else log.error)("terminate stream %s by %s: %s (%s)", stream_id, by,
                                                    "done" if result.ok else "FAILED", result.detail)
         self.record("termination", stream_id, record, incident_id)
@@ -346,8 +358,10 @@ class Engine:
                    publisher_addr: str | None) -> None:
         """Called by the hook server when a publish starts: start pulling it at once."""
         self.origins[stream_id] = StreamOrigin(server, app, name, publisher_addr)
-        if self.supervisor.has_stream(stream_id):
+        if self.supervisor.has_stream(stream_id) and stream_id not in self.supervisor.dead_streams():
             return  # MediaMTX reports one publish twice (auth gate, then ready)
+        if self.supervisor.has_stream(stream_id):
+            self.supervisor.remove_stream(stream_id)  # its worker ended (a file, a failure): start afresh
         self.watch(StreamConfig(id=stream_id, url=url))
         log.info("stream %s: announced by %s (%s), pulling %s", stream_id, server, publisher_addr or "?",
                  redact_url(url))

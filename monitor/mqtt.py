@@ -140,6 +140,12 @@ class MqttPublisher:
         self._queue.append(msg)
         self._wake.set()
 
+    def clear_retained(self, topic: str) -> None:
+        """An empty retained message deletes the broker's copy (and ours, so it is not re-sent)."""
+        self._retained.pop(topic, None)
+        self._queue.append(Outgoing(topic, b"", 1, True))
+        self._wake.set()
+
     def send_json(self, topic: str, body: dict[str, Any], *, retain: bool = False,
                   user_properties: tuple[tuple[str, str], ...] = (), expiry_s: int | None = None) -> None:
         payload = json.dumps(body, separators=(",", ":")).encode()

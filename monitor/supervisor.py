@@ -190,8 +190,8 @@ class Supervisor:
         return sum(1 for w in self.workers.values() if w.is_alive())
 
     def has_stream(self, stream_id: str) -> bool:
-        w = self.workers.get(stream_id)
-        return w is not None and w.is_alive()
+        """Added and not removed (its thread may have ended: see dead_streams)."""
+        return stream_id in self.workers
 
     def stream_ids(self) -> list[str]:
         return list(self.workers)

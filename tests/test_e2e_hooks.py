@@ -110,9 +110,11 @@ def test_discovery_polls_nginx_stat_and_reconciles(
     pub = subprocess.run(ffmpeg_publish_cmd(nginx_rtmp.rtmp_url("found"), duration_s=8), timeout=60)
     assert pub.returncode == 0
     topic = "d/disc/streams/nginx-rtmp-live-found"
-    ended = collector.wait_for(lambda m: m.topic == topic and m.json()["state"] == "ended", 15)
+    ended = collector.wait_for(lambda m: m.topic == topic and bool(m.payload) and m.json()["state"] == "ended", 15)
+    cleared = collector.wait_for(lambda m: m.topic == topic and m.payload == b"", 5)
     assert mon.stop() == 0
-    states = [m.json()["state"] for m in collector.matching(lambda m: m.topic == topic)]
+    states = [m.json()["state"] for m in collector.matching(lambda m: m.topic == topic and bool(m.payload))]
     assert "live" in states, mon.log()
     assert ended and ended[-1].json()["detail"] == "removed"
+    assert cleared, "a removed stream's retained state is deleted from the broker"
     assert "discovery: nginx-rtmp lists new stream nginx-rtmp-live-found" in mon.log()
