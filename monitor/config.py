@@ -81,6 +81,7 @@ class BrokerConfig(_Strict):
 class StreamConfig(_Strict):
     id: TopicLevel
     url: str
+    priority: float = Field(1.0, gt=0)  # weight in the sample budget
 
 
 class BankConfig(_Strict):
@@ -105,8 +106,20 @@ class IngestConfig(_Strict):
 
 
 class SamplingConfig(_Strict):
-    # 0 samples every keyframe; otherwise keyframes closer than this to the last sample are skipped.
-    min_interval_s: float = Field(0.0, ge=0)
+    """Which frames become samples (see monitor/scheduler.py). By default: every keyframe."""
+
+    min_interval_s: float = Field(0.0, ge=0)  # skip keyframes closer than this to the last sample
+    # A GOP longer than this gets extra samples decoded forward to the wanted time (None: keyframes only).
+    max_interval_s: float | None = Field(None, gt=0)
+    jitter_s: float = Field(0.2, ge=0)  # random offset on intervals: sampling moments cannot be predicted
+    budget_per_s: float | None = Field(None, gt=0)  # samples per second for all streams, shared fairly
+    warmup_s: float = Field(10.0, ge=0)  # new streams are sampled densely (weight x warmup_boost) at first
+    warmup_boost: float = Field(4.0, ge=1)
+    near_match_boost_s: float = Field(30.0, ge=0)  # a stream with a match gets weight x boost_factor this long
+    boost_factor: float = Field(4.0, ge=1)
+    queue_size: int = Field(32, ge=1)  # samples waiting for analysis; beyond that the oldest is dropped
+    max_sample_age_s: float = Field(2.0, gt=0)  # a sample that waited longer is dropped: latency stays bounded
+    analysis_threads: int = Field(1, ge=1, le=64)  # per worker process
 
 
 class MatchingConfig(_Strict):

@@ -105,6 +105,7 @@ class Engine:
         self.suppressed: dict[str, int] = {}
         self.metrics = Metrics()
         self.last_sample: dict[str, float] = {}
+        self._dropped_seen: dict[tuple[str, str], float] = {}
         for b in banks:
             self.metrics.bank_entries.labels(b.name).set(len(b))
         n_workers = (os.cpu_count() or 1) if cfg.workers is None else cfg.workers
@@ -208,6 +209,8 @@ class Engine:
                 "quality": f.quality, "stream_url": self.supervisor.urls.get(f.stream_id, ""),
                 "publisher_addr": origin.publisher_addr if origin else None,
             })
+        if findings and self.cfg.sampling.near_match_boost_s:
+            self.supervisor.boost(stream_id, self.cfg.sampling.near_match_boost_s)  # look closer for a while
         negative = [f for f in findings if f.bank in self.negative_banks]
         if negative:
             # Known benign content: whatever else this sample matched is not news.
@@ -381,7 +384,8 @@ class Engine:
                     "outbox_depth": self.outbox.depth(), "outbox_oldest_age_s": self.outbox.oldest_age_s(),
                     "alerts_sent": self.alerts_sent, "samples": self.samples,
                     "open_incidents": len(self.incidents.open_incidents()), "suppressed": self.suppressed,
-                    "quarantined": [f"{b}/{e}" for b, e in self.incidents.quarantined()]}
+                    "quarantined": [f"{b}/{e}" for b, e in self.incidents.quarantined()],
+                    "sampling": self._sampling_summary()}
             self.publisher.send_json(topic, body, retain=True, expiry_s=int(interval * 3))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
@@ -397,6 +401,32 @@ class Engine:
         m.outbox_age.set(self.outbox.oldest_age_s() or 0.0)
         m.mqtt_connected.set(1 if self.publisher.connected.is_set() else 0)
         m.quarantined.set(len(self.incidents.quarantined()))
+        self._sampling_metrics()
+
+    def _sampling_metrics(self) -> None:
+        """Drop counters from the workers' cumulative figures, as increments (Prometheus counters only grow)."""
+        seen: dict[tuple[str, str], float] = {}
+        for worker in self.supervisor.stats():
+            for sid, st in worker["scheduler"]["streams"].items():
+                seen[(sid, "budget")] = st["dropped_budget"]
+            q = worker["queue"]
+            for reason, key in (("queue_full", "dropped_full"), ("stale", "dropped_stale")):
+                seen[("*", reason)] = seen.get(("*", reason), 0) + q[key]
+        for (sid, reason), total in seen.items():
+            delta = total - self._dropped_seen.get((sid, reason), 0)
+            if delta > 0:
+                self.metrics.dropped.labels(sid, reason).inc(delta)
+            self._dropped_seen[(sid, reason)] = total
+
+    def _sampling_summary(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for worker in self.supervisor.stats():
+            sch, q = worker["scheduler"], worker["queue"]
+            for key in ("admitted", "dropped_budget", "skipped_interval"):
+                out[key] = out.get(key, 0) + sch[key]
+            for key in ("dropped_full", "dropped_stale"):
+                out[key] = out.get(key, 0) + q[key]
+        return out
 
     def health_input(self) -> HealthInput:
         watched = set(self.supervisor.stream_ids())

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import av
 import av.error
@@ -46,9 +46,28 @@ class IngestError(Exception):
 @dataclass(frozen=True, slots=True)
 class DecodedFrame:
     media_time_s: float
-    received_at: float  # unix time the key packet was read
+    received_at: float  # unix time the packet was read
     rgb: npt.NDArray[np.uint8]
     decoded_at: float = 0.0  # unix time the scaled frame was ready
+    keyframe: bool = True
+
+
+class FrameSampler(Protocol):
+    """Which decoded frames to take (see monitor/scheduler.py); bound to one stream."""
+
+    def offer(self, media_time_s: float, is_keyframe: bool) -> bool: ...
+
+    def wants_extra(self, media_time_s: float) -> float | None: ...
+
+
+class EveryKeyframe:
+    """Take every keyframe, never an extra frame."""
+
+    def offer(self, media_time_s: float, is_keyframe: bool) -> bool:
+        return is_keyframe
+
+    def wants_extra(self, media_time_s: float) -> float | None:
+        return None
 
 
 def is_live_url(url: str) -> bool:
@@ -110,10 +129,12 @@ class KeyframeReader:
     checked between packets (the read timeout bounds the wait).
     """
 
-    def __init__(self, url: str, cfg: IngestConfig, stop: threading.Event) -> None:
+    def __init__(self, url: str, cfg: IngestConfig, stop: threading.Event,
+                 sampler: FrameSampler | None = None) -> None:
         self.url = url
         self.cfg = cfg
         self.stop = stop
+        self.sampler: FrameSampler = sampler or EveryKeyframe()
         self.keyframe_interval_s: float | None = None  # measured gap between keyframes
 
     def frames(self) -> Iterator[DecodedFrame]:
@@ -138,6 +159,12 @@ class KeyframeReader:
             container.close()  # unclosed containers leak memory
 
     def _keyframes(self, container: Any) -> Iterator[DecodedFrame]:
+        """Keyframe-only decoding, except where the sampler asks for an extra frame inside a long GOP.
+
+        On each key packet the sampler says whether to take it and whether it wants a frame later in this
+        GOP. Keyframe-only: decode the key packet (only if taken), drain, flush. Forward: decode this GOP's
+        packets without draining (P-frames need their reference) until a frame reaches the wanted time.
+        """
         if not container.streams.video:
             raise IngestError(self.url, "no video stream in the input", retryable=is_live_url(self.url))
         video = container.streams.video[0]
@@ -147,25 +174,61 @@ class KeyframeReader:
         ctx = video.codec_context
         ctx.skip_frame = "NONKEY"
         ctx.thread_count = self.cfg.decoder_threads
-        time_base = video.time_base
+        tb = video.time_base
+        if tb is None:
+            raise IngestError(self.url, "video stream without a time base", retryable=is_live_url(self.url))
+        sampler = self.sampler
+        target: float | None = None  # forward mode while set: the media time of the wanted extra frame
+        pending_key: float | None = None  # a taken keyframe not yet out of the decoder
         last_key: float | None = None
+        received_at = 0.0
+
+        def emit(frame: Any, keyframe: bool) -> DecodedFrame:
+            w, h = _scaled_size(frame.width, frame.height, self.cfg.scale_width)
+            rgb = frame.to_ndarray(format="rgb24", width=w, height=h)
+            return DecodedFrame(float(frame.pts * tb), received_at, rgb, time.time(), keyframe)
+
+        def handle(frame: Any) -> Iterator[DecodedFrame]:
+            nonlocal pending_key, target
+            if frame.pts is None:
+                return
+            # frame.time is NaN for frames from codec_context.decode (no time_base): compute it.
+            t = float(frame.pts * tb)
+            if pending_key is not None and abs(t - pending_key) < 1e-6:
+                pending_key = None
+                yield emit(frame, True)
+            elif target is not None and t >= target:
+                if sampler.offer(t, False):
+                    yield emit(frame, False)
+                target = sampler.wants_extra(t)
+                if target is None:
+                    ctx.skip_frame = "NONKEY"
+
         for packet in container.demux(video):
             if self.stop.is_set():
                 return
-            if packet.dts is None or not packet.is_keyframe:  # flush packets, and the frames we skip
+            if packet.dts is None or packet.pts is None:  # flush packets
                 continue
-            received_at = time.time()
-            frames = list(ctx.decode(packet)) + list(ctx.decode(None))
-            ctx.flush_buffers()
-            for frame in frames:
-                pts = frame.pts if frame.pts is not None else packet.pts
-                if pts is None or time_base is None:
+            if packet.is_keyframe:
+                received_at = time.time()
+                t_key = float(packet.pts * tb)
+                if last_key is not None and t_key > last_key:
+                    self.keyframe_interval_s = t_key - last_key
+                last_key = t_key
+                take = sampler.offer(t_key, True)
+                target = sampler.wants_extra(t_key)
+                pending_key = t_key if take else None
+                if target is None:
+                    ctx.skip_frame = "NONKEY"
+                    if take:  # a keyframe not taken is not even decoded
+                        for frame in [*ctx.decode(packet), *ctx.decode(None)]:
+                            yield from handle(frame)
+                        ctx.flush_buffers()
                     continue
-                # frame.time is NaN for frames from codec_context.decode (no time_base): compute it.
-                media_time = float(pts * time_base)
-                if last_key is not None and media_time > last_key:
-                    self.keyframe_interval_s = media_time - last_key
-                last_key = media_time
-                w, h = _scaled_size(frame.width, frame.height, self.cfg.scale_width)
-                rgb = frame.to_ndarray(format="rgb24", width=w, height=h)
-                yield DecodedFrame(media_time, received_at, rgb, time.time())
+                ctx.skip_frame = "DEFAULT"
+                for frame in ctx.decode(packet):
+                    yield from handle(frame)
+            elif target is not None:
+                received_at = time.time()
+                for frame in ctx.decode(packet):
+                    yield from handle(frame)

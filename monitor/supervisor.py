@@ -5,18 +5,20 @@ A stream's failure stays inside its thread; the supervisor only hears state chan
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
+import queue
 import random
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from monitor.config import BankConfig, IngestConfig, SamplingConfig, StreamConfig
 from monitor.ingest import IngestError, KeyframeReader, is_live_url
-from monitor.scheduler import SamplingPolicy
+from monitor.scheduler import QueueClosed, SampleQueue, Scheduler, StreamPolicy
 from monitor.urls import redact_url
 from pipelines.banks import Bank, load_bank
 from pipelines.base import Finding, Pipeline, Sample
@@ -80,27 +82,47 @@ def backoff_delay(attempt: int, initial: float, maximum: float, rng: random.Rand
     return float(base * rng.uniform(0.5, 1.0))
 
 
+@dataclass(frozen=True, slots=True)
+class _Queued:
+    sample: Sample
+    decode_s: float
+
+
+class _BoundSampler:
+    """The scheduler, seen by one stream's reader."""
+
+    def __init__(self, scheduler: Scheduler, stream_id: str) -> None:
+        self.scheduler = scheduler
+        self.stream_id = stream_id
+
+    def offer(self, media_time_s: float, is_keyframe: bool) -> bool:
+        return self.scheduler.offer(self.stream_id, media_time_s, is_keyframe)
+
+    def wants_extra(self, media_time_s: float) -> float | None:
+        return self.scheduler.wants_extra(self.stream_id, media_time_s)
+
+
 class StreamWorker(threading.Thread):
-    def __init__(self, stream: StreamConfig, ingest: IngestConfig, sampling: SamplingConfig,
-                 pipelines: Sequence[Pipeline], sink: EngineSink) -> None:
+    """Reads one stream and queues its samples; never waits for the analysis (a slow one costs samples)."""
+
+    def __init__(self, stream: StreamConfig, ingest: IngestConfig, scheduler: Scheduler,
+                 samples: SampleQueue[_Queued], sink: EngineSink) -> None:
         super().__init__(name=f"stream-{stream.id}", daemon=True)
         self.stream = stream
         self.ingest = ingest
-        self.policy = SamplingPolicy(sampling.min_interval_s)
-        self.pipelines = tuple(pipelines)
+        self.scheduler = scheduler
+        self.queue = samples
         self.sink = sink
         self.stop_event = threading.Event()
         self.state = StreamState.CONNECTING
         self.samples = 0
-        self.keyframes = 0
         self._rng = random.Random()
 
     def _set(self, state: StreamState, detail: str, attempt: int, retry_in: float | None = None) -> None:
         self.state = state
         change = StateChange(self.stream.id, state, detail, time.time(), attempt, retry_in)
-        level = logging.INFO if state in (StreamState.LIVE, StreamState.ENDED) else logging.WARNING
-        if state == StreamState.CONNECTING:
-            level = logging.INFO
+        level = logging.INFO if state in (StreamState.LIVE, StreamState.ENDED, StreamState.CONNECTING) else (
+            logging.WARNING)
         log.log(level, "stream %s: %s%s", self.stream.id, state.value, f" ({detail})" if detail else "",
                 extra={"stream_id": self.stream.id})
         self.sink.on_state(change)
@@ -109,10 +131,11 @@ class StreamWorker(threading.Thread):
         attempt = 0
         live = is_live_url(self.stream.url)
         url_shown = redact_url(self.stream.url)
+        sampler = _BoundSampler(self.scheduler, self.stream.id)
         while not self.stop_event.is_set():
             attempt += 1
             self._set(StreamState.CONNECTING, url_shown, attempt)
-            reader = KeyframeReader(self.stream.url, self.ingest, self.stop_event)
+            reader = KeyframeReader(self.stream.url, self.ingest, self.stop_event, sampler)
             got_frame = False
             try:
                 for frame in reader.frames():
@@ -120,11 +143,10 @@ class StreamWorker(threading.Thread):
                         got_frame = True
                         attempt = 0  # a working connection resets the backoff
                         self._set(StreamState.LIVE, "", attempt)
-                    self.keyframes += 1
-                    if not self.policy.admit(frame.media_time_s):
-                        continue
-                    self._process(Sample(self.stream.id, frame.media_time_s, frame.received_at, frame.rgb),
-                                  frame.decoded_at - frame.received_at)
+                    self.samples += 1
+                    sample = Sample(self.stream.id, frame.media_time_s, frame.received_at, frame.rgb)
+                    with contextlib.suppress(QueueClosed):
+                        self.queue.put(_Queued(sample, frame.decoded_at - frame.received_at))
                 if self.stop_event.is_set():
                     break
                 if not live:
@@ -146,8 +168,28 @@ class StreamWorker(threading.Thread):
             self.stop_event.wait(delay)
         self._set(StreamState.ENDED, "removed", attempt)
 
-    def _process(self, sample: Sample, decode_s: float) -> None:
-        self.samples += 1
+
+class Analysis(threading.Thread):
+    """Runs the pipelines on queued samples, oldest first; samples older than the queue's limit are dropped."""
+
+    def __init__(self, samples: SampleQueue[_Queued], pipelines: Sequence[Pipeline], sink: EngineSink,
+                 index: int) -> None:
+        super().__init__(name=f"analysis-{index}", daemon=True)
+        self.queue = samples
+        self.pipelines = tuple(pipelines)
+        self.sink = sink
+
+    def run(self) -> None:
+        while True:
+            try:
+                item = self.queue.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            except QueueClosed:
+                return
+            self.process(item.sample, item.decode_s)
+
+    def process(self, sample: Sample, decode_s: float) -> None:
         findings: list[Finding] = []
         stages: list[tuple[str, float]] = []
         for pipeline in self.pipelines:
@@ -155,7 +197,7 @@ class StreamWorker(threading.Thread):
             try:
                 findings += pipeline.process(sample)
             except Exception:  # an analysis bug must not stop the stream being watched
-                log.exception("stream %s: pipeline %s failed on a sample", self.stream.id, pipeline.name)
+                log.exception("stream %s: pipeline %s failed on a sample", sample.stream_id, pipeline.name)
             stages.append((pipeline.name, time.perf_counter() - t0))
         report = SampleReport(sample.stream_id, sample.media_time_s, sample.received_at)
         self.sink.on_sample(report, findings, SampleTiming(decode_s, tuple(stages), time.time()))
@@ -165,18 +207,33 @@ class Supervisor:
     """Starts and stops stream worker threads in this process; streams can be added and removed while running."""
 
     def __init__(self, ingest: IngestConfig, sampling: SamplingConfig, pipelines: Sequence[Pipeline],
-                 sink: EngineSink) -> None:
+                 sink: EngineSink, budget_share: float = 1.0) -> None:
         self.ingest = ingest
         self.sampling = sampling
         self.pipelines = tuple(pipelines)
         self.sink = sink
         self.workers: dict[str, StreamWorker] = {}
         self.urls: dict[str, str] = {}
+        budget = sampling.budget_per_s * budget_share if sampling.budget_per_s else None
+        self.scheduler = Scheduler(budget, warmup_s=sampling.warmup_s, warmup_boost=sampling.warmup_boost,
+                                   boost_factor=sampling.boost_factor)
+        self.queue: SampleQueue[_Queued] = SampleQueue(sampling.queue_size, sampling.max_sample_age_s)
+        self.analysis = [Analysis(self.queue, self.pipelines, sink, i) for i in range(sampling.analysis_threads)]
+        for a in self.analysis:
+            a.start()
+
+    def _policy(self, stream: StreamConfig) -> StreamPolicy:
+        s = self.sampling
+        return StreamPolicy(min_interval_s=s.min_interval_s, max_interval_s=s.max_interval_s, jitter_s=s.jitter_s,
+                            priority=stream.priority)
 
     def add_stream(self, stream: StreamConfig) -> None:
-        if stream.id in self.workers and self.workers[stream.id].is_alive():
+        old = self.workers.get(stream.id)
+        if old is not None and old.is_alive():
             raise ValueError(f"stream {stream.id!r} is already monitored")
-        worker = StreamWorker(stream, self.ingest, self.sampling, self.pipelines, self.sink)
+        self.scheduler.remove_stream(stream.id)  # a stream that ended and is added again starts afresh
+        self.scheduler.add_stream(stream.id, self._policy(stream))
+        worker = StreamWorker(stream, self.ingest, self.scheduler, self.queue, self.sink)
         self.workers[stream.id] = worker
         self.urls[stream.id] = redact_url(stream.url)
         worker.start()
@@ -185,6 +242,16 @@ class Supervisor:
         worker = self.workers.pop(stream_id, None)
         if worker is not None:
             worker.stop_event.set()
+        self.scheduler.remove_stream(stream_id)
+
+    def boost(self, stream_id: str, seconds: float) -> None:
+        """A recent near-match: sample this stream densely for a while."""
+        with contextlib.suppress(KeyError):
+            self.scheduler.boost(stream_id, seconds)
+
+    def stats(self) -> list[dict[str, Any]]:
+        """Sampling counters (one entry: this process), the same shape as the sharded supervisor's."""
+        return [{"scheduler": self.scheduler.stats(), "queue": self.queue.stats()}]
 
     def active(self) -> int:
         return sum(1 for w in self.workers.values() if w.is_alive())
@@ -226,3 +293,6 @@ class Supervisor:
         deadline = time.monotonic() + timeout_s
         for w in self.workers.values():
             w.join(max(0.0, deadline - time.monotonic()))
+        self.queue.close()  # the analysis threads finish what is queued, then end
+        for a in self.analysis:
+            a.join(max(0.0, deadline - time.monotonic()))

@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.process import BaseProcess
 from typing import Any
 
@@ -26,6 +26,8 @@ from monitor.urls import redact_url
 from pipelines.base import Finding
 
 log = logging.getLogger(__name__)
+
+STATS_INTERVAL_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class WorkerSpec:
     min_quality: int
     log_level: int
     log_json: bool
+    budget_share: float  # each worker holds its part of the global sample budget
 
 
 class _QueueSink:
@@ -62,14 +65,20 @@ def _worker_main(index: int, spec: WorkerSpec, commands: Any, events: Any) -> No
 
     banks = load_banks([BankConfig.model_validate(d) for d in spec.banks])
     supervisor = Supervisor(IngestConfig.model_validate(spec.ingest), SamplingConfig.model_validate(spec.sampling),
-                            [KnownContentMatcher(banks, spec.min_quality)], _QueueSink(events))
+                            [KnownContentMatcher(banks, spec.min_quality)], _QueueSink(events), spec.budget_share)
     events.put(("ready", index))
     while True:
-        cmd = commands.get()
+        try:
+            cmd = commands.get(timeout=STATS_INTERVAL_S)
+        except queue.Empty:
+            events.put(("stats", index, supervisor.stats()[0]))
+            continue
         if cmd[0] == "add":
             supervisor.add_stream(StreamConfig.model_validate(cmd[1]))
         elif cmd[0] == "remove":
             supervisor.remove_stream(cmd[1])
+        elif cmd[0] == "boost":
+            supervisor.boost(cmd[1], cmd[2])
         elif cmd[0] == "banks":
             supervisor.reload_banks([BankConfig.model_validate(d) for d in cmd[1]])
         elif cmd[0] == "stop":
@@ -86,7 +95,7 @@ class ShardedSupervisor:
         self.n = max(1, n_workers)
         self.spec = WorkerSpec(ingest.model_dump(mode="json"), sampling.model_dump(mode="json"),
                                [b.model_dump(mode="json") for b in banks], min_quality,
-                               logging.getLogger("monitor").getEffectiveLevel(), log_json)
+                               logging.getLogger("monitor").getEffectiveLevel(), log_json, 1.0 / self.n)
         self.sink = sink
         self.ctx = mp.get_context("spawn")
         self.events: Any = self.ctx.Queue()
@@ -96,6 +105,7 @@ class ShardedSupervisor:
         self.shard_of: dict[str, int] = {}
         self.urls: dict[str, str] = {}
         self.restarts = 0
+        self.worker_stats: dict[int, dict[str, Any]] = {}
         self._stopping = False
         self._lock = threading.Lock()
         self._pump = threading.Thread(target=self._pump_events, name="worker-events", daemon=True)
@@ -129,6 +139,8 @@ class ShardedSupervisor:
                 self.sink.on_state(msg[1])
             elif msg[0] == "sample":
                 self.sink.on_sample(msg[1], msg[2], msg[3])
+            elif msg[0] == "stats":
+                self.worker_stats[msg[1]] = msg[2]
 
     def _watchdog(self) -> None:
         for i, proc in enumerate(self.procs):
@@ -165,10 +177,18 @@ class ShardedSupervisor:
     def has_stream(self, stream_id: str) -> bool:
         return stream_id in self.shard_of
 
+    def boost(self, stream_id: str, seconds: float) -> None:
+        shard = self.shard_of.get(stream_id)
+        if shard is not None:
+            self.commands[shard].put(("boost", stream_id, seconds))
+
+    def stats(self) -> list[dict[str, Any]]:
+        """The latest counters each worker sent (every few seconds)."""
+        return list(self.worker_stats.values())
+
     def reload_banks(self, banks: Sequence[BankConfig]) -> None:
         data = [b.model_dump(mode="json") for b in banks]
-        self.spec = WorkerSpec(self.spec.ingest, self.spec.sampling, data, self.spec.min_quality,
-                               self.spec.log_level, self.spec.log_json)  # a restarted worker loads these too
+        self.spec = replace(self.spec, banks=data)  # a restarted worker loads these too
         for q in self.commands:
             if q is not None:
                 q.put(("banks", data))
