@@ -98,6 +98,10 @@ class BankConfig(_Strict):
 class IngestConfig(_Strict):
     open_timeout_s: float = Field(10.0, gt=0)
     read_timeout_s: float = Field(5.0, gt=0)
+    # No keyframe for this long while data flows: reconnect (None: 3 GOPs or 2 read timeouts, the longer).
+    keyframe_timeout_s: float | None = Field(None, gt=0)
+    # HLS waits up to two target durations (+1 s) for a segment; this is assumed when the playlist has none.
+    hls_default_segment_s: float = Field(6.0, gt=0)
     # Frames are scaled in libswscale to this width (aspect kept) before hashing.
     scale_width: int = Field(512, ge=64, le=4096)
     decoder_threads: int = Field(1, ge=0, le=16)

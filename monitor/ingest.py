@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import errno
 import logging
+import re
 import threading
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +21,6 @@ from typing import Any, Protocol
 
 import av
 import av.error
-import av.stream
 import numpy as np
 import numpy.typing as npt
 
@@ -27,8 +29,7 @@ from monitor.urls import redact_url
 
 log = logging.getLogger(__name__)
 
-# PyAV 18+ takes the enum; older releases took the name.
-_DISCARD_ALL: Any = getattr(getattr(av.stream, "Discard", None), "all", "all")
+MAX_BAD_KEYFRAMES = 5  # undecodable keyframes in a row before the connection is given up
 
 NETWORK_SCHEMES = ("rtmp", "rtmps", "rtmpt", "http", "https", "tcp", "udp", "rtsp", "srt")
 
@@ -92,6 +93,29 @@ def open_options(url: str) -> dict[str, str]:
     return opts
 
 
+def is_hls_url(url: str) -> bool:
+    scheme = url.split(":", 1)[0].lower()
+    return scheme in ("http", "https") and ".m3u8" in url.split("?", 1)[0].lower()
+
+
+def hls_target_duration(url: str, timeout_s: float) -> float | None:
+    """#EXT-X-TARGETDURATION of a media playlist (of the first variant of a master playlist), or None."""
+    try:
+        for _ in range(2):
+            with urllib.request.urlopen(url, timeout=timeout_s) as r:
+                text = r.read(1 << 20).decode("utf-8", "replace")
+            m = re.search(r"#EXT-X-TARGETDURATION:\s*([0-9.]+)", text)
+            if m:
+                return float(m.group(1))
+            variant = next((ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")), None)
+            if variant is None:
+                return None
+            url = urllib.parse.urljoin(url, variant)
+    except (OSError, ValueError):
+        return None  # FFmpeg will report what is wrong with the URL
+    return None
+
+
 def _scaled_size(width: int, height: int, target_width: int) -> tuple[int, int]:
     if width <= target_width:
         return width - width % 2, height - height % 2
@@ -135,16 +159,26 @@ class KeyframeReader:
         self.cfg = cfg
         self.stop = stop
         self.sampler: FrameSampler = sampler or EveryKeyframe()
+        self.effective_read_timeout_s = cfg.read_timeout_s
         self.keyframe_interval_s: float | None = None  # measured gap between keyframes
+
+    def read_timeout_s(self) -> float:
+        """FFmpeg's read timeout also bounds the HLS reader's wait for the next segment: for HLS it must outlast
+        two target durations, or a healthy stream ends (and is reopened) at every segment."""
+        if not is_hls_url(self.url):
+            return self.cfg.read_timeout_s
+        target = hls_target_duration(self.url, self.cfg.open_timeout_s)
+        return max(self.cfg.read_timeout_s, 2 * (target or self.cfg.hls_default_segment_s) + 1)
 
     def frames(self) -> Iterator[DecodedFrame]:
         """Raises IngestError on failure; returns normally at end of stream."""
         opened = False
+        self.effective_read_timeout_s = self.read_timeout_s()
         try:
             container = av.open(
                 self.url if is_live_url(self.url) else str(Path(self.url)),
                 options=open_options(self.url),
-                timeout=(self.cfg.open_timeout_s, self.cfg.read_timeout_s),
+                timeout=(self.cfg.open_timeout_s, self.effective_read_timeout_s),
             )
         except Exception as exc:  # PyAV raises many OSError/FFmpegError subclasses
             raise _classify(self.url, exc, opened) from exc
@@ -158,19 +192,25 @@ class KeyframeReader:
         finally:
             container.close()  # unclosed containers leak memory
 
+    def _keyframe_timeout_s(self) -> float:
+        """No keyframe for this long while packets flow: a codec change, or a stream without decodable video."""
+        if self.cfg.keyframe_timeout_s is not None:
+            return self.cfg.keyframe_timeout_s
+        gop = self.keyframe_interval_s or 2.0
+        return max(3 * gop, 2 * self.effective_read_timeout_s)
+
     def _keyframes(self, container: Any) -> Iterator[DecodedFrame]:
         """Keyframe-only decoding, except where the sampler asks for an extra frame inside a long GOP.
 
         On each key packet the sampler says whether to take it and whether it wants a frame later in this
         GOP. Keyframe-only: decode the key packet (only if taken), drain, flush. Forward: decode this GOP's
         packets without draining (P-frames need their reference) until a frame reaches the wanted time.
+        Audio and data packets are read and dropped here, not discarded in the demuxer: the keyframe watchdog
+        must run while they flow (an audio-only stream, or video whose codec changed, has no keyframes).
         """
         if not container.streams.video:
             raise IngestError(self.url, "no video stream in the input", retryable=is_live_url(self.url))
         video = container.streams.video[0]
-        for other in container.streams:
-            if other.index != video.index:
-                other.discard = _DISCARD_ALL  # audio/data: demuxed but never kept
         ctx = video.codec_context
         ctx.skip_frame = "NONKEY"
         ctx.thread_count = self.cfg.decoder_threads
@@ -182,6 +222,8 @@ class KeyframeReader:
         pending_key: float | None = None  # a taken keyframe not yet out of the decoder
         last_key: float | None = None
         received_at = 0.0
+        opened_at = last_key_wall = time.monotonic()
+        bad_keyframes = 0
 
         def emit(frame: Any, keyframe: bool) -> DecodedFrame:
             w, h = _scaled_size(frame.width, frame.height, self.cfg.scale_width)
@@ -204,13 +246,39 @@ class KeyframeReader:
                 if target is None:
                     ctx.skip_frame = "NONKEY"
 
-        for packet in container.demux(video):
+        def decode(packet: Any, drain: bool) -> list[Any]:
+            nonlocal bad_keyframes
+            try:
+                frames = [*ctx.decode(packet), *(ctx.decode(None) if drain else ())]
+            except av.error.InvalidDataError:
+                # One damaged packet must not cost the connection (a single-client source would be lost).
+                ctx.flush_buffers()
+                bad_keyframes += packet.is_keyframe
+                if bad_keyframes >= MAX_BAD_KEYFRAMES:
+                    raise IngestError(self.url, f"{bad_keyframes} undecodable keyframes in a row") from None
+                log.debug("%s: undecodable packet at %s skipped", redact_url(self.url), packet.pts)
+                return []
+            if packet.is_keyframe:
+                bad_keyframes = 0
+            if drain:
+                ctx.flush_buffers()
+            return frames
+
+        for packet in container.demux():
             if self.stop.is_set():
                 return
-            if packet.dts is None or packet.pts is None:  # flush packets
-                continue
+            now = time.monotonic()
+            if now - last_key_wall > self._keyframe_timeout_s():
+                if last_key is None:
+                    raise IngestError(self.url, f"no video stream data: no keyframe within {now - opened_at:.0f} s "
+                                      "(audio-only or data-only stream?)")
+                raise IngestError(self.url, f"no keyframe for {now - last_key_wall:.0f} s while data flows "
+                                  "(codec change or broken video?)", stalled=True)
+            if packet.stream.index != video.index or packet.dts is None or packet.pts is None:
+                continue  # audio, data, flush packets
             if packet.is_keyframe:
                 received_at = time.time()
+                last_key_wall = now
                 t_key = float(packet.pts * tb)
                 if last_key is not None and t_key > last_key:
                     self.keyframe_interval_s = t_key - last_key
@@ -221,14 +289,13 @@ class KeyframeReader:
                 if target is None:
                     ctx.skip_frame = "NONKEY"
                     if take:  # a keyframe not taken is not even decoded
-                        for frame in [*ctx.decode(packet), *ctx.decode(None)]:
+                        for frame in decode(packet, drain=True):
                             yield from handle(frame)
-                        ctx.flush_buffers()
                     continue
                 ctx.skip_frame = "DEFAULT"
-                for frame in ctx.decode(packet):
+                for frame in decode(packet, drain=False):
                     yield from handle(frame)
             elif target is not None:
                 received_at = time.time()
-                for frame in ctx.decode(packet):
+                for frame in decode(packet, drain=False):
                     yield from handle(frame)

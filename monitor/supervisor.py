@@ -17,13 +17,16 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from monitor.config import BankConfig, IngestConfig, SamplingConfig, StreamConfig
-from monitor.ingest import IngestError, KeyframeReader, is_live_url
+from monitor.ingest import IngestError, KeyframeReader, is_hls_url, is_live_url
 from monitor.scheduler import QueueClosed, SampleQueue, Scheduler, StreamPolicy
 from monitor.urls import redact_url
 from pipelines.banks import Bank, load_bank
 from pipelines.base import Finding, Pipeline, Sample
 
 log = logging.getLogger(__name__)
+
+
+REPLAY_WINDOW_S = 300.0  # an HLS media time this far behind the last sample is a publisher restart, not a replay
 
 
 class StreamState(enum.StrEnum):
@@ -132,6 +135,8 @@ class StreamWorker(threading.Thread):
         live = is_live_url(self.stream.url)
         url_shown = redact_url(self.stream.url)
         sampler = _BoundSampler(self.scheduler, self.stream.id)
+        hls = is_hls_url(self.stream.url)
+        last_sampled: float | None = None  # across reconnects: an HLS reopen replays the last segment
         while not self.stop_event.is_set():
             attempt += 1
             self._set(StreamState.CONNECTING, url_shown, attempt)
@@ -143,6 +148,9 @@ class StreamWorker(threading.Thread):
                         got_frame = True
                         attempt = 0  # a working connection resets the backoff
                         self._set(StreamState.LIVE, "", attempt)
+                    if hls and last_sampled is not None and 0 <= last_sampled - frame.media_time_s < REPLAY_WINDOW_S:
+                        continue  # already analysed before the reopen (a real restart starts far back at 0)
+                    last_sampled = frame.media_time_s
                     self.samples += 1
                     sample = Sample(self.stream.id, frame.media_time_s, frame.received_at, frame.rgb)
                     with contextlib.suppress(QueueClosed):
@@ -152,8 +160,9 @@ class StreamWorker(threading.Thread):
                 if not live:
                     self._set(StreamState.ENDED, "end of file", attempt)
                     return
-                detail = "stream ended (publisher stopped?)"
-                stalled = False
+                # FFmpeg's HLS reader ends quietly when the playlist stops updating: that is a stall, not an end.
+                stalled = hls
+                detail = "playlist stopped updating (no new segment)" if hls else "stream ended (publisher stopped?)"
             except IngestError as exc:
                 if not exc.retryable:
                     self._set(StreamState.FAILED, exc.reason, attempt)
