@@ -1,0 +1,511 @@
+"""Offline image benchmark: recall of each hasher and robustness switch per transform, at precision >= 99.99%.
+
+Method (the published one in /work/shared/notes/hashing.md):
+- originals: generated benign pictures of three styles (known_image, Background frames, geometric
+  compositions), 640x360; an original whose PDQ quality is below 50 is replaced by the next seed;
+- for every transform and every original: the transformed picture, re-encoded as JPEG quality 80, scaled to the
+  ingest width (512, through libswscale as the monitor does) and hashed; originals are hashed the same way;
+- positive: its distance to its own original; negative: its distance to the nearest other original;
+- per hasher, the largest threshold keeping precision (positives / all matches, over every transform) at or
+  above 99.99%; with fewer than 10^4 positives that is the threshold at which no negative matches at all, and
+  the report says how many negative comparisons it rests on;
+- recall per transform at that threshold and at the fixed default threshold (PDQ 31, pHash 40).
+Hashers: PDQ, pHash (256-bit), dHash (imagehash.dhash, hash_size 16) on the whole frame, and the project's
+pipeline (PDQ, quality gate 50) with each robustness switch of pipelines.robust. A pipeline distance is the
+smallest over the sample's probes, as the matcher reports it.
+
+Also: CPU cost per sample of each switch at 512x288, and the expected false alerts per stream-hour (one sample
+per 2 s) against a 1M-entry bank.
+
+One JSON document goes to stdout; progress to stderr; `--table` adds Markdown tables on stderr and
+`--markdown FILE` writes them to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import av
+import cv2
+import imagehash
+import numpy as np
+import numpy.typing as npt
+from PIL import Image as PILImage
+
+from pipelines.fingerprint import PDQ_DEFAULT_THRESHOLD, PHASH_DEFAULT_THRESHOLD, pdq, phash
+from pipelines.hamming import CODE_BYTES, LinearIndex
+from pipelines.robust import SWITCH_NAMES, Probe, RobustOptions, compute_probes, detect_bars, select_probes
+from test_streams.images import Background, known_image
+from test_streams.transforms import TRANSFORMS, composition, jpeg, letterbox
+
+Image = npt.NDArray[np.uint8]
+Codes = npt.NDArray[np.uint8]
+
+WIDTH, HEIGHT = 640, 360
+INGEST_WIDTH = 512
+MIN_QUALITY = 50
+PRECISION_TARGET = 0.9999
+NO_MATCH = 257  # distance standing for "no usable probe" (every view under the quality gate)
+SAMPLES_PER_HOUR = 1800  # one sample every 2 s
+BANK_SIZE = 1_000_000
+
+def _only(*names: str) -> RobustOptions:
+    return RobustOptions(**{n: n in names for n in SWITCH_NAMES})
+
+
+SWITCHES: dict[str, RobustOptions] = {
+    "none": RobustOptions.none(),
+    **{name: _only(name) for name in SWITCH_NAMES},
+    "default": RobustOptions(),
+    "default+crops": replace(RobustOptions(), crops=True),
+    "default+pip": replace(RobustOptions(), pip=True),
+    "all": RobustOptions.all(),
+}
+DEFAULT_KEY = "pipeline/default"
+
+# The issue's targets at the default configuration (precision >= 99.99%): transform -> minimum recall.
+TARGETS: dict[str, float] = {
+    "reencode": 0.99, "blocky": 0.99, "downscale": 0.99, "gamma": 0.99, "watermark": 0.99,
+    "letterbox": 0.95, "pillarbox": 0.95, "mirror": 0.95, "crop10": 0.70,
+}
+
+
+def _log(msg: str) -> None:
+    print(f"[eval_images] {msg}", file=sys.stderr, flush=True)
+
+
+# -- pictures --------------------------------------------------------------------------------------------------
+
+
+def ingest_scale(rgb: Image, width: int = INGEST_WIDTH) -> Image:
+    """Scale as the monitor does a keyframe (libswscale, aspect kept, even sizes; never up)."""
+    h, w = rgb.shape[:2]
+    if w <= width:
+        tw, th = w - w % 2, h - h % 2
+    else:
+        tw, th = width, max(2, round(width * h / w / 2) * 2)
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+    return np.asarray(frame.to_ndarray(format="rgb24", width=tw, height=th), dtype=np.uint8)
+
+
+def original(index: int, attempt: int = 0) -> tuple[str, Image]:
+    """Style by index (known_image, Background frame, composition); `attempt` moves to another seed."""
+    seed = index + 100_000 * attempt
+    style = ("known_image", "background", "composition")[index % 3]
+    if style == "known_image":
+        return style, known_image(seed, WIDTH, HEIGHT)
+    if style == "background":  # drawn at half size (4x cheaper) and scaled up, like a low-resolution source
+        small = Background(50_000 + seed, WIDTH // 2, HEIGHT // 2).frame(0.37 * seed)
+        return style, np.asarray(cv2.resize(small, (WIDTH, HEIGHT), interpolation=cv2.INTER_CUBIC), dtype=np.uint8)
+    return style, composition(seed, WIDTH, HEIGHT)
+
+
+def make_originals(n: int) -> tuple[list[str], list[Image]]:
+    styles, images = [], []
+    for i in range(n):
+        for attempt in range(10):
+            style, img = original(i, attempt)
+            if pdq(ingest_scale(img))[1] >= MIN_QUALITY:
+                break
+        styles.append(style)
+        images.append(img)
+    return styles, images
+
+
+# -- hashing ---------------------------------------------------------------------------------------------------
+
+
+def dhash(rgb: Image) -> Codes:
+    h = imagehash.dhash(PILImage.fromarray(rgb), hash_size=16)
+    return np.packbits(np.asarray(h.hash, dtype=np.uint8).ravel())
+
+
+GLOBAL_HASHERS: dict[str, Callable[[Image], Codes]] = {"pdq": lambda im: pdq(im)[0], "phash": phash, "dhash": dhash}
+DEFAULT_THRESHOLDS: dict[str, int | None] = {"pdq": PDQ_DEFAULT_THRESHOLD, "phash": PHASH_DEFAULT_THRESHOLD,
+                                             "dhash": None}
+
+
+def _dist(bank: Codes, queries: Codes) -> npt.NDArray[np.int32]:
+    """(Q, N) Hamming distances."""
+    a = np.ascontiguousarray(bank).view(np.uint64)  # (N, 4)
+    q = np.ascontiguousarray(queries).reshape(-1, CODE_BYTES).view(np.uint64)  # (Q, 4)
+    out: npt.NDArray[np.int32] = np.bitwise_count(q[:, None, :] ^ a[None, :, :]).sum(axis=2, dtype=np.int32)
+    return out
+
+
+@dataclass
+class Scores:
+    """Per hasher: distance of every transformed picture to every original, min over its probes."""
+
+    dists: dict[str, list[npt.NDArray[np.int32]]]  # hasher -> one (N,) row per (transform, original)
+
+
+def _pipeline_rows(
+    probes: list[Probe], bank: Codes, own: int, pair_hist: dict[str, npt.NDArray[np.int64]]
+) -> dict[str, npt.NDArray[np.int32]]:
+    """Per switch set: the distance to every original, min over the set's probes (views under the quality gate
+    left out). Also adds every (probe, other original) distance to that set's histogram in pair_hist."""
+    rows: dict[str, npt.NDArray[np.int32]] = {}
+    usable = [p for p in probes if p.quality >= MIN_QUALITY]
+    d_all = _dist(bank, np.stack([p.codes["pdq"] for p in usable])) if usable else None
+    index = {id(p): i for i, p in enumerate(usable)}
+    for name, opts in SWITCHES.items():
+        key = f"pipeline/{name}"
+        sel = [index[id(p)] for p in select_probes(usable, opts)]
+        if d_all is None or not sel:
+            rows[key] = np.full(len(bank), NO_MATCH, np.int32)
+            continue
+        d = d_all[sel]
+        rows[key] = d.min(axis=0)
+        others = np.delete(d, own, axis=1).ravel()
+        hist = pair_hist.setdefault(key, np.zeros(257, np.int64))
+        hist += np.bincount(others, minlength=257)[:257]
+    return rows
+
+
+# -- thresholds and recall -------------------------------------------------------------------------------------
+
+
+def choose_threshold(pos: npt.NDArray[np.int32], neg: npt.NDArray[np.int32], target: float) -> int:
+    """Largest threshold t with TP / (TP + FP) >= target (matches at distance <= t); -1 if none."""
+    tp = np.cumsum(np.bincount(np.minimum(pos, 256), minlength=NO_MATCH + 1))
+    fp = np.cumsum(np.bincount(np.minimum(neg, 256), minlength=NO_MATCH + 1))
+    best = -1
+    for t in range(257):
+        if tp[t] and tp[t] / (tp[t] + fp[t]) >= target:
+            best = t
+    return best
+
+
+def _recall(pos: npt.NDArray[np.int32], t: int | None) -> float | None:
+    return None if t is None else round(float(np.mean(pos <= t)), 4)
+
+
+def summarise(
+    hasher: str, rows: list[npt.NDArray[np.int32]], transforms: list[str], n_orig: int, default_t: int | None,
+) -> dict[str, Any]:
+    d = np.stack(rows).reshape(len(transforms), n_orig, n_orig)  # [transform, original, bank entry]
+    own = np.arange(n_orig)
+    pos = d[:, own, own]  # (T, N)
+    masked = d.copy()
+    masked[:, own, own] = NO_MATCH + 1
+    neg = masked.min(axis=2)  # nearest other original
+    others = d[:, ~np.eye(n_orig, dtype=bool)]  # every non-matching comparison
+    t = choose_threshold(pos.ravel(), neg.ravel(), PRECISION_TARGET)
+    out: dict[str, Any] = {
+        "threshold": t,
+        "threshold_rule": ("precision >= 99.99%" if pos.size >= 10_000 else "no negative within (precision 100%)"),
+        "positives": int(pos.size),
+        "negatives": int(neg.size),
+        "negative_comparisons": int(others.size),
+        "min_negative_distance": int(neg.min()),
+        "recall": {tr: _recall(pos[i], t) for i, tr in enumerate(transforms)},
+        "recall_overall": _recall(pos.ravel(), t),
+        "default_threshold": default_t,
+    }
+    if default_t is not None:
+        fp = int((neg <= default_t).sum())
+        tp = int((pos <= default_t).sum())
+        out["recall_at_default"] = {tr: _recall(pos[i], default_t) for i, tr in enumerate(transforms)}
+        out["recall_overall_at_default"] = _recall(pos.ravel(), default_t)
+        out["false_matches_at_default"] = fp
+        out["precision_at_default"] = round(tp / (tp + fp), 6) if tp + fp else None
+    return out
+
+
+# -- cost ------------------------------------------------------------------------------------------------------
+
+
+def measure_costs(frames: list[Image], repeats: int) -> dict[str, dict[str, float]]:
+    """CPU (thread) time of compute_probes per sample, median over frames and repeats, and probes per sample."""
+    out: dict[str, dict[str, float]] = {}
+    for name, opts in SWITCHES.items():
+        times, probes = [], []
+        for _ in range(repeats):
+            for f in frames:
+                t0 = time.thread_time()
+                ps = compute_probes(f, opts)
+                times.append(time.thread_time() - t0)
+                probes.append(len(ps))
+        out[name] = {"ms_per_sample": round(1000 * statistics.median(times), 2),
+                     "ms_mean": round(1000 * statistics.fmean(times), 2),
+                     "probes_per_sample": round(statistics.fmean(probes), 2)}
+    return out
+
+
+# -- false matches at 1M ---------------------------------------------------------------------------------------
+
+
+def scan_1m(bank: Codes, queries: Codes, radius: int, chunk: int = 1 << 16) -> tuple[list[int], list[int]]:
+    """Per query: the nearest distance in the bank and the number of codes within radius. Same answer as
+    LinearIndex.search (checked on a few queries), about 10x faster: queries in blocks, 64-bit words added
+    column by column instead of a reduction over a length-4 axis."""
+    words = np.ascontiguousarray(bank).view(np.uint64)
+    q = np.ascontiguousarray(queries).reshape(-1, CODE_BYTES).view(np.uint64)
+    nearest = np.full(len(q), 256, np.int32)
+    within = np.zeros(len(q), np.int64)
+    for start in range(0, len(words), chunk):
+        w = words[start : start + chunk]
+        for b in range(0, len(q), 16):
+            qb = q[b : b + 16]
+            d = np.zeros((len(qb), len(w)), np.uint16)
+            for k in range(words.shape[1]):
+                d += np.bitwise_count(qb[:, k, None] ^ w[None, :, k])
+            nearest[b : b + 16] = np.minimum(nearest[b : b + 16], d.min(axis=1))
+            within[b : b + 16] += (d <= radius).sum(axis=1)
+    return [int(v) for v in nearest], [int(v) for v in within]
+
+
+def _binom_tail(n: int, t: int) -> float:
+    return sum(math.comb(n, k) for k in range(t + 1)) / 2.0**n
+
+
+def _normal_cdf(x: float) -> float:
+    return 0.5 * math.erfc(-x / math.sqrt(2))
+
+
+def _tail_estimates(hist: npt.NDArray[np.int64], threshold: int) -> dict[str, Any]:
+    """Probability that one probe lies within threshold of one unrelated entry, from the measured distances.
+
+    The measured tail never reaches the threshold, so it is extrapolated two ways: a normal with the measured mean
+    and standard deviation (optimistic), and an exponential tail through the empirical CDF at 1% and at the
+    lowest quantile with at least 10 comparisons below it (pessimistic: a normal tail falls faster).
+    """
+    n = int(hist.sum())
+    values = np.arange(len(hist))
+    mean = float((hist * values).sum() / n)
+    sd = float(np.sqrt((hist * (values - mean) ** 2).sum() / n))
+    cdf = np.cumsum(hist) / n
+    p_normal = _normal_cdf((threshold + 0.5 - mean) / sd)
+    d_hi = int(np.searchsorted(cdf, 0.01))
+    d_lo = int(np.searchsorted(cdf, 10 / n))
+    p_exp: float | None = None
+    if d_hi > d_lo and cdf[d_lo] > 0:
+        slope = (math.log10(cdf[d_hi]) - math.log10(cdf[d_lo])) / (d_hi - d_lo)  # decades per bit
+        p_exp = min(1.0, 10 ** (math.log10(cdf[d_lo]) - slope * (d_lo - threshold)))
+    return {"comparisons": n, "within_threshold": int(hist[: threshold + 1].sum()),
+            "min_distance": int(np.argmax(hist > 0)), "mean": round(mean, 2), "sd": round(sd, 2),
+            "p_normal": p_normal, "p_exponential_tail": p_exp}
+
+
+def false_match_estimate(
+    pair_hist: dict[str, npt.NDArray[np.int64]], costs: dict[str, dict[str, float]], frames: list[Image],
+    threshold: int, direct_probes: int, seed: int,
+) -> dict[str, Any]:
+    """Expected false alerts per stream-hour (one sample per 2 s) against a 1M-entry bank.
+
+    A sample with k probes matches some unrelated entry with probability <= k * 1M * p, p the chance that one probe
+    lies within the threshold of one unrelated code:
+    - uniform: the bank is 1M uniform random codes, p is the binomial tail; checked directly by scanning 1M such
+      codes with the probes of non-matching stream frames (Background frames) with every switch on;
+    - measured: p from the benchmark's own non-matching (probe, other original) distances, extrapolated (the tail
+      is empty below ~90 bits at this size; see _tail_estimates).
+    """
+    rng = np.random.default_rng(seed)
+    bank = rng.integers(0, 256, (BANK_SIZE, CODE_BYTES), dtype=np.uint8)
+    codes: list[Codes] = []
+    for f in frames:
+        codes += [p.codes["pdq"] for p in compute_probes(f, RobustOptions.all()) if p.quality >= MIN_QUALITY]
+    queries = np.stack(codes[:direct_probes])
+    t0 = time.perf_counter()
+    nearest, within = scan_1m(bank, queries, threshold)
+    scan_ms = 1000 * (time.perf_counter() - t0) / len(queries)
+    index = LinearIndex(bank, np.arange(BANK_SIZE, dtype=np.int64))
+    t0 = time.perf_counter()
+    for i in range(min(3, len(queries))):  # cross-check the fast scan against the reference index
+        ids, _ = index.search(queries[i], threshold)
+        if len(ids) != within[i]:
+            raise AssertionError("scan_1m disagrees with LinearIndex")
+    linear_ms = 1000 * (time.perf_counter() - t0) / min(3, len(queries))
+    del index, bank
+    p_uniform = _binom_tail(256, threshold)
+    per_hour = SAMPLES_PER_HOUR * BANK_SIZE
+    out: dict[str, Any] = {
+        "threshold": threshold, "bank_size": BANK_SIZE, "samples_per_hour": SAMPLES_PER_HOUR,
+        "uniform": {"p_per_comparison": p_uniform, "direct_probes": len(queries), "direct_hits": int(sum(within)),
+                    "nearest_distance": min(nearest), "median_nearest_distance": float(np.median(nearest)),
+                    "scan_ms_per_probe": round(scan_ms, 2), "linear_index_ms_per_probe": round(linear_ms, 2)},
+        "per_switch": {},
+    }
+    for name in SWITCHES:
+        probes = costs[name]["probes_per_sample"]
+        tail = _tail_estimates(pair_hist[f"pipeline/{name}"], threshold)
+        out["per_switch"][name] = {
+            "probes_per_sample": probes,
+            "alerts_per_hour_uniform": min(SAMPLES_PER_HOUR, per_hour * probes * p_uniform),
+            **tail,
+            "alerts_per_hour_normal": min(SAMPLES_PER_HOUR, per_hour * probes * tail["p_normal"]),
+            "alerts_per_hour_exponential_tail": (None if tail["p_exponential_tail"] is None else
+                                                 min(SAMPLES_PER_HOUR, per_hour * probes * tail["p_exponential_tail"])),
+        }
+    return out
+
+
+# -- report ----------------------------------------------------------------------------------------------------
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
+def _sci(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1e}"
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    transforms = doc["transforms"]
+    lines = [f"Recall (%) per transform at the threshold keeping precision >= 99.99% ({doc['images']} originals, "
+             f"{len(transforms)} transforms, each also JPEG q80):", ""]
+    lines.append("| hasher | threshold | overall | " + " | ".join(transforms) + " |")
+    lines.append("|---" * (len(transforms) + 3) + "|")
+    for key, s in doc["hashers"].items():
+        cells = [_pct(s["recall"][tr]) for tr in transforms]
+        lines.append(f"| {key} | {s['threshold']} | {_pct(s['recall_overall'])} | " + " | ".join(cells) + " |")
+    lines += ["", "Recall (%) at the fixed default threshold (PDQ 31, pHash 40):", ""]
+    lines.append("| hasher | threshold | false matches | overall | " + " | ".join(transforms) + " |")
+    lines.append("|---" * (len(transforms) + 4) + "|")
+    for key, s in doc["hashers"].items():
+        if s.get("default_threshold") is None:
+            continue
+        cells = [_pct(s["recall_at_default"][tr]) for tr in transforms]
+        lines.append(f"| {key} | {s['default_threshold']} | {s['false_matches_at_default']} | "
+                     f"{_pct(s['recall_overall_at_default'])} | " + " | ".join(cells) + " |")
+    lines += ["", "Cost per sample at 512x288 (CPU ms, median; probes = lookups per bank):", "",
+              "| switches | ms/sample | mean ms | probes/sample |", "|---|---|---|---|"]
+    for name, c in doc["costs"].items():
+        lines.append(f"| {name} | {c['ms_per_sample']} | {c['ms_mean']} | {c['probes_per_sample']} |")
+    fm = doc["false_match_1m"]
+    u = fm["uniform"]
+    lines += ["", f"False alerts per stream-hour against a 1M bank at threshold {fm['threshold']} (1 sample / 2 s; "
+              f"direct scan of 1M uniform codes: {u['direct_hits']} hits for {u['direct_probes']} probes, nearest "
+              f"{u['nearest_distance']}):", "",
+              "| switches | probes | uniform codes | measured pairs | min | mean | sd | normal fit | exp. tail |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for name, f in fm["per_switch"].items():
+        lines.append(f"| {name} | {f['probes_per_sample']} | {f['alerts_per_hour_uniform']:.1e} | {f['comparisons']} | "
+                     f"{f['min_distance']} | {f['mean']} | {f['sd']} | {f['alerts_per_hour_normal']:.1e} | "
+                     f"{_sci(f['alerts_per_hour_exponential_tail'])} |")
+    lines += ["", "Targets at the default switches, at threshold 31 and at the chosen (precision) threshold:", "",
+              "| transform | target | recall @31 | met | recall @chosen | met |", "|---|---|---|---|---|---|"]
+    for t in doc["targets"]:
+        met, metc = ("yes" if t["met"] else "NO"), ("yes" if t["met_at_chosen"] else "NO")
+        lines.append(f"| {t['transform']} | {_pct(t['target'])} | {_pct(t['recall'])} | {met} | "
+                     f"{_pct(t['recall_at_chosen'])} (t={t['threshold_chosen']}) | {metc} |")
+    return "\n".join(lines) + "\n"
+
+
+def run(n_images: int, transforms: Sequence[str], cost_frames: int, cost_repeats: int, direct_probes: int,
+        seed: int, stream_bgs: int = 2, stream_times: int = 5) -> dict[str, Any]:
+    started = time.perf_counter()
+    _log(f"generating {n_images} originals")
+    styles, originals = make_originals(n_images)
+    scaled = [ingest_scale(o) for o in originals]
+    banks = {h: np.stack([fn(s) for s in scaled]) for h, fn in GLOBAL_HASHERS.items()}
+    rows: dict[str, list[npt.NDArray[np.int32]]] = {}
+    bar_hits: dict[str, int] = {}
+    pair_hist: dict[str, npt.NDArray[np.int64]] = {}
+    for ti, tr in enumerate(transforms):
+        _log(f"transform {tr} ({ti + 1}/{len(transforms)}), {time.perf_counter() - started:.0f} s")
+        fn = TRANSFORMS[tr]
+        bar_hits[tr] = 0
+        for i, img in enumerate(originals):
+            sample = ingest_scale(jpeg(fn(img, seed * 7919 + i), 80))
+            for h, hfn in GLOBAL_HASHERS.items():
+                rows.setdefault(h, []).append(_dist(banks[h], hfn(sample)[None])[0])
+            probes = compute_probes(sample, RobustOptions.all())
+            bar_hits[tr] += any(p.view == "stripped" for p in probes)
+            for key, row in _pipeline_rows(probes, banks["pdq"], i, pair_hist).items():
+                rows.setdefault(key, []).append(row)
+    summaries = {}
+    for key, r in rows.items():
+        default_t = DEFAULT_THRESHOLDS.get(key, PDQ_DEFAULT_THRESHOLD)
+        summaries[key] = summarise(key, r, list(transforms), len(originals), default_t)
+
+    _log("measuring cost per switch")
+    frames = [ingest_scale(o) for o in originals[:cost_frames]]
+    frames = frames[: len(frames) // 2] + [ingest_scale(letterbox(o, 0)) for o in originals[len(frames) // 2 :
+                                                                                            cost_frames]]
+    costs = measure_costs(frames, cost_repeats)
+    bars_frames = sum(bool(detect_bars(f)) for f in frames)
+
+    _log("false matches against 1M random codes")
+    backgrounds = [Background(900_000 + k, INGEST_WIDTH, INGEST_WIDTH * 9 // 16) for k in range(stream_bgs)]
+    stream_frames = [jpeg(b.frame(7.3 * t), 80) for b in backgrounds for t in range(stream_times)]
+    fm = false_match_estimate(pair_hist, costs, stream_frames, PDQ_DEFAULT_THRESHOLD, direct_probes, seed)
+
+    dflt = summaries[DEFAULT_KEY]
+    targets = []
+    for tr, goal in TARGETS.items():
+        if tr not in transforms:
+            continue
+        at31, atc = dflt["recall_at_default"][tr], dflt["recall"][tr]
+        targets.append({"transform": tr, "target": goal,
+                        "recall": at31, "met": at31 >= goal,
+                        "threshold_chosen": dflt["threshold"], "recall_at_chosen": atc, "met_at_chosen": atc >= goal})
+    hashers = summaries
+    return {
+        "benchmark": "eval_images",
+        "images": len(originals),
+        "styles": {s: styles.count(s) for s in sorted(set(styles))},
+        "size": [WIDTH, HEIGHT],
+        "ingest_width": INGEST_WIDTH,
+        "transforms": list(transforms),
+        "reencode_after_transform": "JPEG q80",
+        "min_quality": MIN_QUALITY,
+        "precision_target": PRECISION_TARGET,
+        "switches": {k: {n: getattr(o, n) for n in SWITCH_NAMES} for k, o in SWITCHES.items()},
+        "hashers": hashers,
+        "bars_detected": bar_hits,
+        "costs": costs,
+        "cost_frames": {"frames": len(frames), "with_bars": bars_frames, "repeats": cost_repeats,
+                        "size": list(frames[0].shape[1::-1])},
+        "false_match_1m": fm,
+        "targets": targets,
+        "targets_met": all(t["met"] for t in targets),
+        "elapsed_s": round(time.perf_counter() - started, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m monitor.eval_images", description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="CI size: 45 originals, fewer cost and 1M probes")
+    ap.add_argument("--images", type=int, help="number of originals (default 300, quick 45)")
+    ap.add_argument("--transforms", help="comma-separated subset of: " + ",".join(TRANSFORMS))
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--table", action="store_true", help="also print Markdown tables on stderr")
+    ap.add_argument("--markdown", metavar="FILE", help="write the Markdown tables to FILE")
+    args = ap.parse_args(argv)
+    n = args.images or (45 if args.quick else 300)
+    if n < 3:
+        ap.error("--images must be at least 3")
+    transforms = args.transforms.split(",") if args.transforms else list(TRANSFORMS)
+    unknown = [t for t in transforms if t not in TRANSFORMS]
+    if unknown:
+        ap.error(f"unknown transforms: {', '.join(unknown)}")
+    if args.quick:
+        doc = run(n, transforms, cost_frames=8, cost_repeats=1, direct_probes=64, seed=args.seed)
+    else:
+        doc = run(n, transforms, cost_frames=24, cost_repeats=3, direct_probes=2000, seed=args.seed, stream_bgs=8,
+                  stream_times=25)
+    doc["mode"] = "quick" if args.quick else "full"
+    print(json.dumps(doc, indent=2))
+    if args.table or args.markdown:
+        md = markdown(doc)
+        if args.table:
+            print(md, file=sys.stderr)
+        if args.markdown:
+            with open(args.markdown, "w", encoding="utf-8") as f:
+                f.write(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

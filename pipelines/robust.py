@@ -1,0 +1,378 @@
+"""Robustness before hashing: the views and variants of one sample that are looked up in the banks.
+
+A global hash (PDQ, pHash) of the whole frame is defeated by black bars, mirroring, rotation and cropping
+(docs/eval-images.md, /work/shared/notes/hashing.md). Each switch here adds probes -- (view, variant, code)
+triples -- that are looked up alongside the plain hash of the full frame:
+
+- `strip_bars`: detect letterbox/pillarbox bars (near-black, flat rows/columns at the edges) and also hash the
+  frame without them. The full frame is always hashed too: the bank entry may contain the bars itself.
+- `dihedral`: the 8 rotations/mirrors of the full (and bar-stripped) frame, all from one DCT
+  (`pdq_dihedral`, `phash_dihedral`), so the hashing cost is that of one hash; the lookups are 8x.
+- `crops`: centre 90% and 80% crops and the four 90% corner crops. They find a bank picture shown with something
+  around it (an overlay frame, a border) when it sits exactly there; they cannot find a picture shown cropped (the
+  sample then holds less than the entry, and cutting it further does not bring that back). Identity orientation
+  only (dihedral x crops would be 48 lookups per sample).
+- `pip`: picture-in-picture search at fixed places: the four quadrants and the centre, each a quarter of the area.
+  PDQ does not survive a shift of more than 1-2% of the picture, so this only finds a window that sits exactly in a
+  quadrant; `boxes` finds it wherever it is.
+- `boxes`: inner rectangles found by long straight edges (`detect_boxes`): a picture-in-picture window, content
+  inset in a stream layout or framed by a non-black border. Up to 3 per sample.
+
+Crops and picture-in-picture views are cut from the full frame (so that every switch adds probes independently of
+the others, and the benchmark can score each switch from one hashing pass: `select_probes`).
+Every view carries its own PDQ quality; the matcher ignores views below its minimum quality.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from pipelines.fingerprint import DIHEDRAL, DIHEDRAL_INVERSE, pdq, pdq_dihedral, phash, phash_dihedral
+from pipelines.hamming import Codes
+
+Image = npt.NDArray[np.uint8]
+
+SWITCH_NAMES = ("strip_bars", "dihedral", "crops", "pip", "boxes")
+FULL = "full"
+STRIPPED = "stripped"
+CROP_VIEWS = ("crop90_c", "crop80_c", "crop90_tl", "crop90_tr", "crop90_bl", "crop90_br")
+PIP_VIEWS = ("pip_tl", "pip_tr", "pip_bl", "pip_br", "pip_c")
+MAX_BOXES = 3
+BOX_VIEWS = tuple(f"box{i + 1}" for i in range(MAX_BOXES))
+
+
+@dataclass(frozen=True, slots=True)
+class RobustOptions:
+    """Which probes to hash. The defaults are the recommended configuration (docs/eval-images.md)."""
+
+    strip_bars: bool = True
+    dihedral: bool = True
+    crops: bool = False
+    pip: bool = False
+    boxes: bool = True
+
+    @classmethod
+    def none(cls) -> RobustOptions:
+        return cls(strip_bars=False, dihedral=False, crops=False, pip=False, boxes=False)
+
+    @classmethod
+    def all(cls) -> RobustOptions:
+        return cls(strip_bars=True, dihedral=True, crops=True, pip=True, boxes=True)
+
+    def label(self) -> str:
+        on = [n for n in SWITCH_NAMES if getattr(self, n)]
+        return "+".join(on) if on else "none"
+
+
+@dataclass(frozen=True, slots=True)
+class Bars:
+    """Pixels of black bar found at each edge (0: none)."""
+
+    top: int = 0
+    bottom: int = 0
+    left: int = 0
+    right: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.top or self.bottom or self.left or self.right)
+
+    def crop(self, rgb: Image) -> Image:
+        h, w = rgb.shape[:2]
+        return rgb[self.top : h - self.bottom, self.left : w - self.right]
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """One hash of one view of a sample. `variant` is the dihedral operation applied to the view."""
+
+    view: str
+    variant: str
+    quality: int
+    codes: dict[str, Codes]  # signal type -> code
+
+    @property
+    def shown_as(self) -> str:
+        """How the stream shows the bank's picture: the inverse of `variant` ('flip_h' means mirrored)."""
+        return DIHEDRAL_INVERSE.get(self.variant, self.variant)
+
+    @property
+    def name(self) -> str:
+        """`<view>:<transform the stream applied>`, e.g. 'full:identity', 'stripped:flip_h', 'crop90_tl:identity'."""
+        return f"{self.view}:{self.shown_as}"
+
+
+# -- black bars ------------------------------------------------------------------------------------------------
+
+BLACK_LEVEL = 40.0  # luma (0-255) at or below which a line's mean counts as black; video black is 16 or 0
+BAR_MAX_STD = 5.0  # a bar line is flat: compression noise stays under this (measured <= 4 at JPEG q10)
+BAR_MAX_BRIGHT = 0.01  # share of pixels brighter than BLACK_LEVEL + 24 tolerated in a bar line
+BAR_MIN_FRACTION = 0.02  # thinner runs (and at least 3 px) are not bars
+BAR_MAX_FRACTION = 0.40  # a longer dark run is dark content, not a bar: that side is left alone
+BAR_STEP = 10.0  # where the bar ends, content starts: one of the next 3 lines differs by this in mean (or in std)
+
+
+def _luma(rgb: Image) -> npt.NDArray[np.float32]:
+    out: npt.NDArray[np.float32] = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY).astype(np.float32)
+    return out
+
+
+def _line_stats(luma: npt.NDArray[np.float32], axis: int) -> tuple[npt.NDArray[np.float32], ...]:
+    """Per line along `axis` (1: rows, 0: columns): mean, std, and is it a flat near-black line?"""
+    mean = luma.mean(axis=axis)
+    std = luma.std(axis=axis)
+    bright = (luma > BLACK_LEVEL + 24.0).mean(axis=axis)
+    flat = ((mean <= BLACK_LEVEL) & (std <= BAR_MAX_STD) & (bright <= BAR_MAX_BRIGHT)).astype(np.float32)
+    return mean, std, flat
+
+
+def _side(mean: npt.NDArray[np.float32], std: npt.NDArray[np.float32], flat: npt.NDArray[np.float32]) -> int:
+    """Bar lines at the start of the arrays (0: none). Dark, smooth content also makes flat dark lines; a bar is told
+    from it by the step into the content where it ends."""
+    size = len(flat)
+    stops = np.flatnonzero(flat == 0)
+    run = int(stops[0]) if len(stops) else size
+    if run < max(3, round(BAR_MIN_FRACTION * size)) or run > BAR_MAX_FRACTION * size:
+        return 0
+    level = float(np.median(mean[:run]))
+    after = slice(run, min(size, run + 3))
+    if not (np.any(np.abs(mean[after] - level) >= BAR_STEP) or np.any(std[after] >= 2 * BAR_STEP)):
+        return 0
+    return min(run + 1, int(BAR_MAX_FRACTION * size))  # one more line: the row where bar and content blend
+
+
+def detect_bars(rgb: Image) -> Bars:
+    """Letterbox (top/bottom) and pillarbox (left/right) bars, in pixels; Bars() when there are none.
+
+    A bar is a run of flat, near-black lines from an edge: at least 2% of the side (3 px), at most 40% (a longer
+    run is dark content: nothing is cut on that side), ending in a step into the content (a change of mean or of
+    texture within 3 lines: dark but smooth content fades in instead). Rows are tested first; columns are then
+    tested within the rows left, so a windowbox (both) is found too.
+    """
+    h, w = rgb.shape[:2]
+    if h < 8 or w < 8:
+        return Bars()
+    luma = _luma(rgb)
+    rows = _line_stats(luma, axis=1)
+    top = _side(*rows)
+    bottom = _side(*(a[::-1] for a in rows))
+    cols = _line_stats(luma[top : h - bottom], axis=0)
+    left = _side(*cols)
+    right = _side(*(a[::-1] for a in cols))
+    return Bars(top, bottom, left, right)
+
+
+def strip_bars(rgb: Image) -> Image:
+    """The frame without its black bars (the frame itself when there are none)."""
+    return detect_bars(rgb).crop(rgb)
+
+
+# -- crops and picture-in-picture ------------------------------------------------------------------------------
+
+
+def _window(rgb: Image, fh: float, fw: float, ay: float, ax: float) -> Image:
+    """A window of fh x fw of the frame, its free margin split ay:1-ay vertically and ax:1-ax horizontally."""
+    h, w = rgb.shape[:2]
+    ch, cw = max(1, round(h * fh)), max(1, round(w * fw))
+    y, x = round((h - ch) * ay), round((w - cw) * ax)
+    return rgb[y : y + ch, x : x + cw]
+
+
+def crop_views(rgb: Image) -> Iterator[tuple[str, Image]]:
+    """Centre 90% and 80% (per side length), then the four 90% corner crops (names in CROP_VIEWS)."""
+    yield "crop90_c", _window(rgb, 0.9, 0.9, 0.5, 0.5)
+    yield "crop80_c", _window(rgb, 0.8, 0.8, 0.5, 0.5)
+    for name, ay, ax in (("crop90_tl", 0, 0), ("crop90_tr", 0, 1), ("crop90_bl", 1, 0), ("crop90_br", 1, 1)):
+        yield name, _window(rgb, 0.9, 0.9, ay, ax)
+
+
+def pip_views(rgb: Image) -> Iterator[tuple[str, Image]]:
+    """The four quadrants and the centre, each half the width and half the height (names in PIP_VIEWS)."""
+    for name, ay, ax in (("pip_tl", 0, 0), ("pip_tr", 0, 1), ("pip_bl", 1, 0), ("pip_br", 1, 1), ("pip_c", 0.5, 0.5)):
+        yield name, _window(rgb, 0.5, 0.5, ay, ax)
+
+
+# -- boxes: inner rectangles bounded by long straight edges ------------------------------------------------------
+
+BOX_EDGE = 12  # colour step (max over channels, across 2 px) that counts as an edge pixel
+BOX_MIN_RUN = 0.12  # a line is a straight run of edge pixels at least this share of the frame side
+BOX_MIN_SIDE = 0.2  # a box is at least 20% of the frame in each direction ...
+BOX_MAX_AREA = 0.9  # ... and less than 90% of its area (the frame itself is hashed anyway)
+BOX_MIN_COVERAGE = 0.6  # every inner side of a box is at least this much edge
+BOX_MAX_LINES = 8  # strongest lines kept per direction
+
+
+@dataclass(frozen=True, slots=True)
+class Box:
+    """Rows top..bottom and columns left..right (exclusive ends) of a detected inner picture."""
+
+    top: int
+    bottom: int
+    left: int
+    right: int
+    score: float
+
+    def crop(self, rgb: Image) -> Image:
+        return rgb[self.top : self.bottom, self.left : self.right]
+
+
+def _edge_lines(edges: npt.NDArray[np.uint8], min_run: int) -> list[tuple[int, int]]:
+    """(position, strength) of straight runs along the rows of `edges`; adjacent rows merged (a scaled edge blends
+    over two or three rows), strongest first."""
+    kernel = np.ones((1, min_run), np.uint8)
+    eroded = cv2.erode(edges, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    strength = eroded.sum(axis=1, dtype=np.int64)
+    merged: list[tuple[int, int]] = []
+    for pos in np.flatnonzero(strength):
+        s = int(strength[pos])
+        if merged and pos - merged[-1][0] <= 2:
+            if s > merged[-1][1]:
+                merged[-1] = (int(pos), s)
+        else:
+            merged.append((int(pos), s))
+    merged.sort(key=lambda ps: -ps[1])
+    return merged[:BOX_MAX_LINES]
+
+
+def _coverage(edges: npt.NDArray[np.uint8], positions: list[int]) -> npt.NDArray[np.float64]:
+    """For each line position (an edge row, +-1 row tolerated) the cumulative edge count along the row, so that the
+    coverage of [a, b) is (c[b] - c[a]) / (b - a). Shape (len(positions), L + 1)."""
+    n = edges.shape[0]
+    out = np.zeros((len(positions), edges.shape[1] + 1), np.float64)
+    for i, p in enumerate(positions):
+        band = edges[max(0, p - 1) : min(n, p + 2)].max(axis=0)
+        out[i, 1:] = np.cumsum(band)
+    return out
+
+
+def _edges(a: Image, b: Image) -> npt.NDArray[np.uint8]:
+    """1 where any colour channel differs by more than BOX_EDGE between a and b."""
+    d = cv2.absdiff(np.ascontiguousarray(a), np.ascontiguousarray(b))
+    out: npt.NDArray[np.uint8] = (np.maximum(np.maximum(d[..., 0], d[..., 1]), d[..., 2]) > BOX_EDGE).astype(np.uint8)
+    return out
+
+
+def detect_boxes(rgb: Image, max_boxes: int = MAX_BOXES) -> list[Box]:
+    """Inner rectangles whose inner sides are long straight edges (picture-in-picture, inset content).
+
+    A box side may lie on the frame border (a window in a corner shows two edges); at least two sides must be
+    inner edges, each covered by edge pixels for at least 60% of its length. Best first (sum of side coverages),
+    overlapping boxes (IoU > 0.7) suppressed. The rows/columns of the edge itself are left out of the box.
+    """
+    h, w = rgb.shape[:2]
+    if h < 16 or w < 16:
+        return []
+    # Edge strength across two pixels: index i is the boundary around row (column) i + 1.
+    ey = _edges(rgb[2:], rgb[:-2])  # (h-2, w): horizontal edges
+    ex = np.ascontiguousarray(_edges(rgb[:, 2:], rgb[:, :-2]).T)  # (w-2, h): vertical edges
+    hlines = _edge_lines(ey, max(8, round(BOX_MIN_RUN * w)))
+    vlines = _edge_lines(ex, max(8, round(BOX_MIN_RUN * h)))
+    if len(hlines) + len(vlines) < 2:
+        return []
+    hpos = [p for p, _ in hlines]
+    vpos = [p for p, _ in vlines]
+    hcov, vcov = _coverage(ey, hpos), _coverage(ex, vpos)
+    # Candidate sides: frame borders (-1: no edge needed) and the lines; coordinates are boundary rows/columns.
+    ys = [(0, -1), (h, -1)] + [(p + 1, i) for i, p in enumerate(hpos)]
+    xs = [(0, -1), (w, -1)] + [(p + 1, i) for i, p in enumerate(vpos)]
+    cands: list[tuple[float, int, int, int, int]] = []
+    for y0, iy0 in ys:
+        for y1, iy1 in ys:
+            if y1 - y0 < BOX_MIN_SIDE * h:
+                continue
+            for x0, ix0 in xs:
+                for x1, ix1 in xs:
+                    if x1 - x0 < BOX_MIN_SIDE * w or (y1 - y0) * (x1 - x0) > BOX_MAX_AREA * h * w:
+                        continue
+                    sides = []
+                    for idx, cov, a, b in ((iy0, hcov, x0, x1), (iy1, hcov, x0, x1), (ix0, vcov, y0, y1),
+                                           (ix1, vcov, y0, y1)):
+                        if idx >= 0:
+                            row = cov[idx]
+                            sides.append((row[min(b, len(row) - 1)] - row[a]) / (b - a))
+                    if len(sides) >= 2 and min(sides) >= BOX_MIN_COVERAGE:
+                        cands.append((float(sum(sides)), y0, y1, x0, x1))
+    cands.sort(reverse=True)
+    kept: list[Box] = []
+    for score, y0, y1, x0, x1 in cands:
+        # leave out the edge rows/columns themselves (they blend content and surroundings)
+        box = Box(y0 + 1 if y0 else 0, y1 - 1 if y1 < h else h, x0 + 1 if x0 else 0, x1 - 1 if x1 < w else w, score)
+        if all(_iou(box, k) <= 0.7 for k in kept):
+            kept.append(box)
+            if len(kept) >= max_boxes:
+                break
+    return kept
+
+
+def _iou(a: Box, b: Box) -> float:
+    ih = max(0, min(a.bottom, b.bottom) - max(a.top, b.top))
+    iw = max(0, min(a.right, b.right) - max(a.left, b.left))
+    inter = ih * iw
+    union = (a.bottom - a.top) * (a.right - a.left) + (b.bottom - b.top) * (b.right - b.left) - inter
+    return inter / union if union else 0.0
+
+
+# -- probes ----------------------------------------------------------------------------------------------------
+
+
+def _view_probes(view: str, rgb: Image, dihedral: bool, signals: Collection[str]) -> list[Probe]:
+    rgb = np.ascontiguousarray(rgb)
+    if not dihedral:
+        code, quality = pdq(rgb)
+        codes = {"pdq": code}
+        if "phash" in signals:
+            codes["phash"] = phash(rgb)
+        return [Probe(view, "identity", quality, codes)]
+    pdqs, quality = pdq_dihedral(rgb)
+    phs = phash_dihedral(rgb) if "phash" in signals else None
+    out = []
+    for i, variant in enumerate(DIHEDRAL):
+        codes = {"pdq": pdqs[i]}
+        if phs is not None:
+            codes["phash"] = phs[i]
+        out.append(Probe(view, variant, quality, codes))
+    return out
+
+
+def compute_probes(
+    rgb: Image, options: RobustOptions | None = None, signals: Collection[str] = ("pdq",)
+) -> list[Probe]:
+    """Every probe of one sample, the plain full-frame hash first. PDQ is always computed (it carries the
+    quality); pHash only when "phash" is in `signals`."""
+    opts = RobustOptions() if options is None else options
+    probes = _view_probes(FULL, rgb, opts.dihedral, signals)
+    if opts.strip_bars:
+        bars = detect_bars(rgb)
+        if bars:
+            probes += _view_probes(STRIPPED, bars.crop(rgb), opts.dihedral, signals)
+    if opts.crops:
+        for name, view in crop_views(rgb):
+            probes += _view_probes(name, view, False, signals)
+    if opts.pip:
+        for name, view in pip_views(rgb):
+            probes += _view_probes(name, view, False, signals)
+    if opts.boxes:
+        for name, box in zip(BOX_VIEWS, detect_boxes(rgb), strict=False):
+            probes += _view_probes(name, box.crop(rgb), False, signals)
+    return probes
+
+
+def select_probes(probes: list[Probe], options: RobustOptions) -> list[Probe]:
+    """The probes `compute_probes(rgb, options)` would give, picked out of those computed with every switch on
+    (the benchmark hashes each sample once and scores every switch from that)."""
+    keep = []
+    for p in probes:
+        if p.view == FULL or (p.view == STRIPPED and options.strip_bars):
+            if options.dihedral or p.variant == "identity":
+                keep.append(p)
+        elif (
+            (p.view in CROP_VIEWS and options.crops)
+            or (p.view in PIP_VIEWS and options.pip)
+            or (p.view in BOX_VIEWS and options.boxes)
+        ):
+            keep.append(p)
+    return keep

@@ -1,0 +1,298 @@
+"""Robustness before hashing: bar stripping, dihedral variants, crops, picture-in-picture, and the matcher."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipelines.banks import Bank, Entry
+from pipelines.base import Sample
+from pipelines.fingerprint import DIHEDRAL, pdq, pdq_dihedral, phash, phash_dihedral
+from pipelines.known_content import KnownContentMatcher
+from pipelines.robust import (
+    BAR_MAX_FRACTION,
+    Bars,
+    RobustOptions,
+    compute_probes,
+    detect_bars,
+    detect_boxes,
+    select_probes,
+)
+from test_streams import transforms as tf
+from test_streams.images import Background, known_image
+
+W, H = 512, 288
+
+
+@pytest.fixture(scope="module")
+def pictures() -> list[np.ndarray]:
+    return [known_image(s, W, H) for s in range(4)] + [tf.composition(s, W, H) for s in range(2)]
+
+
+def bank_of(images: list[np.ndarray], signal: str = "pdq", name: str = "known") -> Bank:
+    codes = np.stack([pdq(i)[0] if signal == "pdq" else phash(i) for i in images])
+    return Bank(name, signal, codes, [Entry(f"e{k}", label=f"picture {k}") for k in range(len(images))])
+
+
+def sample(rgb: np.ndarray) -> Sample:
+    return Sample("s1", 12.0, time.time(), np.ascontiguousarray(rgb))
+
+
+def as_stream(rgb: np.ndarray) -> np.ndarray:
+    """Re-encoded, as a stream frame would be."""
+    return tf.jpeg(rgb, 70)
+
+
+# -- black bars ----------------------------------------------------------------------------------------------------
+
+
+def test_letterbox_bars_found(pictures: list[np.ndarray]) -> None:
+    for seed, pic in enumerate(pictures):
+        framed = as_stream(tf.letterbox(pic, seed))  # 512x384, bars of 48 rows
+        bars = detect_bars(framed)
+        assert 47 <= bars.top <= 51 and 47 <= bars.bottom <= 51, bars
+        assert bars.left == bars.right == 0
+
+
+def test_pillarbox_bars_found(pictures: list[np.ndarray]) -> None:
+    for seed, pic in enumerate(pictures):
+        framed = as_stream(tf.pillarbox(pic, seed))  # 4:3 content in 16:9
+        bars = detect_bars(framed)
+        h, w = framed.shape[:2]
+        expect = (w - round(h * 4 / 3)) // 2
+        assert abs(bars.left - expect) <= 3 and abs(bars.right - expect) <= 3, (bars, expect)
+        assert bars.top == bars.bottom == 0
+
+
+def test_no_bars_on_plain_content(pictures: list[np.ndarray]) -> None:
+    for pic in pictures:
+        assert not detect_bars(as_stream(pic))
+
+
+def test_no_bars_on_dark_textured_content() -> None:
+    for seed in range(4):
+        dark = (known_image(seed, W, H).astype(np.float32) * 0.22).astype(np.uint8)  # luma mostly under 40
+        assert not detect_bars(as_stream(dark)), seed
+        night = (Background(seed, W, H).frame(1.0).astype(np.float32) * 0.25).astype(np.uint8)
+        assert not detect_bars(as_stream(night)), seed
+
+
+def test_black_frame_and_mostly_black_frame_not_cropped() -> None:
+    assert detect_bars(np.zeros((H, W, 3), np.uint8)) == Bars()
+    # content in a thin band in the middle: the dark runs exceed 40% per side, so nothing is cut
+    img = np.zeros((H, W, 3), np.uint8)
+    img[130:160] = known_image(1, W, 30)
+    assert detect_bars(img) == Bars()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    top=st.floats(0, 0.6), bottom=st.floats(0, 0.6), left=st.floats(0, 0.6), right=st.floats(0, 0.6),
+    level=st.integers(0, 30), seed=st.integers(0, 50),
+)
+def test_never_over_crops(top: float, bottom: float, left: float, right: float, level: int, seed: int) -> None:
+    img = known_image(seed, 160, 90).copy()
+    h, w = img.shape[:2]
+    t, b = round(top * h / 2), round(bottom * h / 2)
+    lft, r = round(left * w / 2), round(right * w / 2)
+    img[:t] = level
+    img[h - b :] = level
+    img[:, :lft] = level
+    img[:, w - r :] = level
+    bars = detect_bars(img)
+    assert bars.top <= BAR_MAX_FRACTION * h and bars.bottom <= BAR_MAX_FRACTION * h
+    assert bars.left <= BAR_MAX_FRACTION * w and bars.right <= BAR_MAX_FRACTION * w
+    assert bars.crop(img).size > 0
+
+
+def test_letterboxed_content_matches_only_with_bar_stripping(pictures: list[np.ndarray]) -> None:
+    bank = bank_of(pictures)
+    for seed, pic in enumerate(pictures):
+        framed = as_stream(tf.letterbox(pic, seed))
+        off = KnownContentMatcher([bank], strip_bars=False, dihedral=False, boxes=False)
+        on = KnownContentMatcher([bank], strip_bars=True, dihedral=False, boxes=False)
+        assert not off.process(sample(framed))
+        matches = on.process_detailed(sample(framed))
+        assert [m.finding.entry_id for m in matches] == [f"e{seed}"]
+        assert matches[0].view == "stripped" and matches[0].finding.distance <= 31
+
+
+# -- dihedral ------------------------------------------------------------------------------------------------------
+
+
+def test_pdq_dihedral_first_is_pdq_and_phash_dihedral_is_exact(pictures: list[np.ndarray]) -> None:
+    for pic in pictures:
+        codes, quality = pdq_dihedral(pic)
+        ref, ref_q = pdq(pic)
+        assert len(codes) == 8 and np.array_equal(codes[0], ref) and quality == ref_q
+        ph = phash_dihedral(pic)
+        assert np.array_equal(ph[0], phash(pic))
+        assert np.array_equal(ph[DIHEDRAL.index("flip_h")], phash(np.ascontiguousarray(pic[:, ::-1])))
+        assert np.array_equal(ph[DIHEDRAL.index("flip_v")], phash(np.ascontiguousarray(pic[::-1])))
+        rot = np.ascontiguousarray(np.rot90(pic))
+        diff = np.unpackbits(ph[DIHEDRAL.index("rot90")] ^ phash(rot)).sum()
+        assert diff <= 8
+
+
+@pytest.mark.parametrize("signal", ["pdq", "phash"])
+def test_mirror_matches_with_dihedral_only(pictures: list[np.ndarray], signal: str) -> None:
+    bank = bank_of(pictures, signal)
+    for seed, pic in enumerate(pictures):
+        mirrored = as_stream(tf.mirror(pic, seed))
+        off = KnownContentMatcher([bank], dihedral=False)
+        on = KnownContentMatcher([bank], dihedral=True)
+        assert not off.process(sample(mirrored))
+        matches = on.process_detailed(sample(mirrored))
+        assert [m.finding.entry_id for m in matches] == [f"e{seed}"]
+        assert matches[0].variant == "full:flip_h"
+
+
+def test_rotation_reported_as_shown(pictures: list[np.ndarray]) -> None:
+    bank = bank_of(pictures)
+    matcher = KnownContentMatcher([bank])
+    pic = pictures[0]
+    cw = np.ascontiguousarray(np.rot90(pic, -1))  # the stream shows the picture turned clockwise
+    (m,) = matcher.process_detailed(sample(as_stream(cw)))
+    assert m.finding.entry_id == "e0" and m.shown_as == "rot270"  # np.rot90(k=3) is clockwise
+    ccw = np.ascontiguousarray(np.rot90(pic, 1))
+    (m,) = matcher.process_detailed(sample(as_stream(ccw)))
+    assert m.shown_as == "rot90"
+
+
+# -- crops and picture-in-picture ----------------------------------------------------------------------------------
+
+
+def test_inset_content_matches_with_crops(pictures: list[np.ndarray]) -> None:
+    """The bank picture shown at 90% size in the middle of another picture (an overlay frame): the centre 90% crop
+    of the sample is the picture. (A sample that shows *less* than the bank picture is not helped by crops.)"""
+    bank = bank_of(pictures)
+    for seed, pic in enumerate(pictures[:3]):
+        canvas = tf.soft_background(77 + seed, W, H)
+        inner = tf._resize(pic, round(W * 0.9), round(H * 0.9))
+        framed = as_stream(tf.place(canvas, inner, round(H * 0.05), round(W * 0.05)))
+        off = KnownContentMatcher([bank], strip_bars=False, dihedral=False, boxes=False)
+        on = KnownContentMatcher([bank], strip_bars=False, dihedral=False, boxes=False, crops=True)
+        assert not off.process(sample(framed))
+        (m,) = on.process_detailed(sample(framed))
+        assert m.finding.entry_id == f"e{seed}" and m.view == "crop90_c"
+
+
+def test_pip_found_by_boxes(pictures: list[np.ndarray]) -> None:
+    bank = bank_of(pictures)
+    found = 0
+    for seed, pic in enumerate(pictures):
+        shown = as_stream(tf.pip(pic, seed))
+        assert not KnownContentMatcher([bank], boxes=False).process(sample(shown))
+        matches = KnownContentMatcher([bank], boxes=True).process_detailed(sample(shown))
+        if matches:
+            assert [m.finding.entry_id for m in matches] == [f"e{seed}"]
+            assert matches[0].view.startswith("box")
+            found += 1
+    assert found >= len(pictures) - 1
+
+
+def test_pip_in_a_quadrant_found_by_pip_switch(pictures: list[np.ndarray]) -> None:
+    bank = bank_of(pictures)
+    pic = pictures[2]
+    canvas = tf.soft_background(5, W, H)
+    shown = as_stream(tf.place(canvas, tf._resize(pic, W // 2, H // 2), H // 2, W // 2))  # bottom-right quadrant
+    plain = dict(strip_bars=False, dihedral=False, boxes=False)
+    assert not KnownContentMatcher([bank], **plain).process(sample(shown))
+    (m,) = KnownContentMatcher([bank], **plain, pip=True).process_detailed(sample(shown))
+    assert m.finding.entry_id == "e2" and m.view == "pip_br"
+
+
+def test_boxes_none_on_plain_pictures() -> None:
+    for seed in range(4):
+        assert detect_boxes(as_stream(known_image(seed, W, H))) == []
+
+
+# -- matcher -------------------------------------------------------------------------------------------------------
+
+
+def test_one_finding_per_entry_with_the_best_variant(pictures: list[np.ndarray]) -> None:
+    pic = pictures[1]
+    mirrored = np.ascontiguousarray(pic[:, ::-1])
+    codes = np.stack([pdq(pic)[0], pdq(mirrored)[0], pdq(pictures[3])[0]])
+    bank = Bank("b", "pdq", codes, [Entry("plain"), Entry("mirror"), Entry("other")])
+    second = Bank("b2", "pdq", codes[:1], [Entry("plain")])
+    matcher = KnownContentMatcher([bank, second], strip_bars=True, dihedral=True, boxes=True, crops=True, pip=True)
+    framed = as_stream(tf.letterbox(pic, 0))  # matches through several probes: stripped x 8 variants
+    matches = matcher.process_detailed(sample(framed))
+    keys = [(m.finding.bank, m.finding.entry_id) for m in matches]
+    assert sorted(keys) == [("b", "mirror"), ("b", "plain"), ("b2", "plain")]
+    by_key = {(m.finding.bank, m.finding.entry_id): m for m in matches}
+    assert by_key[("b", "plain")].variant == "stripped:identity"
+    assert by_key[("b", "mirror")].variant == "stripped:flip_h"
+    for m in matches:  # each is the nearest probe: no probe is closer to that entry
+        f = m.finding
+        probes = [p for p in compute_probes(framed, matcher.options) if p.quality >= matcher.min_quality]
+        row = {"plain": 0, "mirror": 1}[f.entry_id]
+        best = min(int(np.unpackbits(p.codes["pdq"] ^ codes[row]).sum()) for p in probes)
+        assert f.distance == best
+        assert int(np.unpackbits(np.frombuffer(bytes.fromhex(f.sample_hash), np.uint8) ^ codes[row]).sum()) == best
+    assert [m.finding.distance for m in matches if m.finding.bank == "b"] == sorted(
+        m.finding.distance for m in matches if m.finding.bank == "b"
+    )
+    assert matcher.stats.findings == 3 and sum(matcher.stats.by_variant.values()) == 3
+
+
+def test_min_quality_gate_still_applies(pictures: list[np.ndarray]) -> None:
+    bank = bank_of(pictures)
+    matcher = KnownContentMatcher([bank], crops=True, pip=True)
+    assert matcher.process(sample(np.full((H, W, 3), 90, np.uint8))) == []
+    assert matcher.process(sample(np.zeros((H, W, 3), np.uint8))) == []
+    assert matcher.stats.low_quality == 2 and matcher.stats.samples == 2
+    strict = KnownContentMatcher([bank], 101)
+    assert strict.process(sample(pictures[0])) == []
+    assert strict.stats.low_quality == 1
+    assert KnownContentMatcher([bank], 50).process(sample(pictures[0]))[0].quality >= 50
+
+
+def test_constructible_as_before(pictures: list[np.ndarray]) -> None:
+    bank = bank_of(pictures)
+    m = KnownContentMatcher([bank], 50)
+    assert m.options == RobustOptions()
+    (f,) = m.process(sample(pictures[0]))
+    assert f.entry_id == "e0" and f.distance == 0 and f.sample_hash == pdq(pictures[0])[0].tobytes().hex()
+    assert f.entry_label == "picture 0"
+
+
+def test_select_probes_equals_compute_probes(pictures: list[np.ndarray]) -> None:
+    frames = [pictures[0], as_stream(tf.letterbox(pictures[1], 1)), as_stream(tf.pip(pictures[2], 2))]
+    variants = [RobustOptions.none(), RobustOptions(), RobustOptions(strip_bars=False, crops=True),
+                RobustOptions(dihedral=False, pip=True, boxes=False), RobustOptions.all()]
+    for f in frames:
+        everything = compute_probes(f, RobustOptions.all())
+        for opts in variants:
+            got = [(p.view, p.variant, p.codes["pdq"].tobytes()) for p in select_probes(everything, opts)]
+            want = [(p.view, p.variant, p.codes["pdq"].tobytes()) for p in compute_probes(f, opts)]
+            assert got == want, opts
+
+
+# -- transforms ----------------------------------------------------------------------------------------------------
+
+
+def test_transforms_deterministic_and_shaped() -> None:
+    pic = known_image(3, 320, 180)
+    for name, fn in tf.TRANSFORMS.items():
+        a, b = fn(pic, 5), fn(pic, 5)
+        assert a.dtype == np.uint8 and a.ndim == 3 and a.shape[2] == 3, name
+        assert np.array_equal(a, b), name
+    assert tf.letterbox(pic, 0).shape[:2] == (240, 320)
+    assert tf.pillarbox(pic, 0).shape[:2] == (180, 320)
+    assert tf.rotate90(pic, 0).shape[:2] == (320, 180)
+    assert tf.crop10(pic, 0).shape[:2] == (162, 288)
+    assert tf.pad20(pic, 0).shape[:2] == (216, 384)
+    assert np.array_equal(tf.mirror(pic, 0), pic[:, ::-1])
+
+
+def test_tiny_and_odd_frames_do_not_fail(pictures: list[np.ndarray]) -> None:
+    matcher = KnownContentMatcher([bank_of(pictures)], crops=True, pip=True)
+    for shape in [(1, 1), (2, 2), (4, 6), (3, 100), (100, 3)]:
+        img = np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)
+        assert matcher.process(sample(img)) == []
