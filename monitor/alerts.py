@@ -42,6 +42,8 @@ def build_alert(finding: Finding, *, node: str, stream_url: str, observed_at: fl
         "entry_id": finding.entry_id,
         "entry_label": finding.entry_label,
         "entry_tags": list(finding.entry_tags),
+        "entry_frame_s": finding.entry_frame_s,
+        "variant": finding.variant,
         "signal_type": finding.signal_type,
         "distance": finding.distance,
         "threshold": finding.threshold,

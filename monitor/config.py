@@ -127,7 +127,14 @@ class SamplingConfig(_Strict):
 
 
 class MatchingConfig(_Strict):
+    """What is hashed of each sample (pipelines/robust.py); cost and gain per switch in docs/eval-images.md."""
+
     min_quality: int = Field(50, ge=0, le=100)  # PDQ quality below this hashes unreliably (flat frames)
+    strip_bars: bool = True  # letterbox/pillarbox/padding removed before hashing (the full frame is hashed too)
+    dihedral: bool = True  # mirrored and rotated content, from the same DCT
+    boxes: bool = True  # inner rectangles (picture-in-picture, content inset in another picture)
+    crops: bool = False  # a few fixed crops of each sample
+    pip: bool = False  # the four quadrants and the centre at 1/4 area
 
 
 class BankReloadConfig(_Strict):

@@ -44,13 +44,12 @@ from monitor.metrics import HealthInput, HealthRules, Metrics, start_metrics_ser
 from monitor.mqtt import MqttPublisher
 from monitor.outbox import Outbox
 from monitor.servers import DropResult, MediaMTXAPI, NginxRtmpAPI, ServerAPI, SrsAPI
-from monitor.supervisor import SampleReport, SampleTiming, StateChange, StreamState, Supervisor
+from monitor.supervisor import SampleReport, SampleTiming, StateChange, StreamState, Supervisor, make_matcher
 from monitor.supervisor import load_banks as load_bank_files
 from monitor.urls import redact_url
 from monitor.workers import ShardedSupervisor
 from pipelines.banks import Bank
 from pipelines.base import Finding
-from pipelines.known_content import KnownContentMatcher
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +110,9 @@ class Engine:
         n_workers = (os.cpu_count() or 1) if cfg.workers is None else cfg.workers
         self.supervisor: Supervisor | ShardedSupervisor = (
             # Worker processes load their own banks; the main process keeps none of them.
-            Supervisor(cfg.ingest, cfg.sampling, [KnownContentMatcher(banks, cfg.matching.min_quality)], self)
+            Supervisor(cfg.ingest, cfg.sampling, [make_matcher(banks, cfg.matching)], self)
             if n_workers == 0 else
-            ShardedSupervisor(n_workers, cfg.ingest, cfg.sampling, cfg.banks, cfg.matching.min_quality, self,
+            ShardedSupervisor(n_workers, cfg.ingest, cfg.sampling, cfg.banks, cfg.matching, self,
                               cfg.log_format == "json"))
         self.samples = 0
         self.servers = {s.kind: make_server_api(s.kind, s.api_url) for s in cfg.servers}

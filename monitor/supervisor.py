@@ -16,12 +16,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from monitor.config import BankConfig, IngestConfig, SamplingConfig, StreamConfig
+from monitor.config import BankConfig, IngestConfig, MatchingConfig, SamplingConfig, StreamConfig
 from monitor.ingest import IngestError, KeyframeReader, is_hls_url, is_live_url
 from monitor.scheduler import QueueClosed, SampleQueue, Scheduler, StreamPolicy
 from monitor.urls import redact_url
 from pipelines.banks import Bank, load_bank
 from pipelines.base import Finding, Pipeline, Sample
+from pipelines.known_content import KnownContentMatcher
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,11 @@ class EngineSink(Protocol):
 def load_banks(banks: Sequence[BankConfig]) -> list[Bank]:
     """The enabled banks, parsed; raises BankFormatError naming file and line."""
     return [load_bank(b.path, b.name, b.signal_type, b.threshold) for b in banks if b.enabled]
+
+
+def make_matcher(banks: Sequence[Bank], m: MatchingConfig) -> KnownContentMatcher:
+    return KnownContentMatcher(banks, m.min_quality, strip_bars=m.strip_bars, dihedral=m.dihedral, boxes=m.boxes,
+                               crops=m.crops, pip=m.pip)
 
 
 def backoff_delay(attempt: int, initial: float, maximum: float, rng: random.Random) -> float:
@@ -283,8 +289,6 @@ class Supervisor:
         """Build the new banks in the background, then swap them in whole (samples never wait for a load)."""
 
         def build() -> None:
-            from pipelines.known_content import KnownContentMatcher
-
             try:
                 loaded = load_banks(banks)
             except Exception as exc:  # validated by the caller; a file changed again meanwhile

@@ -20,8 +20,16 @@ from dataclasses import dataclass, replace
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from monitor.config import BankConfig, IngestConfig, SamplingConfig, StreamConfig
-from monitor.supervisor import EngineSink, SampleReport, SampleTiming, StateChange, Supervisor, load_banks
+from monitor.config import BankConfig, IngestConfig, MatchingConfig, SamplingConfig, StreamConfig
+from monitor.supervisor import (
+    EngineSink,
+    SampleReport,
+    SampleTiming,
+    StateChange,
+    Supervisor,
+    load_banks,
+    make_matcher,
+)
 from monitor.urls import redact_url
 from pipelines.base import Finding
 
@@ -37,7 +45,7 @@ class WorkerSpec:
     ingest: dict[str, Any]
     sampling: dict[str, Any]
     banks: list[dict[str, Any]]
-    min_quality: int
+    matching: dict[str, Any]
     log_level: int
     log_json: bool
     budget_share: float  # each worker holds its part of the global sample budget
@@ -61,11 +69,10 @@ def _worker_main(index: int, spec: WorkerSpec, commands: Any, events: Any) -> No
 
     setup_logging("info", "json" if spec.log_json else "text")
     logging.getLogger("monitor").setLevel(spec.log_level)  # as quiet as the parent's "monitor" loggers
-    from pipelines.known_content import KnownContentMatcher
-
     banks = load_banks([BankConfig.model_validate(d) for d in spec.banks])
     supervisor = Supervisor(IngestConfig.model_validate(spec.ingest), SamplingConfig.model_validate(spec.sampling),
-                            [KnownContentMatcher(banks, spec.min_quality)], _QueueSink(events), spec.budget_share)
+                            [make_matcher(banks, MatchingConfig.model_validate(spec.matching))], _QueueSink(events),
+                            spec.budget_share)
     events.put(("ready", index))
     while True:
         try:
@@ -91,10 +98,11 @@ class ShardedSupervisor:
     """The `Supervisor` interface over N worker processes."""
 
     def __init__(self, n_workers: int, ingest: IngestConfig, sampling: SamplingConfig,
-                 banks: Sequence[BankConfig], min_quality: int, sink: EngineSink, log_json: bool = False) -> None:
+                 banks: Sequence[BankConfig], matching: MatchingConfig, sink: EngineSink,
+                 log_json: bool = False) -> None:
         self.n = max(1, n_workers)
         self.spec = WorkerSpec(ingest.model_dump(mode="json"), sampling.model_dump(mode="json"),
-                               [b.model_dump(mode="json") for b in banks], min_quality,
+                               [b.model_dump(mode="json") for b in banks], matching.model_dump(mode="json"),
                                logging.getLogger("monitor").getEffectiveLevel(), log_json, 1.0 / self.n)
         self.sink = sink
         self.ctx = mp.get_context("spawn")

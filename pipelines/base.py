@@ -37,6 +37,9 @@ class Finding:
     entry_label: str | None = None
     entry_tags: tuple[str, ...] = field(default_factory=tuple)
     entry_frame_s: float | None = None  # the entry is a known video; this is the matched frame's time in it
+    # Which view of the sample matched and how it shows the entry: 'full:identity', 'stripped:flip_h' (mirrored
+    # inside black bars), 'box1:identity' (picture-in-picture), ...
+    variant: str | None = None
 
 
 class Pipeline(Protocol):

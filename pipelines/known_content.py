@@ -109,6 +109,8 @@ class KnownContentMatcher:
                     sample_hash=code_to_hex(probe.codes[bank.signal_type]),
                     entry_label=entry.label,
                     entry_tags=entry.tags,
+                    entry_frame_s=entry.frame_s,
+                    variant=f"{probe.view}:{probe.shown_as}",
                 )
                 matches.append(Match(finding, probe.view, probe.shown_as))
         if matches:
