@@ -75,9 +75,11 @@ class EngineSink(Protocol):
         ...
 
 
-def load_banks(banks: Sequence[BankConfig]) -> list[Bank]:
-    """The enabled banks, parsed; raises BankFormatError naming file and line."""
-    return [load_bank(b.path, b.name, b.signal_type, b.threshold) for b in banks if b.enabled]
+def load_banks(banks: Sequence[BankConfig], previous: Sequence[Bank] = ()) -> list[Bank]:
+    """The enabled banks, parsed; raises BankFormatError naming file and line. Banks in `previous` with the
+    same name are updated in place of a rebuild when the change is small."""
+    old = {b.name: b for b in previous}
+    return [load_bank(b.path, b.name, b.signal_type, b.threshold, old.get(b.name)) for b in banks if b.enabled]
 
 
 def make_matcher(banks: Sequence[Bank], m: MatchingConfig) -> KnownContentMatcher:
@@ -289,14 +291,18 @@ class Supervisor:
         """Build the new banks in the background, then swap them in whole (samples never wait for a load)."""
 
         def build() -> None:
-            try:
-                loaded = load_banks(banks)
-            except Exception as exc:  # validated by the caller; a file changed again meanwhile
-                log.error("bank reload failed, keeping the loaded banks: %s", exc)
-                return
             for p in self.pipelines:
-                if isinstance(p, KnownContentMatcher):
-                    p.set_banks(loaded)
+                if not isinstance(p, KnownContentMatcher):
+                    continue
+                try:
+                    loaded = load_banks(banks, p.banks)
+                except Exception as exc:  # validated by the caller; a file changed again meanwhile
+                    log.error("bank reload failed, keeping the loaded banks: %s", exc)
+                    return
+                p.set_banks(loaded)
+                log.info("banks swapped in: %s", ", ".join(
+                    f"{b.name} {len(b)} entries ({'overlay ' + str(b.overlay_size) if b.overlay_size else 'built'})"
+                    for b in loaded))
 
         threading.Thread(target=build, name="bank-reload", daemon=True).start()
 

@@ -12,6 +12,7 @@ A malformed line rejects the whole file, naming file and line: half a list is wo
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -25,7 +26,8 @@ import numpy.typing as npt
 
 from monitor.errors import BankFormatError
 from pipelines.fingerprint import DEFAULT_THRESHOLDS, SIGNAL_TYPES
-from pipelines.hamming import CODE_BYTES, Codes, HammingIndex, LinearIndex, hex_to_code
+from pipelines.hamming import CODE_BYTES, Codes, LinearIndex, hex_to_code
+from pipelines.mih import MultiIndexHashIndex
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,12 @@ class BankMatch:
 
 
 class Bank:
-    """A named list of hashes of one signal type, with its match threshold."""
+    """A named list of hashes of one signal type, with its match threshold.
+
+    Immutable once built, so a lookup never sees a half-changed bank: a reload makes a new Bank and the
+    matcher swaps the reference. A small change (`updated`) shares the big index of the old bank and adds
+    an overlay (a few added rows scanned linearly, removed rows masked) instead of rebuilding it.
+    """
 
     def __init__(
         self,
@@ -63,21 +70,101 @@ class Bank:
         self.name = name
         self.signal_type = signal_type
         self.threshold = DEFAULT_THRESHOLDS[signal_type] if threshold is None else threshold
-        self.entries = entries
-        self.codes = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1, CODE_BYTES)
-        self._index: HammingIndex = LinearIndex(self.codes, np.arange(len(entries), dtype=np.int64))
+        base = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1, CODE_BYTES)
+        if len(base) != len(entries):
+            raise ValueError("codes and entries differ in length")
+        self._base_codes, self._base_entries = base, list(entries)
+        self._index = MultiIndexHashIndex(base, np.arange(len(base), dtype=np.int64))
+        self._removed: frozenset[int] = frozenset()
+        self._extra_codes = np.empty((0, CODE_BYTES), dtype=np.uint8)
+        self._extra_entries: list[Entry] = []
+        self._extra_index = LinearIndex(self._extra_codes, np.empty(0, dtype=np.int64))
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return len(self._base_entries) - len(self._removed) + len(self._extra_entries)
+
+    @property
+    def overlay_size(self) -> int:
+        return len(self._removed) + len(self._extra_entries)
+
+    def rows(self) -> list[tuple[Codes, Entry]]:
+        """The bank's current content, base rows first."""
+        out = [(self._base_codes[i], e) for i, e in enumerate(self._base_entries) if i not in self._removed]
+        return out + list(zip(self._extra_codes, self._extra_entries, strict=True))
+
+    @property
+    def codes(self) -> Codes:
+        rows = self.rows()
+        return np.stack([c for c, _ in rows]) if rows else np.empty((0, CODE_BYTES), dtype=np.uint8)
+
+    @property
+    def entries(self) -> list[Entry]:
+        return [e for _, e in self.rows()]
 
     def lookup(self, code: Codes) -> list[BankMatch]:
         """Entries within the bank's threshold, nearest first."""
-        rows, dists = self._index.search(code, self.threshold)
-        return [BankMatch(self.entries[int(r)], int(d)) for r, d in zip(rows, dists, strict=True)]
+        return self.lookup_many(np.asarray(code, dtype=np.uint8).reshape(1, CODE_BYTES))[0]
+
+    def lookup_many(self, codes: Codes) -> list[list[BankMatch]]:
+        """One result list per probe (the views and variants of one sample are searched in one batch)."""
+        codes = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1, CODE_BYTES)
+        out: list[list[BankMatch]] = []
+        for i, (rows, dists) in enumerate(self._index.search_batch(codes, self.threshold)):
+            hits = [BankMatch(self._base_entries[int(r)], int(d))
+                    for r, d in zip(rows, dists, strict=True) if int(r) not in self._removed]
+            if self._extra_entries:
+                xr, xd = self._extra_index.search(codes[i], self.threshold)
+                hits += [BankMatch(self._extra_entries[int(r)], int(d)) for r, d in zip(xr, xd, strict=True)]
+                hits.sort(key=lambda m: m.distance)
+            out.append(hits)
+        return out
+
+    def updated(self, codes: Codes, entries: list[Entry], max_overlay: int | None = None) -> Bank:
+        """This bank changed to (codes, entries): a small change gets an overlay, a large one a rebuild."""
+        codes = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1, CODE_BYTES)
+        limit = max_overlay if max_overlay is not None else max(1000, len(entries) // 20)
+        want: Counter[tuple[bytes, Entry]] = Counter((c.tobytes(), e) for c, e in zip(codes, entries, strict=True))
+        have: dict[tuple[bytes, Entry], list[tuple[str, int]]] = {}
+        for i, e in enumerate(self._base_entries):
+            if i not in self._removed:
+                have.setdefault((self._base_codes[i].tobytes(), e), []).append(("base", i))
+        for i, e in enumerate(self._extra_entries):
+            have.setdefault((self._extra_codes[i].tobytes(), e), []).append(("extra", i))
+        removed = set(self._removed)
+        keep_extra: list[int] = []
+        for key, places in have.items():
+            keep = want.pop(key, 0)
+            for where, i in places[keep:]:
+                if where == "base":
+                    removed.add(i)
+            keep_extra += [i for where, i in places[:keep] if where == "extra"]
+        added = [(np.frombuffer(k[0], dtype=np.uint8), k[1]) for k, n in want.items() for _ in range(n)]
+        if len(removed) + len(keep_extra) + len(added) > limit:
+            return Bank(self.name, self.signal_type, codes, entries, self.threshold)
+        new = copy.copy(self)  # shares the base index: nothing big is copied or rebuilt
+        new._removed = frozenset(removed)
+        extra = [(self._extra_codes[i], self._extra_entries[i]) for i in sorted(keep_extra)] + added
+        new._extra_codes = (np.stack([c for c, _ in extra]) if extra
+                            else np.empty((0, CODE_BYTES), dtype=np.uint8))
+        new._extra_entries = [e for _, e in extra]
+        new._extra_index = LinearIndex(new._extra_codes, np.arange(len(extra), dtype=np.int64))
+        return new
 
 
-def load_bank(path: Path, name: str, signal_type: str = "pdq", threshold: int | None = None) -> Bank:
-    """Parse a hash-list file; raises BankFormatError naming the file and line."""
+def load_bank(path: Path, name: str, signal_type: str = "pdq", threshold: int | None = None,
+              previous: Bank | None = None) -> Bank:
+    """Parse a hash-list file; raises BankFormatError naming the file and line.
+
+    With `previous` (the same bank as loaded before), a small change becomes an overlay on its index.
+    """
+    codes, entries = read_bank_file(path, name, signal_type)
+    if previous is not None and previous.signal_type == signal_type and previous.threshold == (
+            DEFAULT_THRESHOLDS[signal_type] if threshold is None else threshold):
+        return previous.updated(codes, entries)
+    return Bank(name, signal_type, codes, entries, threshold)
+
+
+def read_bank_file(path: Path, name: str, signal_type: str) -> tuple[Codes, list[Entry]]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -89,7 +176,7 @@ def load_bank(path: Path, name: str, signal_type: str = "pdq", threshold: int | 
         log.warning("bank %s: %s: skipped entries of other signal types: %s", name, path, dict(skipped))
     if not entries:
         log.warning("bank %s: %s holds no %s entries", name, path, signal_type)
-    return Bank(name, signal_type, codes, entries, threshold)
+    return codes, entries
 
 
 def parse_bank_text(text: str, source: str, signal_type: str) -> tuple[Codes, list[Entry], Counter[str]]:

@@ -14,6 +14,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from pipelines.banks import Bank, Entry
 from pipelines.base import Finding, Sample
 from pipelines.hamming import code_to_hex
@@ -64,6 +66,10 @@ class KnownContentMatcher:
         self.stats = MatcherStats()
         self._lock = threading.Lock()
 
+    @property
+    def banks(self) -> tuple[Bank, ...]:
+        return self._banks
+
     def set_banks(self, banks: Sequence[Bank]) -> None:
         self._banks = tuple(banks)  # one reference swap: a sample sees the old set or the new, never a mix
 
@@ -89,8 +95,9 @@ class KnownContentMatcher:
             # entry_id -> (distance, probe, entry): the nearest probe wins; on a tie the earlier probe (the plain
             # full frame comes first). Dict order is first-found order, and the sort below is stable.
             best: dict[str, tuple[int, Probe, Entry]] = {}
-            for probe in usable:
-                for m in bank.lookup(probe.codes[bank.signal_type]):
+            results = bank.lookup_many(np.stack([p.codes[bank.signal_type] for p in usable]))
+            for probe, hits in zip(usable, results, strict=True):
+                for m in hits:
                     prev = best.get(m.entry.entry_id)
                     if prev is None or m.distance < prev[0]:
                         best[m.entry.entry_id] = (m.distance, probe, m.entry)
