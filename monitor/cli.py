@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     brm.add_argument("kind", choices=["key", "addr"])
     brm.add_argument("value")
 
+    sub.add_parser("eval", help="detection evaluation on live test streams (see `monitor eval --help`)",
+                   add_help=False)
+
     bk = sub.add_parser("bank", help="hash lists: convert between formats, check a file")
     bksub = bk.add_subparsers(dest="bank_command", required=True)
     conv = bksub.add_parser("convert", help="read any accepted format, write another")
@@ -164,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["eval"]:  # its own parser: `monitor eval --quick --out DIR ...`
+        from monitor.eval_live import main as eval_main
+
+        return eval_main(argv[1:])
     args = build_parser().parse_args(argv)
     setup_logging(getattr(args, "log_level", None) or "info")
     try:

@@ -83,7 +83,8 @@ class Mosquitto:
         conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
             f"allow_anonymous {'true' if self.allow_anonymous else 'false'}\n"
-            + (f"persistence true\npersistence_location {self.folder}/\n" if self.persistence else "persistence false\n")
+            + (f"persistence true\npersistence_location {self.folder}/\n" if self.persistence
+               else "persistence false\n")
             + "log_dest stderr\nlog_type error\nlog_type warning\n" + self.extra_conf
         )
         conf.chmod(0o644)
