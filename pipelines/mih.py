@@ -502,8 +502,7 @@ class MultiIndexHashIndex:
                 full[a:b] ^= q64[owner[k]]
         pc = np.bitwise_count(full)  # (E, 4) uint8
         # Sum the 4 byte counts with one multiply; d = 256 wraps to 0, so recheck survivors.
-        approx = pc.view(np.uint32).reshape(-1)
-        approx *= np.uint32(0x01010101)
+        approx = pc.view(np.uint32).reshape(-1) * np.uint32(0x01010101)  # a copy: pc stays
         approx >>= np.uint32(24)
         ok = np.flatnonzero(approx <= radius)
         dist = pc[ok].sum(axis=1, dtype=np.int32)

@@ -45,7 +45,7 @@ def make_queries(bank: np.ndarray, count: int, rng: np.random.Generator) -> np.n
     out = [rng.integers(0, 256, (count, 32), dtype=np.uint8)]
     if len(bank):
         near = bank[rng.integers(0, len(bank), count)]
-        out += [near[: count // 3], flip(near, 0, 40, rng)]
+        out += [near[: count // 3], flip(near, 0, 40, rng), ~near[:1]]  # ~code: 256 bits away
     return np.concatenate(out)
 
 
@@ -208,6 +208,18 @@ def test_memory_within_twice_raw() -> None:
     linear = LinearIndex(bank, np.arange(n))
     for query in q:
         assert same(index.search(query, 31), linear.search(query, 31))
+
+
+@pytest.mark.parametrize("mode", ["mih", "linear"])
+def test_complement_is_256_away(mode: str) -> None:
+    """d = 256 must not wrap to 0 anywhere (the verifier sums byte counts modulo 256)."""
+    rng = np.random.default_rng(7)
+    q = rng.integers(0, 256, 32, dtype=np.uint8)
+    bank = np.stack([~q, q, ~q])
+    index = MultiIndexHashIndex(bank, np.arange(3), mode=mode, tables=4, prefix_bits=2)
+    assert same(index.search(q, 31), (np.array([1]), np.array([0], np.int32)))
+    assert same(index.search(q, 256), (np.array([1, 0, 2]), np.array([0, 256, 256], np.int32)))
+    assert same(index.search_batch(np.stack([q, ~q]), 255)[1], (np.array([0, 2]), np.array([0, 0], np.int32)))
 
 
 def test_bad_input() -> None:
