@@ -51,6 +51,7 @@ import numpy as np
 import numpy.typing as npt
 
 from monitor.errors import UserError
+from monitor.eval_images import scan_1m
 from pipelines.fingerprint import DEFAULT_THRESHOLDS
 from pipelines.hamming import CODE_BYTES, Codes, LinearIndex, hex_to_code
 from pipelines.robust import SWITCH_NAMES, RobustOptions
@@ -206,19 +207,10 @@ class RadiusFilter:
 
 
 def nearest_distances(bank: Codes, queries: Codes, chunk: int = 1 << 16) -> npt.NDArray[np.int32]:
-    """Per query, the smallest distance to any code in the bank (a full scan, blocks of queries)."""
-    words = np.ascontiguousarray(bank, dtype=np.uint8).reshape(-1, CODE_BYTES).view(np.uint64)
-    q = np.ascontiguousarray(queries, dtype=np.uint8).reshape(-1, CODE_BYTES).view(np.uint64)
-    nearest = np.full(len(q), 256, np.int32)
-    for start in range(0, len(words), chunk):
-        w = words[start : start + chunk]
-        for b in range(0, len(q), 16):
-            qb = q[b : b + 16]
-            d = np.zeros((len(qb), len(w)), np.uint16)
-            for k in range(words.shape[1]):
-                d += np.bitwise_count(qb[:, k, None] ^ w[None, :, k]).astype(np.uint16)
-            nearest[b : b + 16] = np.minimum(nearest[b : b + 16], d.min(axis=1))
-    return nearest
+    """Per query, the smallest distance to any code in the bank (the offline benchmark's full scan)."""
+    nearest, _ = scan_1m(np.ascontiguousarray(bank, dtype=np.uint8).reshape(-1, CODE_BYTES),
+                         np.ascontiguousarray(queries, dtype=np.uint8), 0, chunk)
+    return np.asarray(nearest, dtype=np.int32)
 
 
 # -- the plan --------------------------------------------------------------------------------------------------
