@@ -125,12 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--every", type=float, default=1.0, help="seconds between hashed video frames")
     h.add_argument("--output", "-o", type=Path, help="write here instead of stdout")
 
-    ev = sub.add_parser("evidence", help="verify the evidence log or export an incident report", add_help=False)
-    ev.add_argument("args", nargs=argparse.REMAINDER)
-
-    bench = sub.add_parser("bench", help="benchmarks that print JSON: `bench ingest`, `bench match`, `bench soak`")
+    # Listed for --help; main() hands them to their own parsers.
+    sub.add_parser("evidence", help="verify the evidence log or export an incident report", add_help=False)
+    bench = sub.add_parser("bench", help="benchmarks that print JSON: `bench ingest|match|soak [--quick]`")
     bench.add_argument("which", choices=["ingest", "match", "soak"])
-    bench.add_argument("args", nargs=argparse.REMAINDER)
 
     bans = sub.add_parser("bans", help="list, add or remove bans (stream keys, addresses)")
     bans.add_argument("--state-dir", type=Path, default=Path("state"))
@@ -168,10 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["eval"]:  # its own parser: `monitor eval --quick --out DIR ...`
-        from monitor.eval_live import main as eval_main
-
-        return eval_main(argv[1:])
+    # These commands have their own parsers (options first included: `monitor eval --quick`).
+    delegated = _delegate(argv)
+    if delegated is not None:
+        return delegated
     args = build_parser().parse_args(argv)
     setup_logging(getattr(args, "log_level", None) or "info")
     try:
@@ -181,18 +179,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_console(args)
         if args.command == "hash":
             return _cmd_hash(args)
-        if args.command == "evidence":
-            from monitor.evidence import main as evidence_main
-
-            return evidence_main(args.args)
-        if args.command == "bench":
-            if args.which == "ingest":
-                from monitor.bench_ingest import main as bench_main
-            elif args.which == "soak":
-                from monitor.soak import main as bench_main
-            else:
-                from monitor.bench_match import main as bench_main
-            return bench_main(args.args)
         if args.command == "bank":
             return _cmd_bank(args)
         if args.command == "bans":
@@ -207,6 +193,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 2
+
+
+def _delegate(argv: list[str]) -> int | None:
+    if argv[:1] == ["eval"]:
+        from monitor.eval_live import main as eval_main
+
+        return eval_main(argv[1:])
+    if argv[:1] == ["evidence"]:
+        from monitor.evidence import main as evidence_main
+
+        return evidence_main(argv[1:])
+    if argv[:1] == ["bench"] and len(argv) > 1 and argv[1] in ("ingest", "match", "soak"):
+        if argv[1] == "ingest":
+            from monitor.bench_ingest import main as bench_main
+        elif argv[1] == "soak":
+            from monitor.soak import main as bench_main
+        else:
+            from monitor.bench_match import main as bench_main
+        return bench_main(argv[2:])
+    return None
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
