@@ -152,12 +152,12 @@ class StreamWorker(threading.Thread):
             got_frame = False
             try:
                 for frame in reader.frames():
-                    if not got_frame:
+                    if hls and last_sampled is not None and 0 <= last_sampled - frame.media_time_s < REPLAY_WINDOW_S:
+                        continue  # already analysed before the reopen (a real restart starts far back at 0)
+                    if not got_frame:  # live again only with new pictures, not the replayed last segment
                         got_frame = True
                         attempt = 0  # a working connection resets the backoff
                         self._set(StreamState.LIVE, "", attempt)
-                    if hls and last_sampled is not None and 0 <= last_sampled - frame.media_time_s < REPLAY_WINDOW_S:
-                        continue  # already analysed before the reopen (a real restart starts far back at 0)
                     last_sampled = frame.media_time_s
                     self.samples += 1
                     sample = Sample(self.stream.id, frame.media_time_s, frame.received_at, frame.rgb)
