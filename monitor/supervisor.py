@@ -270,9 +270,6 @@ class Supervisor:
         """Sampling counters (one entry: this process), the same shape as the sharded supervisor's."""
         return [{"scheduler": self.scheduler.stats(), "queue": self.queue.stats()}]
 
-    def active(self) -> int:
-        return sum(1 for w in self.workers.values() if w.is_alive())
-
     def has_stream(self, stream_id: str) -> bool:
         """Added and not removed (its thread may have ended: see dead_streams)."""
         return stream_id in self.workers

@@ -208,9 +208,6 @@ class ShardedSupervisor:
         return [sid for sid, shard in self.shard_of.items()
                 if (p := self.procs[shard]) is None or not p.is_alive()]
 
-    def active(self) -> int:
-        return len(self.shard_of)
-
     def stop_all(self, timeout_s: float = 15.0) -> None:
         self._stopping = True
         for q in self.commands:
