@@ -54,7 +54,7 @@ import numpy as np
 
 from monitor.alerts import build_alert
 from monitor.config import IngestConfig
-from monitor.ingest import IngestError, KeyframeReader, _scaled_size
+from monitor.ingest import IngestError, KeyframeReader, scaled_rgb
 from monitor.scheduler import SamplingPolicy
 from pipelines.banks import Bank, Entry
 from pipelines.base import Finding, Sample
@@ -205,8 +205,7 @@ def run_full_decode_path(path: Path, cfg: IngestConfig, matcher: KnownContentMat
             if next_t is not None and t < next_t:
                 continue
             next_t = (t if next_t is None else next_t) + SAMPLE_EVERY_S
-            w, h = _scaled_size(frame.width, frame.height, cfg.scale_width)
-            rgb: Any = frame.to_ndarray(format="rgb24", width=w, height=h)
+            rgb = scaled_rgb(frame, cfg.scale_width)
             findings = matcher.process(Sample("bench", t, time.time(), rgb))
             samples += 1
             matches += len(findings)
@@ -233,8 +232,7 @@ def stage_breakdown(path: Path, cfg: IngestConfig, bank: Bank) -> dict[str, floa
             t1 = cpu()
             totals["demux_and_decode"] += t1 - t
             for frame in frames:
-                w, h = _scaled_size(frame.width, frame.height, cfg.scale_width)
-                rgb: Any = frame.to_ndarray(format="rgb24", width=w, height=h)
+                rgb = scaled_rgb(frame, cfg.scale_width)
                 t2 = cpu()
                 code, _ = pdq(rgb)
                 t3 = cpu()

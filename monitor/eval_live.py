@@ -785,7 +785,7 @@ def h264_roundtrip(frames: Sequence[Image], scale_width: int, fps: int = 25) -> 
     """Each frame through an H.264 intra frame (the generators' encoder settings) and the ingest's scaling."""
     import av
 
-    from monitor.ingest import _scaled_size
+    from monitor.ingest import scaled_size
 
     if not frames:
         return []
@@ -799,7 +799,7 @@ def h264_roundtrip(frames: Sequence[Image], scale_width: int, fps: int = 25) -> 
     enc.options = {"preset": "ultrafast", "tune": "zerolatency", "bf": "0"}
     dec = av.CodecContext.create("h264", "r")
     out: list[Image] = []
-    sw, sh = _scaled_size(w, h, scale_width)
+    sw, sh = scaled_size(w, h, scale_width)
 
     def take(packets: Any) -> None:
         for p in packets:

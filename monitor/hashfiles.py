@@ -9,15 +9,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
 
 import av
 import av.error
-import numpy as np
-import numpy.typing as npt
 
 from monitor.errors import UserError
-from monitor.ingest import _scaled_size
+from monitor.ingest import scaled_rgb
 from pipelines.fingerprint import pdq, phash
 from pipelines.hamming import code_to_hex
 
@@ -50,8 +47,7 @@ def hash_file(path: Path, *, signal_type: str = "pdq", scale_width: int = 512,
                 if not is_still and t + 1e-6 < next_t:
                     continue
                 next_t = t + every_s
-                w, h = _scaled_size(frame.width, frame.height, scale_width)
-                rgb = cast(npt.NDArray[np.uint8], frame.to_ndarray(format="rgb24", width=w, height=h))
+                rgb = scaled_rgb(frame, scale_width)
                 code, quality = pdq(rgb)
                 if signal_type == "phash":
                     code = phash(rgb)

@@ -116,7 +116,18 @@ def hls_target_duration(url: str, timeout_s: float) -> float | None:
     return None
 
 
-def _scaled_size(width: int, height: int, target_width: int) -> tuple[int, int]:
+def scaled_rgb(frame: Any, target_width: int) -> npt.NDArray[np.uint8]:
+    """The frame as RGB at `target_width` (aspect kept), converted and scaled in one libswscale pass.
+
+    Live keyframes, bank images (`monitor hash`) and benchmarks all go through this, so a bank entry and a
+    sample differ only by what the stream did to the picture.
+    """
+    w, h = scaled_size(frame.width, frame.height, target_width)
+    rgb: npt.NDArray[np.uint8] = frame.to_ndarray(format="rgb24", width=w, height=h)
+    return rgb
+
+
+def scaled_size(width: int, height: int, target_width: int) -> tuple[int, int]:
     if width <= target_width:
         return width - width % 2, height - height % 2
     h = round(target_width * height / width / 2) * 2
@@ -226,8 +237,7 @@ class KeyframeReader:
         bad_keyframes = 0
 
         def emit(frame: Any, keyframe: bool) -> DecodedFrame:
-            w, h = _scaled_size(frame.width, frame.height, self.cfg.scale_width)
-            rgb = frame.to_ndarray(format="rgb24", width=w, height=h)
+            rgb = scaled_rgb(frame, self.cfg.scale_width)
             return DecodedFrame(float(frame.pts * tb), received_at, rgb, time.time(), keyframe)
 
         def handle(frame: Any) -> Iterator[DecodedFrame]:

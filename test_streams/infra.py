@@ -15,14 +15,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from monitor.broker import free_port as free_port  # re-exported: tests and benchmarks take it from here
+
 NGINX_RTMP_MODULE = Path("/usr/lib/nginx/modules/ngx_rtmp_module.so")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def wait_port(port: int, timeout_s: float = 10.0, proc: subprocess.Popen[bytes] | None = None) -> None:

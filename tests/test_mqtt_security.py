@@ -84,6 +84,18 @@ def test_tls_needs_the_ca_file(secure_broker: tuple[Mosquitto, Path]) -> None:
         asyncio.run(negotiate_protocol(cfg(m, "node-1", USERS["node-1"], tls=True), "t4"))
 
 
+async def _received(client: aiomqtt.Client, seconds: float) -> list[aiomqtt.Message]:
+    """Everything delivered to `client` within `seconds` (a refused publish is simply never delivered)."""
+    out: list[aiomqtt.Message] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            out.append(await asyncio.wait_for(anext(aiter(client.messages)), 0.5))
+        except TimeoutError:
+            continue
+    return out
+
+
 async def _acl_scenario(m: Mosquitto) -> list[str]:
     got: list[str] = []
     console = cfg(m, "console", USERS["console"])
@@ -97,13 +109,7 @@ async def _acl_scenario(m: Mosquitto) -> list[str]:
         async with make_client(console, "console-pub", aiomqtt.ProtocolVersion.V5) as con:
             await con.publish("livesafe/node-1/alerts/s1", b"console forging an alert", qos=1)
             await con.publish("livesafe/node-1/commands", b"command", qos=1)
-        deadline = time.monotonic() + 3
-        while time.monotonic() < deadline:
-            try:
-                msg = await asyncio.wait_for(anext(aiter(sub.messages)), 0.5)
-            except TimeoutError:
-                continue
-            got.append(f"{msg.topic} {msg.payload!r}")
+        got += [f"{msg.topic} {msg.payload!r}" for msg in await _received(sub, 3.0)]
     return got
 
 
@@ -127,13 +133,7 @@ async def _node_reads_command(m: Mosquitto) -> list[bytes]:
         async with make_client(cfg(m, "console", USERS["console"]), "c-cmd", aiomqtt.ProtocolVersion.V5) as con:
             await con.publish("livesafe/node-1/commands", b"for node-1", qos=1)
             await con.publish("livesafe/node-2/commands", b"for node-2", qos=1)
-        deadline = time.monotonic() + 3
-        while time.monotonic() < deadline:
-            try:
-                msg = await asyncio.wait_for(anext(aiter(node.messages)), 0.5)
-            except TimeoutError:
-                continue
-            out.append(bytes(msg.payload))  # type: ignore[arg-type]
+        out += [bytes(msg.payload) for msg in await _received(node, 3.0)]  # type: ignore[arg-type]
     return out
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +16,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from monitor.broker import free_port
 from monitor.servers import (
     DropResult,
     MediaMTXAPI,
@@ -69,12 +69,6 @@ def run_with_fake(fake: Fake, fn: Callable[[str], Awaitable[Any]]) -> Any:
 
 def json_reply(doc: object, status: int = 200) -> Reply:
     return (status, json.dumps(doc), "application/json")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- nginx-rtmp ----------------------------------------------------------------------------------------------
