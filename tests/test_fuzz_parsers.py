@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -99,10 +98,13 @@ def test_console_commands_over_mqtt(tmp_path: Path) -> None:
     assert not engine._tasks  # nothing was started for an invalid command
 
 
-def test_yaml_helper_is_safe() -> None:
-    # safe_load: YAML tags that would build Python objects are refused with a clear error.
+def test_config_yaml_never_builds_python_objects(tmp_path: Path) -> None:
+    # The loader is yaml.safe_load: a tag that would run code is a config error, not an object.
+    p = tmp_path / "evil.yaml"
+    p.write_text("node: !!python/object/apply:os.system ['true']\n")
     try:
-        yaml.safe_load("!!python/object/apply:os.system ['true']")
-    except yaml.YAMLError:
+        load_config(p)
+    except ConfigError as exc:
+        assert str(exc).startswith(f"{p}:1:")
         return
-    raise AssertionError("unsafe YAML was accepted")
+    raise AssertionError("a python/object tag was accepted")
