@@ -4,7 +4,8 @@ Method (the published one in /work/shared/notes/hashing.md):
 - originals: generated benign pictures of three styles (known_image, Background frames, geometric
   compositions), 640x360; an original whose PDQ quality is below 50 is replaced by the next seed;
 - for every transform and every original: the transformed picture, re-encoded as JPEG quality 80, scaled to the
-  ingest width (512, through libswscale as the monitor does) and hashed; originals are hashed the same way;
+  ingest width (`--width`, by default the monitor's 512) through libswscale as the monitor does, and hashed;
+  originals are hashed the same way;
 - positive: its distance to its own original; negative: its distance to the nearest other original;
 - per hasher, the largest threshold keeping precision (positives / all matches, over every transform) at or
   above 99.99%; with fewer than 10^4 positives that is the threshold at which no negative matches at all, and
@@ -14,7 +15,7 @@ Hashers: PDQ, pHash (256-bit), dHash (imagehash.dhash, hash_size 16) on the whol
 pipeline (PDQ, quality gate 50) with each robustness switch of pipelines.robust. A pipeline distance is the
 smallest over the sample's probes, as the matcher reports it.
 
-Also: CPU cost per sample of each switch at 512x288, and the expected false alerts per stream-hour (one sample
+Also: CPU cost per sample of each switch at that width, and the expected false alerts per stream-hour (one sample
 per 2 s) against a 1M-entry bank.
 
 One JSON document goes to stdout; progress to stderr; `--table` adds Markdown tables on stderr and
@@ -40,6 +41,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image as PILImage
 
+from monitor.config import IngestConfig
 from pipelines.fingerprint import PDQ_DEFAULT_THRESHOLD, PHASH_DEFAULT_THRESHOLD, pdq, phash
 from pipelines.hamming import CODE_BYTES, LinearIndex
 from pipelines.robust import SWITCH_NAMES, Probe, RobustOptions, compute_probes, detect_bars, select_probes
@@ -50,7 +52,7 @@ Image = npt.NDArray[np.uint8]
 Codes = npt.NDArray[np.uint8]
 
 WIDTH, HEIGHT = 640, 360
-INGEST_WIDTH = 512
+INGEST_WIDTH = IngestConfig().scale_width  # the monitor's default; `--width` measures another
 MIN_QUALITY = 50
 PRECISION_TARGET = 0.9999
 NO_MATCH = 257  # distance standing for "no usable probe" (every view under the quality gate)
@@ -85,8 +87,12 @@ def _log(msg: str) -> None:
 # -- pictures --------------------------------------------------------------------------------------------------
 
 
-def ingest_scale(rgb: Image, width: int = INGEST_WIDTH) -> Image:
+_width = [INGEST_WIDTH]  # set by main(): every picture of one run is scaled to the same width
+
+
+def ingest_scale(rgb: Image, width: int | None = None) -> Image:
     """Scale as the monitor does a keyframe (libswscale, aspect kept, even sizes; never up)."""
+    width = width or _width[0]
     h, w = rgb.shape[:2]
     if w <= width:
         tw, th = w - w % 2, h - h % 2
@@ -378,7 +384,8 @@ def markdown(doc: dict[str, Any]) -> str:
         cells = [_pct(s["recall_at_default"][tr]) for tr in transforms]
         lines.append(f"| {key} | {s['default_threshold']} | {s['false_matches_at_default']} | "
                      f"{_pct(s['recall_overall_at_default'])} | " + " | ".join(cells) + " |")
-    lines += ["", "Cost per sample at 512x288 (CPU ms, median; probes = lookups per bank):", "",
+    cw, ch = doc["cost_frames"]["size"]
+    lines += ["", f"Cost per sample at {cw}x{ch} (CPU ms, median; probes = lookups per bank):", "",
               "| switches | ms/sample | mean ms | probes/sample |", "|---|---|---|---|"]
     for name, c in doc["costs"].items():
         lines.append(f"| {name} | {c['ms_per_sample']} | {c['ms_mean']} | {c['probes_per_sample']} |")
@@ -437,7 +444,7 @@ def run(n_images: int, transforms: Sequence[str], cost_frames: int, cost_repeats
     bars_frames = sum(bool(detect_bars(f)) for f in frames)
 
     _log("false matches against 1M random codes")
-    backgrounds = [Background(900_000 + k, INGEST_WIDTH, INGEST_WIDTH * 9 // 16) for k in range(stream_bgs)]
+    backgrounds = [Background(900_000 + k, _width[0], _width[0] * 9 // 16) for k in range(stream_bgs)]
     stream_frames = [jpeg(b.frame(7.3 * t), 80) for b in backgrounds for t in range(stream_times)]
     fm = false_match_estimate(pair_hist, costs, stream_frames, PDQ_DEFAULT_THRESHOLD, direct_probes, seed)
 
@@ -456,7 +463,7 @@ def run(n_images: int, transforms: Sequence[str], cost_frames: int, cost_repeats
         "images": len(originals),
         "styles": {s: styles.count(s) for s in sorted(set(styles))},
         "size": [WIDTH, HEIGHT],
-        "ingest_width": INGEST_WIDTH,
+        "ingest_width": _width[0],
         "transforms": list(transforms),
         "reencode_after_transform": "JPEG q80",
         "min_quality": MIN_QUALITY,
@@ -480,9 +487,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, help="number of originals (default 300, quick 45)")
     ap.add_argument("--transforms", help="comma-separated subset of: " + ",".join(TRANSFORMS))
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--width", type=int, default=INGEST_WIDTH,
+                    help=f"ingest scale width (default {INGEST_WIDTH}, the monitor's ingest.scale_width)")
     ap.add_argument("--table", action="store_true", help="also print Markdown tables on stderr")
     ap.add_argument("--markdown", metavar="FILE", help="write the Markdown tables to FILE")
     args = ap.parse_args(argv)
+    if not 64 <= args.width <= 4096:
+        ap.error("--width must be between 64 and 4096")
+    _width[0] = args.width
     n = args.images or (45 if args.quick else 300)
     if n < 3:
         ap.error("--images must be at least 3")

