@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--signal", choices=["pdq", "phash"], default="pdq")
     h.add_argument("--format", choices=["csv", "plain", "typed", "jsonl"], default="csv")
     h.add_argument("--every", type=float, default=1.0, help="seconds between hashed video frames")
+    h.add_argument("--crops", action="store_true",
+                   help="also hash 34 crop windows of each still image (same entry id, tag variant:<window>): "
+                        "finds the picture shown cropped by 5-10%%")
     h.add_argument("--output", "-o", type=Path, help="write here instead of stdout")
 
     # Listed for --help; main() hands them to their own parsers.
@@ -292,7 +295,12 @@ def _cmd_hash(args: argparse.Namespace) -> int:
     hexes: list[str] = []
     entries: list[Entry] = []
     for n, path in enumerate(args.files, start=1):
-        for fh in hash_file(path, signal_type=args.signal, every_s=args.every):
+        for fh in hash_file(path, signal_type=args.signal, every_s=args.every, crops=args.crops):
+            if fh.variant is not None:  # a crop window: the same entry, found when the picture is shown cropped
+                if fh.quality >= 50:
+                    hexes.append(fh.hex)
+                    entries.append(Entry(str(n), path.name, (f"variant:{fh.variant}",)))
+                continue
             if fh.quality < 50:
                 log.warning("%s%s: PDQ quality %d < 50: hashes of such frames match unreliably", path,
                             f" at {fh.time_s}s" if fh.time_s is not None else "", fh.quality)

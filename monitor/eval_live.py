@@ -55,7 +55,14 @@ from monitor.eval_images import scan_1m
 from pipelines.fingerprint import DEFAULT_THRESHOLDS
 from pipelines.hamming import CODE_BYTES, Codes, LinearIndex, hex_to_code
 from pipelines.robust import SWITCH_NAMES, RobustOptions
-from test_streams.live import Appearance, hash_originals, original_file, original_key, write_bank
+from test_streams.live import (
+    Appearance,
+    entry_ids_by_key,
+    hash_originals,
+    original_file,
+    original_key,
+    write_bank,
+)
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +246,7 @@ class EvalOptions:
     gap_s: tuple[float, float] = (4.0, 9.0)
     progress: bool = True
     plots: bool = True
+    bank_crops: bool = True  # the bank also holds crop windows of each picture (`monitor hash --crops`)
 
 
 def user_pictures(folder: Path) -> list[Path]:
@@ -335,7 +343,7 @@ def _render_all(seeds: Sequence[int], folder: Path, bar: Progress, done: int, to
 
 
 def build_bank(plans: Sequence[Sequence[Appearance]], work: Path, progress: bool, min_quality: int = 50,
-               attempts: int = 6) -> BankBuild:
+               attempts: int = 6, crops: bool = True) -> BankBuild:
     """Originals (generated ones as 1280x720 PNGs, as a platform would keep them) hashed into one CSV bank.
 
     A generated picture whose PDQ quality is under the matcher's gate can never match (the monitor skips such
@@ -363,7 +371,7 @@ def build_bank(plans: Sequence[Sequence[Appearance]], work: Path, progress: bool
         done = _render_all(to_render, folder, bar, done, max(n_generated, done + len(to_render)))
         for key, path in originals.items():
             if key not in rows_by_key:
-                rows_by_key[key] = hash_originals([(key, path)])
+                rows_by_key[key] = hash_originals([(key, path)], crops=crops)
         low = {key for key, rows in rows_by_key.items() if key in originals and key.startswith("known-")
                and max(q for _, _, _, q in rows) < min_quality}
         if not low or attempt == attempts - 1:
@@ -376,11 +384,9 @@ def build_bank(plans: Sequence[Sequence[Appearance]], work: Path, progress: bool
     rows = [r for key in originals for r in rows_by_key[key]]
     bank = work / "bank.csv"
     write_bank(rows, bank)
-    ids: dict[str, list[str]] = {}
-    for eid, _, _, _ in rows:
-        ids.setdefault(eid.split("@", 1)[0], []).append(eid)
+    ids = entry_ids_by_key(rows)
     entries = [{"entry_id": eid, "label": label, "hash": h, "quality": q} for eid, label, h, q in rows]
-    out = [[replace(a, entry_ids=tuple(ids.get(original_key(a), ()))) for a in plan] for plan in current]
+    out = [[replace(a, entry_ids=ids.get(original_key(a), ())) for a in plan] for plan in current]
     low_files = sorted(str(originals[k]) for k, rs in rows_by_key.items()
                        if k in originals and not k.startswith("known-") and max(q for *_, q in rs) < min_quality)
     return BankBuild(bank, out, entries, replaced, low_files)
@@ -1358,6 +1364,8 @@ def parse_args(argv: list[str] | None) -> tuple[EvalOptions, list[str]]:
     p.add_argument("--background-samples", type=int, help="extra background keyframes for the 1M estimate "
                    "(default 3000; quick 300)")
     p.add_argument("--bank-size", type=int, default=BANK_SIZE, help="random codes in the false-match bank")
+    p.add_argument("--no-bank-crops", action="store_true",
+                   help="bank of the plain pictures only (default: also their crop windows, `monitor hash --crops`)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -1380,6 +1388,7 @@ def parse_args(argv: list[str] | None) -> tuple[EvalOptions, list[str]]:
         background_samples=(args.background_samples if args.background_samples is not None
                             else (300 if args.quick else 3000)),
         bank_size=args.bank_size, progress=not args.no_progress, plots=not args.no_plots,
+        bank_crops=not args.no_bank_crops,
     )
     if args.quick:
         opts.show_s, opts.gap_s = (5.0, 7.0), (3.0, 5.0)
@@ -1411,7 +1420,7 @@ def evaluate(opts: EvalOptions, argv: Sequence[str]) -> dict[str, Any]:
                         f"{LEAD_IN_S[transport]:g} s lead-in: use a longer --duration")
     _say(f"{infra} infrastructure, {transport}; {opts.streams} streams x {opts.duration_s:g} s, {n_apps} "
          f"appearances over {len(opts.transforms)} transforms", opts.progress)
-    built = build_bank(plans, work, opts.progress, probe_cfg.matching.min_quality)
+    built = build_bank(plans, work, opts.progress, probe_cfg.matching.min_quality, crops=opts.bank_crops)
     bank, plans, entries = built.path, built.plans, built.entries
     run = asyncio.run(run_live(opts, plans, bank, work, base_cfg, infra, transport))
     strong = int(run.mcfg.incidents.strong_distance)

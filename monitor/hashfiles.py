@@ -17,6 +17,7 @@ from monitor.errors import UserError
 from monitor.ingest import scaled_rgb
 from pipelines.fingerprint import pdq, phash
 from pipelines.hamming import code_to_hex
+from pipelines.robust import bank_crop_variants
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,11 +26,13 @@ class FileHash:
     time_s: float | None  # position in a video; None for a still image
     hex: str
     quality: int
+    variant: str | None = None  # a bank-side crop window of the picture (pipelines.robust.bank_crop_variants)
 
 
 def hash_file(path: Path, *, signal_type: str = "pdq", scale_width: int = 512,
-              every_s: float = 1.0) -> Iterator[FileHash]:
-    """One hash for an image; one per `every_s` seconds (vPDQ style) for a video."""
+              every_s: float = 1.0, crops: bool = False) -> Iterator[FileHash]:
+    """One hash for an image; one per `every_s` seconds (vPDQ style) for a video. `crops`: a still image also
+    yields its crop windows (found then when a stream shows the picture cropped)."""
     try:
         container = av.open(str(path))
     except (av.error.FFmpegError, OSError) as exc:
@@ -53,6 +56,12 @@ def hash_file(path: Path, *, signal_type: str = "pdq", scale_width: int = 512,
                     code = phash(rgb)
                 yield FileHash(str(path), None if is_still else round(t, 3), code_to_hex(code), quality)
                 if is_still:
+                    if crops:
+                        for name, view in bank_crop_variants(rgb):
+                            vcode, vquality = pdq(view)
+                            if signal_type == "phash":
+                                vcode = phash(view)
+                            yield FileHash(str(path), None, code_to_hex(vcode), vquality, name)
                     return
         except av.error.FFmpegError as exc:
             raise UserError(f"{path}: cannot decode: {exc}") from None

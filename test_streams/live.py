@@ -228,15 +228,19 @@ def original_file(a: Appearance, folder: Path) -> Path:
     return path
 
 
-def hash_originals(originals: Sequence[tuple[str, Path]]) -> list[tuple[str, str, str, int]]:
+def hash_originals(originals: Sequence[tuple[str, Path]], crops: bool = False) -> list[tuple[str, str, str, int]]:
     """(entry id, label, PDQ hex, quality) for each original: one entry for a picture, one per second of a video
-    (`monitor hash` semantics, `<key>@<t>s` ids)."""
+    (`monitor hash` semantics, `<key>@<t>s` ids). `crops`: a picture's crop windows too (`monitor hash --crops`:
+    the picture's entry id, the window named in the label), those under the quality gate left out."""
     from monitor.hashfiles import hash_file
 
     rows: list[tuple[str, str, str, int]] = []
     for key, path in originals:
-        for fh in hash_file(path):
-            if fh.time_s is None:
+        for fh in hash_file(path, crops=crops):
+            if fh.variant is not None:
+                if fh.quality >= 50:
+                    rows.append((key, f"{path.name}#{fh.variant}", fh.hex, fh.quality))
+            elif fh.time_s is None:
                 rows.append((key, path.name, fh.hex, fh.quality))
             else:
                 rows.append((f"{key}@{fh.time_s:g}s", f"{path.name}@{fh.time_s:g}s", fh.hex, fh.quality))
@@ -252,19 +256,20 @@ def write_bank(rows: Sequence[tuple[str, str, str, int]], path: Path) -> None:
 
 
 def entry_ids_by_key(rows: Sequence[tuple[str, str, str, int]]) -> dict[str, tuple[str, ...]]:
-    out: dict[str, list[str]] = {}
+    out: dict[str, dict[str, None]] = {}  # ordered sets: crop windows repeat their picture's id
     for eid, _, _, _ in rows:
-        out.setdefault(eid.split("@", 1)[0], []).append(eid)
+        out.setdefault(eid.split("@", 1)[0], {})[eid] = None
     return {k: tuple(v) for k, v in out.items()}
 
 
-def bank_for(shows: Sequence[Appearance], bank_path: Path, originals_dir: Path | None = None) -> list[Appearance]:
+def bank_for(shows: Sequence[Appearance], bank_path: Path, originals_dir: Path | None = None,
+             crops: bool = False) -> list[Appearance]:
     """Write the bank of the shows' originals; return the shows with their entry ids filled in."""
     folder = originals_dir or bank_path.parent / "originals"
     originals: dict[str, Path] = {}
     for a in shows:
         originals.setdefault(original_key(a), original_file(a, folder))
-    rows = hash_originals(list(originals.items()))
+    rows = hash_originals(list(originals.items()), crops=crops)
     write_bank(rows, bank_path)
     ids = entry_ids_by_key(rows)
     return [replace(a, entry_ids=ids.get(original_key(a), ())) for a in shows]
@@ -284,14 +289,14 @@ def generate(output: str, *, width: int = 640, height: int = 360, fps: int = 25,
              duration_s: float = 30.0, shows: Sequence[Appearance] = (), seed: int = 1,
              realtime: bool = True, truth_path: Path | None = None, scenes: bool | Sequence[Scene] = False,
              scene_kinds: Sequence[str] = SCENE_KINDS, bank_path: Path | None = None,
-             hls_list_size: int = 6) -> dict[str, object]:
+             hls_list_size: int = 6, bank_crops: bool = False) -> dict[str, object]:
     """Encode and write the stream; returns the ground truth (also written to truth_path).
 
     `scenes`: True for a seeded scene schedule (test_streams.scenes), or the schedule itself; False keeps the
     single panning texture. `bank_path`: also write the CSV bank of the shown originals (entry ids go into the
     truth)."""
     if bank_path is not None:
-        shows = bank_for(shows, bank_path)
+        shows = bank_for(shows, bank_path, crops=bank_crops)
     pictures = {k: picture_for(a, width, height) for k, a in enumerate(shows)}
     background: Background | SceneBackground
     if scenes is False:
@@ -401,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fast", action="store_true", help="do not pace to real time")
     p.add_argument("--truth", type=Path, help="write the ground truth JSON here")
     p.add_argument("--bank", type=Path, help="write the CSV bank of the shown originals here")
+    p.add_argument("--bank-crops", action="store_true", help="the bank also holds crop windows of each picture")
     args = p.parse_args(argv)
     shows: list[Appearance] = [*args.show, *args.show_file]
     scenes: bool | list[Scene] = bool(args.scenes)
@@ -413,7 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         generate(args.output, width=args.width, height=args.height, fps=args.fps, gop_s=args.gop,
                  duration_s=args.duration, shows=shows, seed=args.seed, realtime=not args.fast,
-                 truth_path=args.truth, scenes=scenes, scene_kinds=kinds, bank_path=args.bank)
+                 truth_path=args.truth, scenes=scenes, scene_kinds=kinds, bank_path=args.bank,
+                 bank_crops=args.bank_crops)
     except (av.error.FFmpegError, OSError) as exc:  # reader went away, server refused, disk full
         print(f"test stream: {exc}", file=sys.stderr)
         return 1
