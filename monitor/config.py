@@ -145,7 +145,7 @@ class BankReloadConfig(_Strict):
 class IncidentsConfig(_Strict):
     """Matches of one entry on one stream become one incident (see monitor/incidents.py)."""
 
-    strong_distance: int = Field(16, ge=0, le=256)  # at or below: alert on the first sample
+    strong_distance: int = Field(31, ge=0, le=256)  # at or below: alert on the first sample
     confirm_k: int = Field(2, ge=1)  # weaker matches alert after k of the last n samples ...
     confirm_n: int = Field(3, ge=1)
     confirm_window_s: float = Field(30.0, ge=0)  # ... within this much stream time

@@ -56,7 +56,7 @@ EntryKey = tuple[str, str]  # (bank, entry_id)
 
 @dataclass(frozen=True, slots=True)
 class IncidentPolicy:
-    strong_distance: int = 16  # at or below: alert on the first sample
+    strong_distance: int = 31  # at or below: alert on the first sample
     confirm_k: int = 2  # weaker matches need k of the last n samples ...
     confirm_n: int = 3
     confirm_window_s: float = 30.0  # ... within this much media time
