@@ -48,6 +48,9 @@ def finding(stream: str = "s1", t: float = 0.0, distance: int = 4, bank: str = "
 
 
 def make_book(**policy: Any) -> tuple[IncidentBook, Clock]:
+    # Findings carry threshold 31; a strong band up to 16 leaves 17..31 as weak matches to confirm (as with a
+    # bank whose threshold is above the policy's strong_distance, default 31).
+    policy.setdefault("strong_distance", 16)
     clock = Clock()
     return IncidentBook(IncidentPolicy(**policy), {"b1": "medium", "b2": "low"}, clock), clock
 
