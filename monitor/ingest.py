@@ -30,6 +30,11 @@ from monitor.urls import redact_url
 log = logging.getLogger(__name__)
 
 MAX_BAD_KEYFRAMES = 5  # undecodable keyframes in a row before the connection is given up
+# Keyframes in a row that the decoder accepts without an error but turns into no picture. A decoder fed another
+# codec's bitstream does exactly this (an MPEG-TS source switching H.264 -> MPEG-2 or HEVC on the same PID: FFmpeg's
+# demuxer follows the new PMT, but PyAV's codec context stays the one opened at the start), so the stream is reopened
+# and probed again. Two, not one: a single odd packet in a damaged stream must not cost the connection.
+MAX_BLIND_KEYFRAMES = 2
 
 NETWORK_SCHEMES = ("rtmp", "rtmps", "rtmpt", "http", "https", "tcp", "udp", "rtsp", "srt")
 
@@ -234,7 +239,8 @@ class KeyframeReader:
         last_key: float | None = None
         received_at = 0.0
         opened_at = last_key_wall = time.monotonic()
-        bad_keyframes = 0
+        bad_keyframes = 0  # taken keyframes in a row that the decoder rejected
+        blind_keyframes = 0  # taken keyframes in a row that the decoder accepted but made no picture of
 
         def emit(frame: Any, keyframe: bool) -> DecodedFrame:
             rgb = scaled_rgb(frame, self.cfg.scale_width)
@@ -256,7 +262,8 @@ class KeyframeReader:
                 if target is None:
                     ctx.skip_frame = "NONKEY"
 
-        def decode(packet: Any, drain: bool) -> list[Any]:
+        def decode(packet: Any, drain: bool) -> list[Any] | None:
+            """The frames out of the decoder; None if it rejected the packet."""
             nonlocal bad_keyframes
             try:
                 frames = [*ctx.decode(packet), *(ctx.decode(None) if drain else ())]
@@ -267,12 +274,23 @@ class KeyframeReader:
                 if bad_keyframes >= MAX_BAD_KEYFRAMES:
                     raise IngestError(self.url, f"{bad_keyframes} undecodable keyframes in a row") from None
                 log.debug("%s: undecodable packet at %s skipped", redact_url(self.url), packet.pts)
-                return []
+                return None
             if packet.is_keyframe:
                 bad_keyframes = 0
             if drain:
                 ctx.flush_buffers()
             return frames
+
+        def blind(t_key: float) -> None:
+            """A taken keyframe went into the decoder without an error and no picture came out (drained)."""
+            nonlocal blind_keyframes
+            blind_keyframes += 1
+            if blind_keyframes >= MAX_BLIND_KEYFRAMES:
+                # Live: reopen, the probe finds the new codec. A file would start again from its beginning.
+                raise IngestError(self.url, f"{blind_keyframes} keyframes in a row gave no picture from the {ctx.name} "
+                                  "decoder (codec changed mid-stream?)", retryable=is_live_url(self.url))
+            log.info("%s: keyframe at %.2f s gave no picture from the %s decoder", redact_url(self.url), t_key,
+                     ctx.name)
 
         for packet in container.demux():
             if self.stop.is_set():
@@ -299,13 +317,18 @@ class KeyframeReader:
                 if target is None:
                     ctx.skip_frame = "NONKEY"
                     if take:  # a keyframe not taken is not even decoded
-                        for frame in decode(packet, drain=True):
+                        frames = decode(packet, drain=True)
+                        if frames == []:  # drained: an accepted keyframe that is not out now never will be
+                            blind(t_key)
+                        elif frames:
+                            blind_keyframes = 0
+                        for frame in frames or ():
                             yield from handle(frame)
                     continue
                 ctx.skip_frame = "DEFAULT"
-                for frame in decode(packet, drain=False):
+                for frame in decode(packet, drain=False) or ():
                     yield from handle(frame)
             elif target is not None:
                 received_at = time.time()
-                for frame in decode(packet, drain=False):
+                for frame in decode(packet, drain=False) or ():
                     yield from handle(frame)

@@ -980,9 +980,6 @@ def test_resolution_change_mid_stream_keeps_detecting(media_changes: Record) -> 
     assert by_entry["2"]["media_time_s"] > SEGMENT_S + 1  # matched on the 1280x720 part
 
 
-@pytest.mark.xfail(strict=True, reason="monitor/ingest.py: after a codec change on one MPEG-TS PID (H.264 -> MPEG-2 "
-                   "or HEVC) no alert follows the change, although a keyframe watchdog now reconnects a stream whose "
-                   "keyframes stop; the cause is not pinned down (reopening by hand decodes the new codec)")
 @pytest.mark.parametrize("stream", ["to-mpeg2", "to-hevc"])
 def test_codec_change_mid_stream_keeps_detecting(media_changes: Record, stream: str) -> None:
     rec = media_changes

@@ -7,8 +7,11 @@ import math
 import subprocess
 import sys
 import threading
+from fractions import Fraction
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 
 from monitor.config import IngestConfig
@@ -93,3 +96,53 @@ def test_live_keyframes_arrive_without_gop_lag(tmp_path: Path) -> None:
     lags = [f.received_at - (wall_start + f.media_time_s) for f in frames]
     # Each keyframe is read within a fraction of a second of being encoded; a reorder-buffer lag would be 4 s.
     assert max(lags) < 1.0, lags
+
+
+def ts_part(path: Path, codec: str, first_frame: int, frames: int, fps: int = 10, gop: int = 10) -> bytes:
+    """MPEG-TS of a moving picture, one keyframe per `gop` frames, timestamps from `first_frame`. Every part has
+    the same PIDs, so parts concatenated byte for byte are one stream whose codec changes (a restarted encoder)."""
+    with av.open(str(path), "w", format="mpegts") as out:
+        stream = out.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 320, 180, "yuv420p"
+        stream.gop_size = gop
+        stream.max_b_frames = 0
+        if codec == "libx264":
+            stream.options = {"preset": "ultrafast", "keyint_min": str(gop), "sc_threshold": "0"}
+        stream.codec_context.time_base = Fraction(1, fps)
+        for i in range(frames):
+            n = first_frame + i
+            x = np.arange(320, dtype=np.uint16)[None, :, None] + 7 * n
+            rgb = np.broadcast_to((x * (1, 3, 5) % 256).astype(np.uint8), (180, 320, 3)).copy()
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+            frame.pts, frame.time_base = n, Fraction(1, fps)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path.read_bytes()
+
+
+def test_codec_change_mid_stream_is_reported_not_silently_blind(tmp_path: Path) -> None:
+    """H.264 then MPEG-2 on the same PID: FFmpeg's demuxer follows the new PMT, PyAV's H.264 decoder does not and
+    turns the MPEG-2 keyframes into nothing, without an error. The reader must say so, not read on blind."""
+    both = tmp_path / "h264-then-mpeg2.ts"
+    both.write_bytes(ts_part(tmp_path / "a.ts", "libx264", 0, 40) + ts_part(tmp_path / "b.ts", "mpeg2video", 40, 40))
+    reader = KeyframeReader(str(both), IngestConfig(), threading.Event())
+    times = []
+    with pytest.raises(IngestError) as err:
+        for f in reader.frames():
+            times.append(f.media_time_s)
+    assert len(times) == 4  # the H.264 keyframes, at 0, 1, 2, 3 s
+    assert "gave no picture from the h264 decoder" in err.value.reason, err.value
+    assert not err.value.retryable  # a file would start again from its beginning; a live URL is reopened
+
+
+def test_one_keyframe_without_picture_is_tolerated(tmp_path: Path) -> None:
+    """One GOP of another codec between H.264 parts (one blind keyframe): the H.264 keyframes after it are read."""
+    mixed = tmp_path / "mixed.ts"
+    mixed.write_bytes(ts_part(tmp_path / "a.ts", "libx264", 0, 30) + ts_part(tmp_path / "b.ts", "mpeg2video", 30, 10)
+                      + ts_part(tmp_path / "c.ts", "libx264", 40, 30))
+    reader = KeyframeReader(str(mixed), IngestConfig(), threading.Event())
+    times = [f.media_time_s for f in reader.frames()]  # no IngestError
+    base = times[0]
+    # 3 s: the MPEG-2 keyframe, no picture from the H.264 decoder. 4 s: FFmpeg's TS demuxer drops the first H.264
+    # packets after the switch back (a PES spanning the PMT change), so the next keyframe read is the one at 5 s.
+    assert [round(t - base) for t in times] == [0, 1, 2, 5, 6]
