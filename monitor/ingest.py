@@ -35,6 +35,12 @@ MAX_BAD_KEYFRAMES = 5  # undecodable keyframes in a row before the connection is
 # demuxer follows the new PMT, but PyAV's codec context stays the one opened at the start), so the stream is reopened
 # and probed again. Two, not one: a single odd packet in a damaged stream must not cost the connection.
 MAX_BLIND_KEYFRAMES = 2
+# FFmpeg's HLS demuxer counts playlist reloads that bring no new segment (`m3u8_hold_counters`, default 1000) and ends
+# the stream at this count. The first reload after a segment always counts one, later ones come every half target
+# duration: 3 means "no new segment 1.5 target durations after the reload that brought the last one", so the demuxer
+# ends about 2 target durations after that reload. A live playlist adds a segment at least once per target duration,
+# so a healthy stream never gets there; it scales with the segment length, which a fixed timeout does not.
+HLS_HOLD_RELOADS = 3
 
 NETWORK_SCHEMES = ("rtmp", "rtmps", "rtmpt", "http", "https", "tcp", "udp", "rtsp", "srt")
 
@@ -86,9 +92,13 @@ def open_options(url: str) -> dict[str, str]:
     scheme = url.split(":", 1)[0].lower()
     if scheme in ("http", "https"):
         # HLS: start at the live edge; let FFmpeg retry single segment fetches. Not reconnect_at_eof: it loops.
+        # A frozen playlist ends the demuxer after HLS_HOLD_RELOADS reloads without a new segment. Without it, the
+        # read timeout decides, and twice over: the TS demuxer holds the last packets of the last segment until its
+        # input ends, the first timeout releases them, the packets restart PyAV's read timer, the second ends it.
         opts.update(
             {
                 "live_start_index": "-1",
+                "m3u8_hold_counters": str(HLS_HOLD_RELOADS),
                 "reconnect": "1",
                 "reconnect_streamed": "1",
                 "reconnect_on_network_error": "1",

@@ -7,8 +7,11 @@ import math
 import subprocess
 import sys
 import threading
+import time
 from fractions import Fraction
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -146,3 +149,86 @@ def test_one_keyframe_without_picture_is_tolerated(tmp_path: Path) -> None:
     # 3 s: the MPEG-2 keyframe, no picture from the H.264 decoder. 4 s: FFmpeg's TS demuxer drops the first H.264
     # packets after the switch back (a PES spanning the PMT change), so the next keyframe read is the one at 5 s.
     assert [round(t - base) for t in times] == [0, 1, 2, 5, 6]
+
+
+class LiveHls:
+    """A live HLS playlist over ready segments, sliding with wall time until frozen."""
+
+    def __init__(self, segments: list[str], folder: Path, segment_s: float) -> None:
+        self.segments, self.folder, self.segment_s = segments, folder, segment_s
+        self.t0 = time.monotonic()
+        self.frozen: int | None = None
+        live = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                name = self.path.split("?", 1)[0].rsplit("/", 1)[-1]
+                if name == "live.m3u8":
+                    body = live.playlist()
+                elif name in live.segments:
+                    body = (live.folder / name).read_bytes()
+                else:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                pass
+
+        self.httpd = Server(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/live.m3u8"
+
+    def newest(self) -> int:
+        if self.frozen is not None:
+            return self.frozen
+        return min(len(self.segments) - 1, 2 + int((time.monotonic() - self.t0) / self.segment_s))
+
+    def freeze(self) -> None:
+        self.frozen = self.newest()
+
+    def playlist(self) -> bytes:
+        last = self.newest()
+        first = max(0, last - 4)
+        lines = ["#EXTM3U", "#EXT-X-VERSION:3", f"#EXT-X-TARGETDURATION:{round(self.segment_s)}",
+                 f"#EXT-X-MEDIA-SEQUENCE:{first}"]
+        for name in self.segments[first : last + 1]:
+            lines += [f"#EXTINF:{self.segment_s:.3f},", name]
+        return ("\n".join(lines) + "\n").encode()
+
+
+@pytest.mark.slow
+def test_frozen_hls_playlist_ends_the_reader_within_two_target_durations(tmp_path: Path) -> None:
+    """A healthy live playlist keeps the reader going; once it stops adding segments the reader ends about two
+    target durations after the reload that brought the last one (FFmpeg's m3u8_hold_counters), not after two read
+    timeouts (the TS demuxer's held-back last packets restart PyAV's read timer once)."""
+    generate(str(tmp_path / "s.m3u8"), fps=10, gop_s=1.0, duration_s=30, realtime=False, hls_list_size=0)
+    segments = sorted((p.name for p in tmp_path.glob("s*.ts")), key=lambda n: int(n[1:-3]))
+    hls = LiveHls(segments, tmp_path, 1.0)
+    cfg = IngestConfig(read_timeout_s=5, open_timeout_s=5)
+    reader = KeyframeReader(hls.url, cfg, threading.Event())
+    freeze_after_s = 5.0
+    frames: list[tuple[float, float]] = []
+    freeze_at: float | None = None
+    try:
+        for f in reader.frames():
+            now = time.monotonic()
+            frames.append((now, f.media_time_s))
+            if freeze_at is None and now - hls.t0 >= freeze_after_s:
+                hls.freeze()
+                freeze_at = now
+        ended = time.monotonic()
+    finally:
+        hls.httpd.shutdown()
+        hls.httpd.server_close()
+    assert freeze_at is not None, f"the healthy playlist ended the reader: {frames}"
+    assert ended - freeze_at < 2 * 1.0 + 1 + 1.5, (ended - freeze_at, frames)
