@@ -11,8 +11,9 @@
    Reported as media-seconds per CPU-second and their ratio, for the default matcher and for a single-probe
    matcher (robustness switches off); a per-stage breakdown of (a) says where the time goes.
 2. Live capacity: nginx-rtmp and N `ffmpeg -re -stream_loop -1 -c copy` publishers of a prepared 720p file;
-   N reader threads in this process, each the shape of `monitor.supervisor.StreamWorker` (KeyframeReader,
-   sampling policy, the known-content matcher, alert bookkeeping, reconnect on error) for `--seconds`.
+   N reader threads, each the shape of `monitor.supervisor.StreamWorker` (KeyframeReader, sampling policy, the
+   known-content matcher, alert bookkeeping, reconnect on error) for `--seconds`, sharded over one reader
+   process per core as the monitor's `workers` shards its streams (`--reader-processes 1`: all in one process).
    Reported: sample lag (keyframe packet read -> fingerprint matched) p50/p95/p99 overall and per stream,
    the end-to-end lag (also counting time a packet waited before it was read, measured against the best
    keyframe of the same connection), keyframes received vs expected, dropped samples, CPU of this process,
@@ -468,58 +469,221 @@ def _summary(values: list[float]) -> dict[str, Any]:
             "max_ms": _ms(max(values) if values else None), "n": len(values)}
 
 
-def bench_live(n: int, seconds: float, source: Path, cfg: IngestConfig, bank: Bank, log_dir: Path,
-               settle_timeout_s: float) -> dict[str, Any]:
+@dataclass
+class ReaderRun:
+    """What the readers of one live level recorded, in whichever process(es) they ran."""
+
+    stats: list[StreamStats]
+    t0: float  # the measuring window, time.time()
+    t1: float
+    cpu_s: float  # CPU seconds of the reader process(es) within the window
+    rss_before: int  # summed over reader processes, before any stream was opened
+    rss_at_n: int  # ... and with N streams, at the end of the window
+    alerts: int
+    processes: int
+
+
+def _settle(live_count: Any, n: int, settle_timeout_s: float) -> int:
+    """Wait until every stream has delivered a sample (or the timeout), then one GOP more."""
+    deadline = time.monotonic() + settle_timeout_s
+    while time.monotonic() < deadline and live_count() < n:
+        time.sleep(0.2)
+    live_now = int(live_count())
+    _log(f"  {live_now}/{n} streams delivering samples; measuring")
+    time.sleep(GOP_S)
+    return live_now
+
+
+def _readers_in_threads(urls: list[tuple[str, str]], seconds: float, cfg: IngestConfig, bank: Bank,
+                        settle_timeout_s: float, out: dict[str, Any], measuring: Any) -> ReaderRun:
+    """Every reader a thread of this process."""
     matcher = KnownContentMatcher([bank])
     book = AlertBook()
     stop = threading.Event()
     workers: list[BenchWorker] = []
-    out: dict[str, Any] = {"streams": n, "seconds": seconds}
-    _log(f"live: {n} streams for {seconds:.0f} s")
+    try:
+        gc.collect()
+        rss_before = _rss_bytes()
+        for sid, url in urls:
+            w = BenchWorker(sid, url, cfg, matcher, book, stop)
+            workers.append(w)
+            w.start()
+            time.sleep(0.01)
+        out["streams_live_at_start"] = _settle(lambda: sum(1 for w in workers if w.stats.samples), len(urls),
+                                               settle_timeout_s)
+        with measuring():
+            c0, t0 = time.process_time(), time.time()
+            stop.wait(seconds)
+            cpu, t1 = time.process_time() - c0, time.time()
+        gc.collect()
+        rss_at_n = _rss_bytes()
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(15)
+    out["matcher"] = describe_matcher(matcher)
+    return ReaderRun([w.stats for w in workers], t0, t1, cpu, rss_before, rss_at_n, book.alerts, 1)
+
+
+class _Shard:
+    """A reader process (`--reader-shard`): its streams go in on stdin, JSON lines come back on stdout."""
+
+    def __init__(self, urls: list[tuple[str, str]], folder: Path, quick: bool) -> None:
+        root = Path(__file__).resolve().parent.parent
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+        cmd = [sys.executable, "-m", "monitor.bench_ingest", "--reader-shard", "--cache-dir", str(folder),
+               *(["--quick"] if quick else [])]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=root,
+                                     env=env, preexec_fn=_die_with_parent)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps({"streams": urls}) + "\n")
+        self.proc.stdin.flush()
+        self.ready_rss: int | None = None
+        self.live = 0
+        self.done: dict[str, Any] | None = None
+        self._reader = threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True)
+        self._reader.start()
+
+    def _read(self, stdout: Any) -> None:
+        for line in stdout:
+            msg = json.loads(line)
+            if msg["event"] == "ready":
+                self.ready_rss = int(msg["rss"])
+            elif msg["event"] == "live":
+                self.live = int(msg["count"])
+            elif msg["event"] == "done":
+                self.done = msg
+
+    def finish(self, timeout_s: float) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        with contextlib.suppress(OSError):
+            self.proc.stdin.write("stop\n")
+            self.proc.stdin.close()
+        self._reader.join(timeout_s)
+        if self.done is None:
+            raise RuntimeError(f"reader process {self.proc.pid} gave no result (exit {self.proc.poll()})")
+        return self.done
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def _readers_in_processes(urls: list[tuple[str, str]], seconds: float, processes: int, folder: Path, quick: bool,
+                          settle_timeout_s: float, out: dict[str, Any], measuring: Any) -> ReaderRun:
+    """The readers sharded over `processes` reader processes, as `workers` shards a monitor's streams."""
+    shards = [_Shard(urls[k::processes], folder, quick) for k in range(processes)]
+    try:
+        deadline = time.monotonic() + 120
+        while any(s.ready_rss is None for s in shards) and time.monotonic() < deadline:
+            if any(s.proc.poll() is not None for s in shards):
+                raise RuntimeError("a reader process exited before it was ready")
+            time.sleep(0.1)
+        if any(s.ready_rss is None for s in shards):
+            raise RuntimeError("reader processes not ready within 120 s")
+        out["streams_live_at_start"] = _settle(lambda: sum(s.live for s in shards), len(urls), settle_timeout_s)
+        pids = [s.proc.pid for s in shards]
+        with measuring():
+            c0, t0 = _proc_cpu(pids), time.time()
+            time.sleep(seconds)
+            cpu, t1 = _proc_cpu(pids) - c0, time.time()
+        results = [s.finish(30 + len(urls) * 0.2) for s in shards]
+    finally:
+        for s in shards:
+            s.close()
+    stats = [StreamStats(st["sid"], st["keyframes"], [(int(c), m, r, d) for c, m, r, d in st["samples"]],
+                         st["skipped"], st["connects"], st["errors"]) for res in results for st in res["streams"]]
+    out["matcher"] = results[0]["matcher"]
+    return ReaderRun(stats, t0, t1, cpu, sum(s.ready_rss or 0 for s in shards), sum(r["rss_at_stop"] for r in results),
+                     sum(r["alerts"] for r in results), processes)
+
+
+def _reader_shard_main(folder: Path, quick: bool) -> int:
+    """One reader process of a sharded live level (see _Shard for the protocol)."""
+    def emit(**msg: Any) -> None:
+        print(json.dumps(msg), flush=True)
+
+    cfg = IngestConfig(decoder_threads=1)
+    urls = json.loads(sys.stdin.readline())["streams"]
+    src = prepare_input(folder, "testsrc2", 12 if quick else 60)  # prepared by the parent: a cache hit
+    bank, _ = make_bank(keyframe_hashes(src, cfg), BANK_SIZE)  # same seed: the same bank in every shard
+    matcher = KnownContentMatcher([bank])
+    book = AlertBook()
+    stop, finish = threading.Event(), threading.Event()
+    gc.collect()
+    emit(event="ready", rss=_rss_bytes())
+    workers = []
+    for sid, url in urls:
+        workers.append(BenchWorker(sid, url, cfg, matcher, book, stop))
+        workers[-1].start()
+        time.sleep(0.01)
+    def wait_for_stop() -> None:  # "stop" or EOF on stdin
+        sys.stdin.readline()
+        finish.set()
+
+    threading.Thread(target=wait_for_stop, daemon=True).start()
+    live = -1
+    while not finish.wait(0.2):
+        now = sum(1 for w in workers if w.stats.samples)
+        if now != live:
+            live = now
+            emit(event="live", count=now)
+    gc.collect()
+    rss = _rss_bytes()
+    stop.set()
+    for w in workers:
+        w.join(15)
+    emit(event="done", rss_at_stop=rss, alerts=book.alerts, matcher=describe_matcher(matcher),
+         streams=[{"sid": w.stats.sid, "keyframes": w.stats.keyframes, "samples": w.stats.samples,
+                   "skipped": w.stats.skipped, "connects": w.stats.connects, "errors": w.stats.errors}
+                  for w in workers])
+    return 0
+
+
+def bench_live(n: int, seconds: float, source: Path, cfg: IngestConfig, bank: Bank | None, log_dir: Path,
+               settle_timeout_s: float, processes: int = 1, folder: Path | None = None,
+               quick: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {"streams": n, "seconds": seconds, "reader_processes": processes}
+    _log(f"live: {n} streams for {seconds:.0f} s, readers in {processes} process(es)")
     with live_infra(n, source, seconds + settle_timeout_s + 600, log_dir) as (nginx, pubs):
-        try:
-            time.sleep(1.0)  # publishers connect and send their first GOP
-            gc.collect()
-            rss_before = _rss_bytes()
-            for i in range(n):
-                w = BenchWorker(f"s{i:03d}", nginx.rtmp_url(f"s{i:03d}"), cfg, matcher, book, stop)
-                workers.append(w)
-                w.start()
-                time.sleep(0.01)
-            # Settle: every stream has delivered a sample, plus one GOP
-            deadline = time.monotonic() + settle_timeout_s
-            while time.monotonic() < deadline and any(not w.stats.samples for w in workers):
-                time.sleep(0.2)
-            live_now = sum(1 for w in workers if w.stats.samples)
-            out["streams_live_at_start"] = live_now
-            _log(f"  {live_now}/{n} streams delivering samples; measuring")
-            time.sleep(GOP_S)
-            helpers = [nginx.proc.pid, *_children_of(nginx.proc.pid)] if nginx.proc else []
-            pub_pids = [p.pid for p in pubs]
+        time.sleep(1.0)  # publishers connect and send their first GOP
+        urls = [(f"s{i:03d}", nginx.rtmp_url(f"s{i:03d}")) for i in range(n)]
+        helpers = [nginx.proc.pid, *_children_of(nginx.proc.pid)] if nginx.proc else []
+        pub_pids = [p.pid for p in pubs]
+        cpu: dict[str, float] = {}
+
+        @contextlib.contextmanager
+        def measuring() -> Iterator[None]:
+            """The measuring window: CPU of nginx, publishers and the machine around it."""
             c_nginx0, c_pub0 = _proc_cpu(helpers), _proc_cpu(pub_pids)
             busy0, all0 = _sys_busy()
-            c_self0, t0 = time.process_time(), time.time()
-            stop.wait(seconds)
-            c_self, t1 = time.process_time() - c_self0, time.time()
-            wall = t1 - t0
+            yield
             busy1, all1 = _sys_busy()
-            c_nginx = _proc_cpu(helpers) - c_nginx0
-            c_pub = _proc_cpu(pub_pids) - c_pub0
-            gc.collect()
-            rss_at_n = _rss_bytes()
-            pubs_exited = sum(1 for p in pubs if p.poll() is not None)
-        finally:
-            stop.set()
-            for w in workers:
-                w.join(15)
+            cpu.update(nginx=_proc_cpu(helpers) - c_nginx0, pub=_proc_cpu(pub_pids) - c_pub0,
+                       busy=(busy1 - busy0) / max(1e-9, all1 - all0))
+
+        if processes > 1:
+            assert folder is not None
+            run = _readers_in_processes(urls, seconds, processes, folder, quick, settle_timeout_s, out, measuring)
+        else:
+            assert bank is not None
+            run = _readers_in_threads(urls, seconds, cfg, bank, settle_timeout_s, out, measuring)
+        pubs_exited = sum(1 for p in pubs if p.poll() is not None)
+    t0, t1, wall = run.t0, run.t1, run.t1 - run.t0
+    c_self, c_nginx, c_pub = run.cpu_s, cpu["nginx"], cpu["pub"]
+    rss_before, rss_at_n = run.rss_before, run.rss_at_n
     ncpu = os.cpu_count() or 1
     lags: list[float] = []
     e2e: list[float] = []
     per_stream: list[dict[str, Any]] = []
     missing = 0
     expected = seconds / GOP_S
-    for w in workers:
-        st = w.stats
+    for st in run.stats:
         best: dict[int, float] = {}
         for conn, media, received, _ in st.samples:
             best[conn] = min(best.get(conn, math.inf), received - media)
@@ -552,20 +716,19 @@ def bench_live(n: int, seconds: float, source: Path, cfg: IngestConfig, bank: Ba
         "keyframes_expected": round(expected * n),
         "keyframes_missing": missing,
         "keyframes_short_in_window": max(0, round(expected * n) - received_total),
-        "dropped_samples": sum(w.stats.skipped for w in workers),
-        "reconnects": sum(max(0, w.stats.connects - 1) for w in workers),
-        "alerts": book.alerts,
-        "matcher": describe_matcher(matcher),
+        "dropped_samples": sum(st.skipped for st in run.stats),
+        "reconnects": sum(max(0, st.connects - 1) for st in run.stats),
+        "alerts": run.alerts,
         "cpu_pct_of_one_core": {
             "monitor": round(100 * c_self / wall, 1),
             "nginx": round(100 * c_nginx / wall, 1),
             "publishers": round(100 * c_pub / wall, 1),
             "publisher_avg": round(100 * c_pub / wall / n, 2),
         },
-        "machine_cpu_busy_pct": round(100 * (busy1 - busy0) / max(1e-9, all1 - all0), 1),
+        "machine_cpu_busy_pct": round(100 * cpu["busy"], 1),
         "machine_cores": ncpu,
         "other_processes_pct_of_one_core": round(
-            100 * ((busy1 - busy0) / max(1e-9, all1 - all0) * ncpu * wall - c_self - c_nginx - c_pub) / wall, 1),
+            100 * (cpu["busy"] * ncpu * wall - c_self - c_nginx - c_pub) / wall, 1),
         "rss_mb": {"before_streams": round(rss_before / 2**20, 1), "at_n_streams": round(rss_at_n / 2**20, 1),
                    "per_stream": round(rss_per / 2**20, 2)},
         "publishers_exited_early": pubs_exited,
@@ -590,12 +753,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-ladder", action="store_true", help="full mode: do not retry with N/2 and N/4")
     ap.add_argument("--skip-live", action="store_true", help="throughput only")
     ap.add_argument("--cache-dir", type=Path, help="where prepared inputs are kept (default: a temp folder)")
+    ap.add_argument("--reader-processes", type=int,
+                    help="live: reader processes the streams are sharded over, as the monitor's `workers` "
+                         "(default: one per core, like `workers`; 1: threads of one process)")
     ap.add_argument("--live-child", type=int, default=0, help=argparse.SUPPRESS)  # one live level, JSON out
+    ap.add_argument("--reader-shard", action="store_true", help=argparse.SUPPRESS)  # one reader process
     args = ap.parse_args(argv)
     if args.streams is not None and args.streams < 1:
         ap.error("--streams must be >= 1")
     if args.seconds is not None and args.seconds <= 0:
         ap.error("--seconds must be > 0")
+    if args.reader_processes is not None and not 1 <= args.reader_processes <= 64:
+        ap.error("--reader-processes must be between 1 and 64")
     return args
 
 
@@ -603,12 +772,12 @@ def _sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def live_in_child(count: int, seconds: float, folder: Path, quick: bool) -> dict[str, Any]:
+def live_in_child(count: int, seconds: float, folder: Path, quick: bool, processes: int) -> dict[str, Any]:
     """Run one live level in a fresh Python process: RSS per stream and threads are not left from the last."""
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
     cmd = [sys.executable, "-m", "monitor.bench_ingest", "--live-child", str(count), "--seconds", str(seconds),
-           "--cache-dir", str(folder), *(["--quick"] if quick else [])]
+           "--cache-dir", str(folder), "--reader-processes", str(processes), *(["--quick"] if quick else [])]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, cwd=root, env=env,
                             preexec_fn=_die_with_parent)
     limit_s = seconds + 180 + 1.5 * count
@@ -630,13 +799,14 @@ def live_in_child(count: int, seconds: float, folder: Path, quick: bool) -> dict
     return result
 
 
-def _live_child_main(count: int, seconds: float, folder: Path, quick: bool, old_term: Any) -> int:
+def _live_child_main(count: int, seconds: float, folder: Path, quick: bool, processes: int, old_term: Any) -> int:
     cfg = IngestConfig(decoder_threads=1)
     tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     try:
         src = prepare_input(folder, "testsrc2", 12 if quick else 60)
-        bank, _ = make_bank(keyframe_hashes(src, cfg), BANK_SIZE)
-        run = bench_live(count, seconds, src, cfg, bank, tmp, settle_timeout_s=20 + count * 0.2)
+        bank = make_bank(keyframe_hashes(src, cfg), BANK_SIZE)[0] if processes == 1 else None
+        run = bench_live(count, seconds, src, cfg, bank, tmp, settle_timeout_s=20 + count * 0.2,
+                         processes=processes, folder=folder, quick=quick)
     except KeyboardInterrupt:
         return 130
     finally:
@@ -710,8 +880,12 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     folder = cache_dir(args.cache_dir)
+    processes = args.reader_processes or min(64, os.cpu_count() or 1)
+    report["config"]["reader_processes"] = processes
+    if args.reader_shard:
+        return _reader_shard_main(folder, quick)
     if args.live_child:
-        return _live_child_main(args.live_child, seconds, folder, quick, old_term)
+        return _live_child_main(args.live_child, seconds, folder, quick, processes, old_term)
     try:
         src = prepare_input(folder, "testsrc2", 12 if quick else 60)
         _log("bank: hashing the input's keyframes, building 100k entries")
@@ -736,13 +910,14 @@ def main(argv: list[str] | None = None) -> int:
                 runs = []
                 ladder = [n] if quick or args.no_ladder else [n, n * 3 // 4, n // 2, n // 4]
                 for count in dict.fromkeys(c for c in ladder if c >= 1):
-                    run = live_in_child(count, seconds, folder, quick)
+                    run = live_in_child(count, seconds, folder, quick, processes)
                     runs.append(run)
                     if run["meets_lag_target"]:
                         break
                 meeting = [r["streams"] for r in runs if r["meets_lag_target"]]
                 report["live"] = {
-                    "process": "each N in a fresh child process (clean RSS and threads)",
+                    "process": f"each N in a fresh child process (clean RSS and threads); readers sharded over "
+                               f"{processes} process(es), as `workers` shards the monitor's streams",
                     "runs": runs,
                     "largest_n_meeting_lag_target": max(meeting) if meeting else None,
                 }

@@ -55,6 +55,8 @@ def test_quick_bench_prints_one_sane_json_document(tmp_path: Path, capsys: pytes
 
     (run,) = report["live"]["runs"]
     assert run["streams"] == 4 and run["streams_live_at_start"] == 4
+    # sharded over reader processes as the monitor's `workers` (one per core by default)
+    assert run["reader_processes"] == report["config"]["reader_processes"] == min(64, os.cpu_count() or 1)
     for name in ("lag_ms", "end_to_end_lag_ms"):
         assert run[name]["n"] > 0
         assert 0 <= run[name]["p50_ms"] <= run[name]["p95_ms"] <= run[name]["p99_ms"]
@@ -69,3 +71,5 @@ def test_quick_bench_prints_one_sane_json_document(tmp_path: Path, capsys: pytes
 def test_bad_arguments_are_refused() -> None:
     with pytest.raises(SystemExit):
         main(["--streams", "0"])
+    with pytest.raises(SystemExit):
+        main(["--reader-processes", "0"])
