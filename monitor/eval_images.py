@@ -42,6 +42,7 @@ import numpy.typing as npt
 from PIL import Image as PILImage
 
 from monitor.config import IngestConfig
+from monitor.ingest import scaled_rgb
 from pipelines.fingerprint import PDQ_DEFAULT_THRESHOLD, PHASH_DEFAULT_THRESHOLD, pdq, phash
 from pipelines.hamming import CODE_BYTES, LinearIndex
 from pipelines.robust import (
@@ -99,15 +100,9 @@ _width = [INGEST_WIDTH]  # set by main(): every picture of one run is scaled to 
 
 
 def ingest_scale(rgb: Image, width: int | None = None) -> Image:
-    """Scale as the monitor does a keyframe (libswscale, aspect kept, even sizes; never up)."""
-    width = width or _width[0]
-    h, w = rgb.shape[:2]
-    if w <= width:
-        tw, th = w - w % 2, h - h % 2
-    else:
-        tw, th = width, max(2, round(width * h / w / 2) * 2)
+    """Scale as the monitor does a keyframe (monitor.ingest.scaled_rgb: libswscale, aspect kept, never up)."""
     frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-    return np.asarray(frame.to_ndarray(format="rgb24", width=tw, height=th), dtype=np.uint8)
+    return scaled_rgb(frame, width or _width[0])
 
 
 def original(index: int, attempt: int = 0) -> tuple[str, Image]:
