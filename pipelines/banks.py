@@ -248,8 +248,15 @@ def _parse_plain(lines: list[str], source: str) -> list[_Row]:
 def _parse_csv(text: str, source: str) -> list[_Row]:
     rows: list[_Row] = []
     columns: tuple[str, ...] = CSV_COLUMNS
-    reader = csv.reader(io.StringIO(text))
-    for cells in reader:
+    # newline="": the csv module splits lines itself (a bare CR inside text passed in must not end a field badly)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:  # e.g. an unterminated quote: say where, as for every other bad line
+            raise BankFormatError(source, reader.line_num, f"not valid CSV: {exc}") from None
         lineno = reader.line_num
         if not cells or not "".join(cells).strip() or cells[0].lstrip().startswith("#"):
             continue
