@@ -876,7 +876,9 @@ def _rehash_stream(job: _RehashJob) -> dict[str, Any]:
                          generate_kw["duration_s"], scenes or None)
     ids = [e for e, _ in job.entries]
     bank = np.stack([hex_to_code(h) for _, h in job.entries])
-    index = {e: i for i, e in enumerate(ids)}
+    rows_of: dict[str, list[int]] = {}  # an entry's rows: a picture and its crop windows share the id
+    for i, e in enumerate(ids):
+        rows_of.setdefault(e, []).append(i)
     keys: list[dict[str, Any]] = []
     bg_codes: list[Codes] = []
     bg_kinds: list[str] = []
@@ -892,8 +894,9 @@ def _rehash_stream(job: _RehashJob) -> dict[str, Any]:
                 bg_codes.append(codes)
                 bg_kinds.append(bg.scene_at(t).kind)
             else:
-                own = [index[e] for e in apps[k_on].entry_ids if e in index]
-                others = [i for i in range(len(ids)) if i not in own]
+                own = [i for e in apps[k_on].entry_ids for i in rows_of.get(e, ())]
+                mine = set(own)
+                others = [i for i in range(len(ids)) if i not in mine]
                 rec["own"] = int(dm[:, own].min()) if own else 256
                 rec["other"] = int(dm[:, others].min()) if others else 256
                 rec["plain"] = (int(_dist(plain[None, :], bank[own]).min()) if plain is not None and own else 256)
