@@ -21,6 +21,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import Counter
+
 from monitor import topics
 from monitor.alerts import build_alert
 from monitor.bans import BanList
@@ -54,6 +56,7 @@ from pipelines.base import Finding
 log = logging.getLogger(__name__)
 
 TERMINAL = (StreamState.ENDED, StreamState.FAILED)
+SHUTDOWN_FLUSH_S = 5.0  # on SIGTERM, how long waiting alerts may take to reach the broker
 AlertListener = Callable[[dict[str, Any]], None]
 
 
@@ -105,6 +108,7 @@ class Engine:
         self.metrics = Metrics()
         self.last_sample: dict[str, float] = {}
         self._dropped_seen: dict[tuple[str, str], float] = {}
+        self._counted: dict[int, float] = {}
         for b in banks:
             self.metrics.bank_entries.labels(b.name).set(len(b))
         n_workers = (os.cpu_count() or 1) if cfg.workers is None else cfg.workers
@@ -379,8 +383,9 @@ class Engine:
             counts: dict[str, int] = {}
             for c in self.states.values():
                 counts[c.state.value] = counts.get(c.state.value, 0) + 1
+            # outbox_depth, outbox_oldest_age_s, outbox_writable, outbox_error, held_in_memory, ...
             body = {"node": self.cfg.node, "at": time.time(), "streams": counts,
-                    "outbox_depth": self.outbox.depth(), "outbox_oldest_age_s": self.outbox.oldest_age_s(),
+                    **self.publisher.delivery_status(),
                     "alerts_sent": self.alerts_sent, "samples": self.samples,
                     "open_incidents": len(self.incidents.open_incidents()), "suppressed": self.suppressed,
                     "quarantined": [f"{b}/{e}" for b, e in self.incidents.quarantined()],
@@ -396,8 +401,14 @@ class Engine:
             counts[c.state.value] += 1
         for state, n in counts.items():
             m.streams.labels(state).set(n)
-        m.outbox_depth.set(self.outbox.depth())
-        m.outbox_age.set(self.outbox.oldest_age_s() or 0.0)
+        pub = self.publisher
+        m.outbox_depth.set(pub.durable_pending - pub.held)
+        m.outbox_age.set(pub.oldest_pending_age_s() or 0.0)
+        m.outbox_writable.set(1 if pub.outbox_error is None else 0)
+        m.outbox_held.set(pub.held)
+        for counter, total in ((m.outbox_write_errors, pub.outbox_errors), (m.outbox_held_total, pub.held_total),
+                               (m.outbox_dropped, pub.dropped)):
+            self._count_up(counter, total)
         m.mqtt_connected.set(1 if self.publisher.connected.is_set() else 0)
         m.quarantined.set(len(self.incidents.quarantined()))
         self._sampling_metrics()
@@ -433,7 +444,16 @@ class Engine:
                 if c.state == StreamState.LIVE and sid in watched}
         dead = [sid for sid in self.supervisor.dead_streams()
                 if (c := self.states.get(sid)) is not None and c.state not in TERMINAL]
-        return HealthInput(live, dead, self.publisher.connected.is_set(), self.outbox.oldest_age_s())
+        pub = self.publisher
+        return HealthInput(live, dead, pub.connected.is_set(), pub.oldest_pending_age_s(),
+                           outbox_error=pub.outbox_error, held_in_memory=pub.held)
+
+    def _count_up(self, counter: Counter, total: float) -> None:
+        """Bring a Prometheus counter up to a running total kept elsewhere."""
+        seen = self._counted.get(id(counter), 0.0)
+        if total > seen:
+            counter.inc(total - seen)
+        self._counted[id(counter)] = total
 
     async def _watch_banks(self, stop: asyncio.Event) -> None:
         """Reload banks whose files changed (or all, on SIGHUP): validated here, swapped atomically by workers."""
@@ -520,9 +540,7 @@ class Engine:
             bg_stop.set()
             for t in list(self._tasks):
                 await asyncio.wait_for(t, 10)
-            if not await self.publisher.flush(5.0):
-                log.error("shutting down with %d MQTT messages not delivered (kept in the outbox)",
-                          self.publisher.pending)
+            await self._flush_on_shutdown()
             pub_stop.set()
             await pub_task
             await health
@@ -530,6 +548,21 @@ class Engine:
             self.outbox.close()
             if self.evidence is not None:
                 self.evidence.close()
+
+    async def _flush_on_shutdown(self) -> None:
+        """Deliver what waits before the connection closes; say plainly what, if anything, is left."""
+        pub = self.publisher
+        waiting = pub.durable_pending
+        if waiting:
+            log.info("shutting down: delivering %d alerts and incident updates that wait", waiting)
+        if await pub.flush(SHUTDOWN_FLUSH_S):
+            log.info("shutdown: outbox flushed, every alert and incident update was delivered")
+            return
+        stored = pub.durable_pending - pub.held
+        log.error("shutdown: %d alerts and incident updates not delivered within %.0f s (broker %s): %d stay in "
+                  "the outbox %s and are sent after a restart, %d held in memory only (the outbox could not store "
+                  "them) are lost", pub.durable_pending, SHUTDOWN_FLUSH_S,
+                  "connected" if pub.connected.is_set() else "unreachable", stored, self.outbox.path, pub.held)
 
     def _discovery(self) -> Discovery | None:
         from monitor.hooks import DEFAULT_PULL_URL_TEMPLATES

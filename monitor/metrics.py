@@ -2,7 +2,7 @@
 
 Stream labels are stream ids only: URLs (which may carry credentials or keys) never become label values.
 `/healthz` fails when the monitor is not sampling what it should: a live stream whose samples stopped, a
-stream worker that died, or alerts piling up undelivered.
+stream worker that died, alerts piling up undelivered, or an outbox that cannot be written (disk full).
 """
 
 from __future__ import annotations
@@ -47,6 +47,17 @@ class Metrics:
         self.outbox_depth = Gauge("monitor_outbox_depth", "Messages waiting in the durable outbox", registry=r)
         self.outbox_age = Gauge("monitor_outbox_oldest_age_seconds", "Age of the oldest undelivered message",
                                 registry=r)
+        self.outbox_writable = Gauge("monitor_outbox_writable",
+                                     "0 while the outbox cannot be written (disk full?): alerts are held in memory",
+                                     registry=r)
+        self.outbox_held = Gauge("monitor_outbox_held_in_memory",
+                                 "Alerts and incident updates held in memory only (the outbox could not store them)",
+                                 registry=r)
+        self.outbox_write_errors = Counter("monitor_outbox_write_errors", "Failed outbox writes", registry=r)
+        self.outbox_held_total = Counter("monitor_outbox_held", "Alerts and incident updates the outbox could "
+                                         "not store (held in memory and published directly)", registry=r)
+        self.outbox_dropped = Counter("monitor_outbox_dropped", "Held messages given up at the memory limit",
+                                      registry=r)
         self.mqtt_connected = Gauge("monitor_mqtt_connected", "1 while connected to the broker", registry=r)
         self.quarantined = Gauge("monitor_quarantined_entries", "Bank entries quarantined as noisy", registry=r)
 
@@ -65,6 +76,8 @@ class HealthInput:
     dead_workers: list[str] = field(default_factory=list)
     mqtt_connected: bool = True
     outbox_oldest_age_s: float | None = None
+    outbox_error: str | None = None  # the outbox cannot be written: what went wrong
+    held_in_memory: int = 0  # alerts and incident updates held in memory only meanwhile
 
 
 def health(inp: HealthInput, rules: HealthRules, now: float | None = None) -> tuple[bool, list[str]]:
@@ -75,6 +88,9 @@ def health(inp: HealthInput, rules: HealthRules, now: float | None = None) -> tu
             continue  # just connected: its first keyframe is on the way
         if now - last > rules.stale_sample_s:
             problems.append(f"stream {stream}: live but no sample for {now - last:.0f} s")
+    if inp.outbox_error is not None:
+        problems.append(f"{inp.outbox_error}: alerts are not stored durably; {inp.held_in_memory} held in memory "
+                        "only until the broker takes them")
     age = inp.outbox_oldest_age_s
     if age is not None and age > rules.max_outbox_age_s:
         problems.append(f"outbox: oldest undelivered message is {age:.0f} s old"

@@ -14,6 +14,7 @@ import json
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -298,6 +299,24 @@ class Outbox:
                 ).rowcount
             ),
         )
+
+    def check_writable(self, nbytes: int = 4096) -> None:
+        """Raise OutboxError unless a message of about nbytes could be stored now; nothing is kept.
+
+        A probe row is inserted and deleted in one transaction: it needs what a put needs (free pages or room
+        to grow under the size cap, and room for the WAL frames), so it fails on a full disk or a full outbox,
+        and leaves no row behind. For telling when a write error has cleared while nothing waits to be written.
+        """
+        probe = f"outbox-probe-{uuid.uuid4().hex}"
+
+        def insert_and_delete(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                f"INSERT INTO outbox ({_COLUMNS}) VALUES (?, 'probe', zeroblob(?), 0, 0, 0, 0, '[]')",
+                (probe, max(0, int(nbytes))),
+            )
+            conn.execute("DELETE FROM outbox WHERE msg_id = ?", (probe,))
+
+        self._write("check_writable", insert_and_delete)
 
     def close(self) -> None:
         """Close the file (idempotent); later calls raise OutboxError."""

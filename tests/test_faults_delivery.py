@@ -1,10 +1,15 @@
-"""Alerts are never lost: a broker outage of 30 s, and a monitor killed with SIGKILL and restarted."""
+"""Alerts are never lost: a broker outage of 30 s, a monitor killed with SIGKILL and restarted, and SIGTERM with
+alerts waiting (delivered before exit when the broker is back, kept on disk for the restart when it is not)."""
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,7 +19,7 @@ import pytest
 
 from test_streams.infra import Mosquitto, free_port
 
-from .conftest import REPO, Collected, MonitorProcess, require_tools
+from .conftest import REPO, Collected, MonitorProcess, MqttCollector, require_tools
 
 pytestmark = [pytest.mark.realinfra, pytest.mark.slow]
 
@@ -44,10 +49,27 @@ class DurableCollector:
         self.client.disconnect()
 
 
+def persistent_mosquitto() -> Mosquitto:
+    """A Mosquitto that keeps sessions and their queued QoS 1 messages across its own restarts.
+
+    Started as root, Mosquitto drops to the `mosquitto` user, which cannot write a folder only root may write:
+    it would log "Permission denied" at shutdown and forget every session, and a durable subscriber would miss
+    what was published before it reconnected. So the folder is handed over to that user.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="mosq-"))
+    folder.chmod(0o755)
+    if os.geteuid() == 0:
+        try:
+            shutil.chown(folder, user="mosquitto")
+        except (LookupError, OSError):
+            folder.chmod(0o777)
+    return Mosquitto(persistence=True, folder=folder)
+
+
 @pytest.fixture
 def durable_broker() -> Iterator[Mosquitto]:
     require_tools()
-    m = Mosquitto(persistence=True).start()
+    m = persistent_mosquitto().start()
     yield m
     m.close()
 
@@ -124,3 +146,113 @@ def test_sigkill_with_alerts_pending_loses_nothing(
     assert {k: len(v) for k, v in collector.alert_ids_by_entry().items()} == {"2": 1}, mon.log()
     assert "undelivered messages from an earlier run" in restarted.log()
     assert restarted.stop() == 0
+
+
+def _alerts_pending(state_dir: Path) -> list[str]:
+    """Topics of the messages a stopped monitor left undelivered in its outbox."""
+    from monitor.outbox import Outbox
+
+    with Outbox(state_dir / "outbox.sqlite") as box:
+        return [m.topic for m in box.pending(limit=1000)]
+
+
+def _retained_status(port: int, topic: str) -> str:
+    collector = MqttCollector(port, topic).start()
+    try:
+        got = collector.wait_for(lambda m: m.retain, 10)
+    finally:
+        collector.stop()
+    assert got, f"no retained message on {topic}"
+    return str(got[-1].json()["state"])
+
+
+def _start_and_detect_while_broker_down(
+    broker: Mosquitto, bank_csv: Path, state: Path, monitor_factory: Callable[..., MonitorProcess], prefix: str
+) -> tuple[MonitorProcess, subprocess.Popen[bytes], dict[str, object]]:
+    """A monitor that saw entries 2 and 3 while the broker was down: two alerts and their incidents wait."""
+    port = free_port()
+    gen = start_stream(port, 20, ["1:3:7", "2:9:13"])
+    time.sleep(0.5)
+    base: dict[str, object] = {"node": "t1", "broker": {"url": broker.url, "topic_prefix": prefix},
+                               "banks": [{"name": "known", "path": str(bank_csv)}], "state_dir": str(state)}
+    mon = monitor_factory({**base, "streams": [{"id": "s", "url": f"tcp://127.0.0.1:{port}"}],
+                           "ingest": {"backoff_initial_s": 0.1, "backoff_max_s": 0.5}})
+    deadline = time.monotonic() + 30
+    while "connected to MQTT broker" not in mon.log():
+        assert time.monotonic() < deadline and mon.proc.poll() is None, mon.log()
+        time.sleep(0.1)
+    broker.stop()
+    while mon.log().count("ALERT stream=s") < 2:
+        assert time.monotonic() < deadline + 30, mon.log()
+        time.sleep(0.2)
+    time.sleep(1.0)  # the incident updates follow their alerts into the outbox
+    return mon, gen, base
+
+
+def test_sigterm_just_after_the_broker_returns_delivers_what_waits_before_exit(
+    durable_broker: Mosquitto, bank_csv: Path, tmp_path: Path, monitor_factory: Callable[..., MonitorProcess]
+) -> None:
+    state = tmp_path / "state"
+    collector = DurableCollector(durable_broker.port, "t/+/alerts/+")
+    mon, gen, _ = _start_and_detect_while_broker_down(durable_broker, bank_csv, state, monitor_factory, "t")
+    try:
+        assert collector.alert_ids_by_entry() == {}
+        durable_broker.start()  # the monitor's reconnect backoff is seconds long by now
+        t0 = time.monotonic()
+        mon.proc.send_signal(signal.SIGTERM)
+        code = mon.proc.wait(30)
+        took = time.monotonic() - t0
+        pending_after_exit = _alerts_pending(state)
+        time.sleep(2)  # anything the broker still had queued for the collector
+    finally:
+        gen.kill()
+        collector.stop()
+    log = mon.log()
+    print(f"SIGTERM to exit, broker back: {took:.1f} s")  # shown with -s (docs/fault-cases.md)
+    assert code == 0 and took < 15, (code, took, log)
+    # Delivered by the process that stopped (nothing else ran): its outbox is empty, each alert arrived once.
+    assert pending_after_exit == [], log
+    assert {k: len(v) for k, v in collector.alert_ids_by_entry().items()} == {"2": 1, "3": 1}, log
+    assert re.search(r"shutting down: delivering \d+ alerts and incident updates that wait", log), log
+    assert "shutdown: outbox flushed, every alert and incident update was delivered" in log, log
+    assert "node status 'offline' published" in log and "stopped: 2 alerts sent" in log, log
+    assert "Traceback" not in log, log
+    assert _retained_status(durable_broker.port, "t/t1/status") == "offline"
+
+
+def test_sigterm_while_the_broker_is_down_keeps_what_waits_for_the_restart(
+    durable_broker: Mosquitto, bank_csv: Path, tmp_path: Path, monitor_factory: Callable[..., MonitorProcess]
+) -> None:
+    state = tmp_path / "state"
+    collector = DurableCollector(durable_broker.port, "u/+/alerts/+")
+    mon, gen, base = _start_and_detect_while_broker_down(durable_broker, bank_csv, state, monitor_factory, "u")
+    try:
+        t0 = time.monotonic()
+        mon.proc.send_signal(signal.SIGTERM)
+        code = mon.proc.wait(30)
+        took = time.monotonic() - t0
+        left = _alerts_pending(state)
+        durable_broker.start()
+        restarted = monitor_factory(base)  # same state_dir, no streams: only the outbox to deliver
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and sum(map(len, collector.alert_ids_by_entry().values())) < 2:
+            time.sleep(0.3)
+        time.sleep(2)  # a duplicate would arrive now
+        restarted_code = restarted.stop()
+    finally:
+        gen.kill()
+        collector.stop()
+    log = mon.log()
+    print(f"SIGTERM to exit, broker unreachable: {took:.1f} s")  # shown with -s (docs/fault-cases.md)
+    # The broker was unreachable for the whole shutdown: a bounded wait, then exit 0 with everything on disk.
+    assert code == 0 and took < 15, (code, took, log)
+    assert sum("/alerts/" in t for t in left) == 2 and sum("/incidents/" in t for t in left) >= 2, left
+    assert re.search(r"shutdown: \d+ alerts and incident updates not delivered within 5 s \(broker unreachable\): "
+                     r"\d+ stay in the outbox .*outbox\.sqlite and are sent after a restart, 0 held in memory",
+                     log), log
+    assert "stopped: 2 alerts sent" in log and "Traceback" not in log, log
+    assert {k: len(v) for k, v in collector.alert_ids_by_entry().items()} == {"2": 1, "3": 1}, restarted.log()
+    assert "undelivered messages from an earlier run" in restarted.log()
+    assert restarted_code == 0 and _alerts_pending(state) == []
+    assert "shutdown: outbox flushed" in restarted.log()
+    assert _retained_status(durable_broker.port, "u/t1/status") == "offline"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import random
 import signal
@@ -11,8 +13,9 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -269,3 +272,166 @@ def test_sigkill_keeps_every_acknowledged_put(tmp_path: Path) -> None:
         assert {m.msg_id for m in box.pending(limit=100_000)} >= never_marked
         assert not sent & {m.msg_id for m in box.pending(limit=100_000)}
         assert box.put(OutboxMessage(sorted(acked)[0], "t/x", b"", 1, False, 0.0)) is False
+
+
+# -- an outbox that cannot be written, seen from the publisher --------------------------------------------------
+
+
+def full_outbox(path: Path) -> Outbox:
+    """An outbox whose size cap is reached: every put fails with disk_full, as on a full disk."""
+    box = Outbox(path, max_bytes=32 * 4096)
+    i = 0
+    for size in (3000, 300, 30):  # down to the last bytes of the last page
+        while True:
+            try:
+                box.put(msg(10_000 + i, payload=f"m{10_000 + i}|".encode().ljust(size, b".")))
+            except OutboxError as exc:
+                assert exc.disk_full
+                break
+            i += 1
+    return box
+
+
+def make_room(box: Outbox) -> None:
+    """What freeing disk space does for the capped outbox."""
+    assert box._conn is not None
+    box._conn.execute("PRAGMA max_page_count=1000000")
+
+
+def test_check_writable_probes_without_leaving_a_row(tmp_path: Path) -> None:
+    box = full_outbox(tmp_path / "o.db")
+    before = box.pending(limit=10_000)
+    with pytest.raises(OutboxError) as err:
+        box.check_writable()
+    assert err.value.disk_full and err.value.operation == "check_writable"
+    make_room(box)
+    box.check_writable()
+    assert box.pending(limit=10_000) == before
+    assert box._conn is not None
+    assert box._conn.execute("SELECT count(*) FROM outbox WHERE topic = 'probe'").fetchone()[0] == 0
+    box.close()
+
+
+def _publisher(box: Outbox | None, port: int = 1, memory_limit: int = 10_000) -> Any:
+    from monitor.config import BrokerConfig
+    from monitor.mqtt import MqttPublisher
+
+    return MqttPublisher(BrokerConfig(url=f"mqtt://127.0.0.1:{port}", protocol="3.1.1"), "n", box,
+                         memory_limit=memory_limit)
+
+
+def test_publisher_holds_messages_the_full_outbox_refuses_and_stores_them_once_there_is_room(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    box = full_outbox(tmp_path / "o.db")
+    stored_before = box.depth()
+    pub = _publisher(box)
+    pub.send_durable("a1", "t/n/alerts/s", {"n": 1})
+    pub.send_durable("a2", "t/n/alerts/s", {"n": 2})
+    assert pub.held == 2 and pub.held_total == 2
+    status = pub.delivery_status()
+    assert status["outbox_writable"] is False and "disk is full" in status["outbox_error"]
+    assert status["held_in_memory"] == 2 and status["outbox_depth"] == stored_before
+    assert pub.durable_pending == stored_before + 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and str(box.path) in errors[0] and "disk full?" in errors[0]  # said once, with where
+    pub._recover()  # still full: nothing changes
+    assert pub.held == 2 and pub.outbox_error is not None
+    make_room(box)
+    pub._recover()
+    assert pub.held == 0 and pub.outbox_error is None
+    assert [m.msg_id for m in box.pending(limit=10_000)][-2:] == ["a1", "a2"]
+    assert any("can be written again" in r.getMessage() for r in caplog.records)
+    pub.send_durable("a3", "t/n/alerts/s", {"n": 3})  # stored as usual again
+    assert pub.held == 0 and box.depth() == stored_before + 3
+    box.close()
+
+
+def test_publisher_memory_limit_drops_incident_updates_before_alerts(tmp_path: Path) -> None:
+    box = full_outbox(tmp_path / "o.db")
+    pub = _publisher(box, memory_limit=3)
+    pub.send_durable("i1", "t/n/incidents/x", {"s": "open"}, retain=True)
+    pub.send_durable("a1", "t/n/alerts/s", {"n": 1})
+    pub.send_durable("a2", "t/n/alerts/s", {"n": 2})
+    pub.send_durable("a3", "t/n/alerts/s", {"n": 3})  # full: the incident update goes
+    assert [m.msg_id for m in pub._held] == ["a1", "a2", "a3"] and pub.dropped == 1
+    pub.send_durable("a4", "t/n/alerts/s", {"n": 4})  # only alerts held: the new one is refused
+    assert [m.msg_id for m in pub._held] == ["a1", "a2", "a3"] and pub.dropped == 2
+    box.close()
+
+
+def test_a_long_backlog_is_stored_in_batches_in_order(tmp_path: Path) -> None:
+    from monitor.mqtt import STORE_BATCH
+
+    box = full_outbox(tmp_path / "o.db")
+    before = box.depth()
+    pub = _publisher(box)
+    n = 2 * STORE_BATCH + 7
+    for i in range(n):
+        pub.send_durable(f"b{i}", "t/n/alerts/s", {"n": i})
+    assert pub.held == n
+    make_room(box)
+    rounds = 1
+    while pub._recover():  # one batch per call, so the event loop runs in between
+        rounds += 1
+    assert rounds == 3 and pub.held == 0 and pub.outbox_error is None
+    assert [m.msg_id for m in box.pending(limit=10_000)][before:] == [f"b{i}" for i in range(n)]
+    box.close()
+
+
+async def _deliver_with_full_outbox(box: Outbox) -> tuple[list[bytes], Any]:
+    import aiomqtt
+
+    from monitor.broker import EmbeddedBroker
+
+    got: list[bytes] = []
+    async with EmbeddedBroker() as broker, aiomqtt.Client("127.0.0.1", broker.port,
+                                                          protocol=aiomqtt.ProtocolVersion.V311) as sub:
+        await sub.subscribe("livesafe/alerts/#", qos=1)
+
+        async def collect() -> None:
+            async for m in sub.messages:
+                assert isinstance(m.payload, bytes)
+                got.append(m.payload)
+
+        collector = asyncio.create_task(collect())
+        # The broker acknowledges, but the outbox cannot record that: the rows stay pending on disk.
+        real_mark_sent = box.mark_sent
+        failing = True
+
+        def mark_sent(ids: Iterable[str], *, now: float | None = None) -> int:
+            if failing:
+                raise OutboxError(box.path, "mark_sent", "database or disk is full")
+            return real_mark_sent(ids, now=now)
+
+        box.mark_sent = mark_sent  # type: ignore[method-assign]
+        pub = _publisher(box, broker.port)
+        stop = asyncio.Event()
+        await pub.start()
+        task = asyncio.create_task(pub.run(stop))
+        await asyncio.wait_for(pub.connected.wait(), 10)
+        pub.send_durable("held-1", "livesafe/alerts/s1", {"id": "held-1"})  # not storable: held, sent directly
+        await asyncio.sleep(3.0)  # every pending row and held-1 go out; a re-send would show up now too
+        assert pub.held == 0 and pub.outbox_error is not None and pub.durable_pending == 0
+        failing = False
+        make_room(box)
+        for _ in range(50):  # retried every RECOVERY_INTERVAL_S
+            if pub.outbox_error is None:
+                break
+            await asyncio.sleep(0.1)
+        assert await pub.flush(2.0)
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        collector.cancel()
+    return got, pub
+
+
+def test_publisher_delivers_directly_while_the_outbox_is_full_and_never_twice(tmp_path: Path) -> None:
+    box = full_outbox(tmp_path / "o.db")
+    stored = [m.msg_id for m in box.pending(limit=10_000)]
+    got, pub = asyncio.run(_deliver_with_full_outbox(box))
+    received = [json.loads(p)["id"] if p.startswith(b"{") else p.split(b"|")[0].decode() for p in got]
+    assert sorted(received) == sorted([*stored, "held-1"])  # each once
+    assert pub.outbox_error is None and pub.held == 0
+    assert box.depth() == 0  # what was delivered meanwhile is marked sent once the outbox can be written
+    box.close()
