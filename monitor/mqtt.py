@@ -144,6 +144,7 @@ class MqttPublisher:
         self._unmarked: set[str] = set()  # delivered from the outbox, but mark_sent failed: not to be sent again
         self._wake = asyncio.Event()
         self._flushing = asyncio.Event()  # shutting down: reconnect at once and often, to deliver what waits
+        self._said_flush_retry = False
         self._retained: dict[str, Outgoing] = {}  # latest state per topic, re-sent after each reconnect
         self.sent = 0
         self.reconnects = 0
@@ -390,8 +391,12 @@ class MqttPublisher:
                     flushing = self._flushing.is_set()
                     wait_s = FLUSH_RETRY_S if flushing else delay * random.uniform(0.5, 1.0)
                     if isinstance(exc, aiomqtt.MqttError):
-                        log.warning("MQTT connection lost or refused (%s); %d messages waiting; retry in %.1f s",
-                                    _describe_connect_error(self.cfg, exc), self.pending, wait_s)
+                        # While shutting down it retries every FLUSH_RETRY_S: said once, not each time.
+                        say = log.debug if flushing and self._said_flush_retry else log.warning
+                        self._said_flush_retry = flushing
+                        say("MQTT connection lost or refused (%s); %d messages waiting; retry in %.1f s%s",
+                            _describe_connect_error(self.cfg, exc), self.pending, wait_s,
+                            " (shutting down: retrying until the flush times out)" if flushing else "")
                     else:
                         log.exception("MQTT publisher failed unexpectedly; %d messages waiting; reconnect in "
                                       "%.1f s", self.pending, wait_s)
