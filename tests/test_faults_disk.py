@@ -222,6 +222,7 @@ def test_outbox_disk_full_nothing_lost_sampling_goes_on_and_it_says_so(
             (ta, ma), (tb, mb) = scrapes[a], scrapes[b]
             expected = (tb - ta) / 2
             got = metric(mb, name) - metric(ma, name)
+            print(f"stream {stream}, {a} -> {b}: {got:.0f} samples in {tb - ta:.1f} s")  # shown with -s
             assert got >= expected - 1.5, f"stream {stream} from {a} to {b}: {got} samples in {tb - ta:.1f} s"
         assert set(live_states[stream]) == {"connecting", "live"}, live_states
     # Not one reconnect or stall: the states above may miss a change made while the broker was down, the counter
