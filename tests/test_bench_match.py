@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from monitor.bench_match import flip_bits, main
+from pipelines.mih import SMALL_BANK_EXTRA_BYTES
 
 LATENCY_KEYS = {"build_s", "memory_bytes", "qps_single", "qps_batched", "mean_ms", "p50_ms", "p95_ms", "p99_ms"}
 
@@ -25,7 +26,9 @@ def test_quick_mode_prints_json(capsys: pytest.CaptureFixture[str]) -> None:
         assert ours.keys() >= LATENCY_KEYS
         assert ours["exact"] == 1.0 and ours["exact_checked"] == 20
         assert ours["batched_equals_single"] == 1.0
-        assert 0 < ours["memory_ratio_vs_raw"] <= 2.0
+        # 2x raw, or raw + 16 MB for a small bank (pipelines.mih: the faster layout for a few MB)
+        raw = case["size"] * 40
+        assert 0 < ours["memory_ratio_vs_raw"] <= max(2.0, (raw + SMALL_BANK_EXTRA_BYTES) / raw)
         assert ours["p50_ms"] <= ours["p95_ms"] <= ours["p99_ms"]
         faiss = case["faiss"]
         if "skipped" in faiss:
