@@ -45,7 +45,7 @@ CODE_BITS = 8 * CODE_BYTES
 MAX_PREFIX_BITS = 24
 MEMORY_CAP = 1.99  # index bytes / (raw codes + ids) the layout choice stays under ...
 # ... or raw + this, whichever is more: a 100k bank then takes the 16-table layout (12.7 MB instead of 7.7 MB) and
-# answers a sample's 11 probes in 0.4 ms instead of 2.2 ms. From ~1.6M codes up the ratio decides.
+# answers a sample's 11 probes in 0.4 ms instead of 2.2 ms. From ~420k codes up the ratio decides.
 SMALL_BANK_EXTRA_BYTES = 16 << 20
 # Planner costs in ns on one core (measured on a Xeon, 10M codes). Only ratios matter.
 COST_PROBE = 35.0  # one bucket lookup: two random reads in an offset array, range expansion
