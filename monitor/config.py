@@ -135,6 +135,7 @@ class MatchingConfig(_Strict):
     boxes: bool = True  # inner rectangles (picture-in-picture, content inset in another picture)
     crops: bool = False  # a few fixed crops of each sample
     pip: bool = False  # the four quadrants and the centre at 1/4 area
+    tones: bool = True  # the frame re-toned by four gammas (brightness/contrast/gamma changed by the stream)
 
 
 class BankReloadConfig(_Strict):

@@ -84,7 +84,7 @@ def load_banks(banks: Sequence[BankConfig], previous: Sequence[Bank] = ()) -> li
 
 def make_matcher(banks: Sequence[Bank], m: MatchingConfig) -> KnownContentMatcher:
     return KnownContentMatcher(banks, m.min_quality, strip_bars=m.strip_bars, dihedral=m.dihedral, boxes=m.boxes,
-                               crops=m.crops, pip=m.pip)
+                               crops=m.crops, pip=m.pip, tones=m.tones)
 
 
 def backoff_delay(attempt: int, initial: float, maximum: float, rng: random.Random) -> float:

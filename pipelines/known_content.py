@@ -1,7 +1,8 @@
 """Known-content matching: fingerprint the sample, look it up in every bank, report findings.
 
 Besides the plain hash of the frame, the matcher looks up the probes of pipelines.robust: the frame without black
-bars, its 8 rotations/mirrors, detected inner pictures (picture-in-picture), optionally fixed crops and quadrants.
+bars, its 8 rotations/mirrors, detected inner pictures (picture-in-picture) and corner overlays evened out, the
+frame re-toned by a few gammas, optionally fixed crops and quadrants.
 Each switch is a keyword argument; the defaults are the recommended configuration (docs/eval-images.md).
 A sample yields at most one Finding per (bank, entry): the probe at the smallest distance, whose hash is the
 Finding's `sample_hash` (so `distance` is the distance between `sample_hash` and the entry).
@@ -59,10 +60,12 @@ class KnownContentMatcher:
         boxes: bool = True,
         crops: bool = False,
         pip: bool = False,
+        tones: bool = True,
     ) -> None:
         self._banks: tuple[Bank, ...] = tuple(banks)
         self.min_quality = min_quality
-        self.options = RobustOptions(strip_bars=strip_bars, dihedral=dihedral, crops=crops, pip=pip, boxes=boxes)
+        self.options = RobustOptions(strip_bars=strip_bars, dihedral=dihedral, crops=crops, pip=pip, boxes=boxes,
+                                     tones=tones)
         self.stats = MatcherStats()
         self._lock = threading.Lock()
 

@@ -15,6 +15,9 @@ triples -- that are looked up alongside the plain hash of the full frame:
 - `pip`: picture-in-picture search at fixed places: the four quadrants and the centre, each a quarter of the area.
   PDQ does not survive a shift of more than 1-2% of the picture, so this only finds a window that sits exactly in a
   quadrant; `boxes` finds it wherever it is.
+- `tones`: the frame re-toned by four gamma curves (`TONE_GAMMAS`): a stream whose brightness, contrast or gamma
+  was changed moves PDQ by up to ~40 bits (gamma recall at 31: 96.3% -> 99.0%, docs/eval-images.md). Identity
+  orientation only.
 - `boxes`: inner rectangles found by long straight edges (`detect_boxes`): a picture-in-picture window, content
   inset in a stream layout or framed by a non-black border. Up to 3 per sample. A small box in a corner is more
   often an overlay on the picture (a logo plate, a chat box, a semi-transparent watermark): the frame is also
@@ -39,6 +42,7 @@ import numpy.typing as npt
 from pipelines.fingerprint import (
     DIHEDRAL,
     DIHEDRAL_INVERSE,
+    hash_input,
     pdq,
     pdq_dihedral,
     phash,
@@ -48,7 +52,7 @@ from pipelines.hamming import Codes
 
 Image = npt.NDArray[np.uint8]
 
-SWITCH_NAMES = ("strip_bars", "dihedral", "crops", "pip", "boxes")
+SWITCH_NAMES = ("strip_bars", "dihedral", "crops", "pip", "boxes", "tones")
 FULL = "full"
 STRIPPED = "stripped"
 CROP_VIEWS = ("crop90_c", "crop80_c", "crop90_tl", "crop90_tr", "crop90_bl", "crop90_br")
@@ -56,6 +60,11 @@ PIP_VIEWS = ("pip_tl", "pip_tr", "pip_bl", "pip_br", "pip_c")
 MAX_BOXES = 3
 BOX_VIEWS = tuple(f"box{i + 1}" for i in range(MAX_BOXES))
 OVERLAY_VIEWS = tuple(f"overlay{i + 1}" for i in range(MAX_BOXES))
+# `tones`: the frame re-toned by these gammas (undoing a stream's gamma of 0.65, 0.8, 1.35, 1.55), applied to the
+# 64x64 reduction PDQ hashes anyway, so each costs a lookup table and a PDQ of 64x64 (~0.1 ms).
+TONE_GAMMAS = (1 / 0.65, 1 / 0.8, 1 / 1.35, 1 / 1.55)
+TONE_VIEWS = tuple(f"tone{i + 1}" for i in range(len(TONE_GAMMAS)))
+_TONE_LUTS = [np.clip((np.arange(256) / 255.0) ** g * 255.0 + 0.5, 0, 255).astype(np.uint8) for g in TONE_GAMMAS]
 
 
 # Bars are searched on a copy at most this long on its longer side, at a quarter of the CPU (a bar edge found to
@@ -82,14 +91,15 @@ class RobustOptions:
     crops: bool = False
     pip: bool = False
     boxes: bool = True
+    tones: bool = True
 
     @classmethod
     def none(cls) -> RobustOptions:
-        return cls(strip_bars=False, dihedral=False, crops=False, pip=False, boxes=False)
+        return cls(**dict.fromkeys(SWITCH_NAMES, False))
 
     @classmethod
     def all(cls) -> RobustOptions:
-        return cls(strip_bars=True, dihedral=True, crops=True, pip=True, boxes=True)
+        return cls(**dict.fromkeys(SWITCH_NAMES, True))
 
     def label(self) -> str:
         on = [n for n in SWITCH_NAMES if getattr(self, n)]
@@ -454,6 +464,10 @@ def compute_probes(
         bars = detect_bars(rgb)
         if bars:
             probes += _view_probes(STRIPPED, bars.crop(rgb), opts.dihedral, signals)
+    if opts.tones:
+        small = hash_input(rgb)
+        for name, table in zip(TONE_VIEWS, _TONE_LUTS, strict=True):
+            probes += _view_probes(name, np.asarray(cv2.LUT(small, table), np.uint8), False, signals)
     if opts.crops:
         for name, view in crop_views(rgb):
             probes += _view_probes(name, view, False, signals)
@@ -482,6 +496,7 @@ def select_probes(probes: list[Probe], options: RobustOptions) -> list[Probe]:
             (p.view in CROP_VIEWS and options.crops)
             or (p.view in PIP_VIEWS and options.pip)
             or (p.view in BOX_VIEWS + OVERLAY_VIEWS and options.boxes)
+            or (p.view in TONE_VIEWS and options.tones)
         ):
             keep.append(p)
     return keep

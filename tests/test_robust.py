@@ -228,6 +228,20 @@ def test_watermark_plates_found_through_the_overlay_view() -> None:
     assert overlay >= 3, (plain, overlay)  # found only with the corner evened out
 
 
+def test_gamma_changed_pictures_found_through_the_tone_views() -> None:
+    pictures = [known_image(s, W, H) for s in range(40, 80)]
+    bank = bank_of(pictures)
+    off = on = via_tone = 0
+    for seed, pic in enumerate(pictures):
+        shown = sample(as_stream(tf.gamma(pic, seed)))
+        off += bool(KnownContentMatcher([bank], tones=False).process(shown))
+        matches = KnownContentMatcher([bank]).process_detailed(shown)
+        assert {m.finding.entry_id for m in matches} <= {f"e{seed}"}  # never another picture
+        on += bool(matches)
+        via_tone += bool(matches) and matches[0].view.startswith("tone")
+    assert on >= off + 2 and via_tone >= 2, (off, on, via_tone)
+
+
 def test_pip_in_a_quadrant_found_by_pip_switch(pictures: list[np.ndarray]) -> None:
     bank = bank_of(pictures)
     pic = pictures[2]
