@@ -74,6 +74,13 @@ class Mosquitto:
         return f"mqtt://127.0.0.1:{self.port}"
 
     def start(self) -> Mosquitto:
+        if self.persistence and os.geteuid() == 0:
+            # Started as root, Mosquitto drops to the `mosquitto` user, which could not write a root-owned folder:
+            # it would log "Permission denied" at shutdown and forget every session (and their queued messages).
+            try:
+                shutil.chown(self.folder, user="mosquitto")
+            except (LookupError, OSError):
+                self.folder.chmod(0o777)
         conf = self.folder / "mosquitto.conf"
         conf.write_text(
             f"listener {self.port} 127.0.0.1\n"

@@ -3,13 +3,10 @@ alerts waiting (delivered before exit when the broker is back, kept on disk for 
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -49,27 +46,10 @@ class DurableCollector:
         self.client.disconnect()
 
 
-def persistent_mosquitto() -> Mosquitto:
-    """A Mosquitto that keeps sessions and their queued QoS 1 messages across its own restarts.
-
-    Started as root, Mosquitto drops to the `mosquitto` user, which cannot write a folder only root may write:
-    it would log "Permission denied" at shutdown and forget every session, and a durable subscriber would miss
-    what was published before it reconnected. So the folder is handed over to that user.
-    """
-    folder = Path(tempfile.mkdtemp(prefix="mosq-"))
-    folder.chmod(0o755)
-    if os.geteuid() == 0:
-        try:
-            shutil.chown(folder, user="mosquitto")
-        except (LookupError, OSError):
-            folder.chmod(0o777)
-    return Mosquitto(persistence=True, folder=folder)
-
-
 @pytest.fixture
 def durable_broker() -> Iterator[Mosquitto]:
     require_tools()
-    m = persistent_mosquitto().start()
+    m = Mosquitto(persistence=True).start()  # sessions survive its restarts (infra hands it its folder)
     yield m
     m.close()
 

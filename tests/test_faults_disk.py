@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from test_streams.infra import free_port
+from test_streams.infra import Mosquitto, free_port
 
 from .conftest import REPO, MonitorProcess, MqttCollector, require_tools, run_cli
-from .test_faults_delivery import DurableCollector, persistent_mosquitto
+from .test_faults_delivery import DurableCollector
 
 pytestmark = [pytest.mark.realinfra, pytest.mark.slow]
 
@@ -108,7 +108,7 @@ def test_outbox_disk_full_nothing_lost_sampling_goes_on_and_it_says_so(
     collector_factory: Callable[..., MqttCollector],
 ) -> None:
     require_tools()
-    broker = persistent_mosquitto().start()  # keeps the durable subscriber's queue across its restart
+    broker = Mosquitto(persistence=True).start()  # keeps the durable subscriber's queue across its restart
     pk, pc, mport = free_port(), free_port(), free_port()
     state = small_tmpfs / "state"
     # Known images on stream "k" (bank entries 1..3 are known-0..2), in stream seconds: entry 1 before the disk
