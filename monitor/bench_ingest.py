@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import ctypes
 import gc
-import inspect
 import itertools
 import json
 import math
@@ -62,6 +61,7 @@ from pipelines.base import Finding, Sample
 from pipelines.fingerprint import pdq
 from pipelines.hamming import CODE_BYTES
 from pipelines.known_content import KnownContentMatcher
+from pipelines.robust import SWITCH_NAMES
 from test_streams.images import Background
 
 INPUT_VERSION = 1  # bump when the encoding settings change (the cache key)
@@ -248,15 +248,13 @@ def stage_breakdown(path: Path, cfg: IngestConfig, bank: Bank) -> dict[str, floa
     return {f"{k}_ms_per_keyframe": round(v / max(1, n) * 1e3, 3) for k, v in totals.items()}
 
 
-ROBUST_SWITCHES = ("strip_bars", "dihedral", "boxes", "crops", "pip")
 
 
 def make_matcher(bank: Bank, single_probe: bool = False) -> KnownContentMatcher:
     """The matcher as the engine builds it by default, or with every robustness switch off (one probe)."""
     if not single_probe:
         return KnownContentMatcher([bank])
-    params = inspect.signature(KnownContentMatcher).parameters
-    return KnownContentMatcher([bank], **{k: False for k in ROBUST_SWITCHES if k in params})
+    return KnownContentMatcher([bank], **dict.fromkeys(SWITCH_NAMES, False))
 
 
 def describe_matcher(matcher: KnownContentMatcher) -> dict[str, Any]:

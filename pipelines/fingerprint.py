@@ -27,7 +27,9 @@ PDQ_SIDE = 64
 
 
 def hash_input(rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
-    """The view as PDQ sees it: area-reduced to at most PDQ_SIDE x PDQ_SIDE (aspect not kept: PDQ drops it)."""
+    """The view as PDQ sees it: area-reduced to at most PDQ_SIDE x PDQ_SIDE (aspect not kept: PDQ drops it).
+    A view already that small comes back as it is (compute_probes reduces the full frame once for several
+    probes)."""
     h, w = rgb.shape[:2]
     size = (min(w, PDQ_SIDE), min(h, PDQ_SIDE))
     if size == (w, h):

@@ -459,13 +459,13 @@ def compute_probes(
     """Every probe of one sample, the plain full-frame hash first. PDQ is always computed (it carries the
     quality); pHash only when "phash" is in `signals`."""
     opts = RobustOptions() if options is None else options
-    probes = _view_probes(FULL, rgb, opts.dihedral, signals)
+    small = hash_input(rgb)  # the full frame as PDQ sees it, reduced once for the plain, dihedral and tone probes
+    probes = _view_probes(FULL, small, opts.dihedral, signals)
     if opts.strip_bars:
         bars = detect_bars(rgb)
         if bars:
             probes += _view_probes(STRIPPED, bars.crop(rgb), opts.dihedral, signals)
     if opts.tones:
-        small = hash_input(rgb)
         for name, table in zip(TONE_VIEWS, _TONE_LUTS, strict=True):
             probes += _view_probes(name, np.asarray(cv2.LUT(small, table), np.uint8), False, signals)
     if opts.crops:
