@@ -3,7 +3,9 @@
     {prefix}/{node}/status                   retained node status {"node","state":"online"|"offline","at"};
                                              the last will sets it offline
     {prefix}/{node}/health                   retained, MQTT 5 message expiry: {"node","at","streams":{state: n},
-                                             "outbox_depth","outbox_oldest_age_s","samples_per_s",...}
+                                             "outbox_depth","outbox_oldest_age_s","outbox_writable",
+                                             "outbox_error","held_in_memory","outbox_write_errors",
+                                             "held_total","dropped","samples_per_s",...}
     {prefix}/{node}/alerts/{stream_id}       alerts, QoS 1, not retained (schemas/alert.schema.json); an alert
                                              carries "incident_id" once incidents exist
     {prefix}/{node}/incidents/{incident_id}  retained incident state, re-published on every change (below)
