@@ -60,8 +60,9 @@ DIHEDRAL_INVERSE = {"rot90": "rot270", "rot270": "rot90"}
 def pdq_dihedral(rgb: npt.NDArray[np.uint8]) -> tuple[list[Codes], int]:
     """PDQ codes of the 8 dihedral variants (order of DIHEDRAL) from one DCT, and the quality.
 
-    Variant 0 equals `pdq(rgb)`; the others are close to, not exactly, the PDQ of the transformed frame
-    (measured: 0-18 bits at 512x288). Costs about the same as one `pdq` call.
+    Variant 0 equals `pdq(rgb)`. Since PDQ is taken from the 64x64 area reduction (`hash_input`), which commutes
+    with flips and quarter turns, the others equal the PDQ of the transformed frame up to rounding (measured 0-6
+    bits on mirrored pictures; 0-18 bits when the reference hashed the 512x288 frame). Costs about one `pdq` call.
     """
     hashes, quality = pdqhash.compute_dihedral(hash_input(rgb))
     return [np.packbits(np.asarray(h, dtype=np.uint8)) for h in hashes], int(quality)
