@@ -63,6 +63,7 @@ from pipelines.hamming import CODE_BYTES
 from pipelines.known_content import KnownContentMatcher
 from pipelines.robust import SWITCH_NAMES
 from test_streams.images import Background
+from test_streams.infra import stop_process
 
 INPUT_VERSION = 1  # bump when the encoding settings change (the cache key)
 WIDTH, HEIGHT, FPS, GOP_S = 1280, 720, 30, 2.0
@@ -563,13 +564,7 @@ class _Shard:
         return self.done
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, 15)
 
 
 def _readers_in_processes(urls: list[tuple[str, str]], seconds: float, processes: int, folder: Path, quick: bool,
@@ -782,12 +777,7 @@ def live_in_child(count: int, seconds: float, folder: Path, quick: bool, process
     try:
         out, _ = proc.communicate(timeout=limit_s)
     except BaseException as exc:  # timeout, Ctrl-C, SIGTERM: the child stops its publishers and nginx itself
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc, 30)
         if isinstance(exc, subprocess.TimeoutExpired):
             return {"streams": count, "error": f"live run took more than {limit_s:.0f} s", "meets_lag_target": False}
         raise

@@ -26,6 +26,7 @@ from monitor.engine import Engine, load_banks
 from monitor.hashfiles import hash_file
 from pipelines.banks import format_bank
 from test_streams.images import known_image
+from test_streams.infra import stop_process
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +145,7 @@ async def _demo(folder: Path, duration_s: float) -> int:
             await console
     finally:
         for g in gens:
-            if g.poll() is None:
-                g.terminate()
-            g.wait(5)
+            stop_process(g)
 
     truth = json.loads(truth_known.read_text())
     lines, detected, false_alerts = summarize(truth, alerts, received, "demo-known", truth["gop_s"])

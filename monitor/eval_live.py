@@ -485,9 +485,9 @@ class HlsServer:
         return self
 
     def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(5)
+        from test_streams.infra import stop_process
+
+        stop_process(self.proc)
 
 
 @dataclass
@@ -537,7 +537,7 @@ def _cwd() -> str | None:
 async def run_live(opts: EvalOptions, plans: Sequence[Sequence[Appearance]], bank: Path, work: Path,
                    base_cfg: dict[str, Any], infra: str, transport: str) -> LiveRun:
     from monitor.config import build_config
-    from test_streams.infra import Mosquitto, NginxRtmp, free_port
+    from test_streams.infra import Mosquitto, NginxRtmp, free_port, stop_process
 
     prefix = "eval"
     sids = [f"eval-{i + 1}" for i in range(opts.streams)]
@@ -589,13 +589,7 @@ async def run_live(opts: EvalOptions, plans: Sequence[Sequence[Appearance]], ban
 
         def kill_generators() -> None:
             for g in gens.values():
-                if g.poll() is None:
-                    g.terminate()
-                    try:
-                        g.wait(5)
-                    except subprocess.TimeoutExpired:
-                        g.kill()
-                        g.wait(5)
+                stop_process(g)
 
         stack.callback(kill_generators)
         for i, sid in enumerate(sids):
@@ -653,13 +647,7 @@ async def run_live(opts: EvalOptions, plans: Sequence[Sequence[Appearance]], ban
             stop.set()
             await engine_task
         if mon_proc is not None:
-            if mon_proc.poll() is None:
-                mon_proc.terminate()
-                try:
-                    await asyncio.to_thread(mon_proc.wait, 30)
-                except subprocess.TimeoutExpired:
-                    mon_proc.kill()
-                    mon_proc.wait(5)
+            await asyncio.to_thread(stop_process, mon_proc, 30)
             if mon_proc.returncode not in (0, None):
                 _say(f"the monitor exited with {mon_proc.returncode}; see {work / 'monitor.log'}", opts.progress)
         await asyncio.sleep(0.5)

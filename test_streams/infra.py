@@ -14,6 +14,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from monitor.broker import free_port as free_port  # re-exported: tests and benchmarks take it from here
 
@@ -40,12 +41,13 @@ def missing_tools() -> list[str]:
     return out
 
 
-def _stop(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM) -> None:
+def stop_process(proc: subprocess.Popen[Any] | None, wait_s: float = 5.0, sig: int = signal.SIGTERM) -> None:
+    """Ask a child to stop (SIGTERM by default), give it `wait_s`, then kill it. Nothing if it is gone already."""
     if proc is None or proc.poll() is not None:
         return
     proc.send_signal(sig)
     try:
-        proc.wait(5)
+        proc.wait(wait_s)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(5)
@@ -96,7 +98,7 @@ class Mosquitto:
         return self
 
     def stop(self) -> None:
-        _stop(self.proc)
+        stop_process(self.proc)
 
     def close(self) -> None:
         self.stop()
@@ -182,7 +184,7 @@ http {{
         return self
 
     def close(self) -> None:
-        _stop(self.proc, signal.SIGQUIT)
+        stop_process(self.proc, sig=signal.SIGQUIT)
         if self.proc is not None and self.proc.stderr is not None:
             self.proc.stderr.close()
         shutil.rmtree(self.folder, ignore_errors=True)
