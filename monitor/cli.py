@@ -289,7 +289,7 @@ def _cmd_console(args: argparse.Namespace) -> int:
 
 
 def _cmd_hash(args: argparse.Namespace) -> int:
-    from monitor.hashfiles import hash_file
+    from monitor.hashfiles import MIN_QUALITY, hash_file
     from pipelines.banks import Entry, format_bank
 
     hexes: list[str] = []
@@ -297,13 +297,12 @@ def _cmd_hash(args: argparse.Namespace) -> int:
     for n, path in enumerate(args.files, start=1):
         for fh in hash_file(path, signal_type=args.signal, every_s=args.every, crops=args.crops):
             if fh.variant is not None:  # a crop window: the same entry, found when the picture is shown cropped
-                if fh.quality >= 50:
-                    hexes.append(fh.hex)
-                    entries.append(Entry(str(n), path.name, (f"variant:{fh.variant}",)))
+                hexes.append(fh.hex)
+                entries.append(Entry(str(n), path.name, (f"variant:{fh.variant}",)))
                 continue
-            if fh.quality < 50:
-                log.warning("%s%s: PDQ quality %d < 50: hashes of such frames match unreliably", path,
-                            f" at {fh.time_s}s" if fh.time_s is not None else "", fh.quality)
+            if fh.quality < MIN_QUALITY:
+                log.warning("%s%s: PDQ quality %d < %d: hashes of such frames match unreliably", path,
+                            f" at {fh.time_s}s" if fh.time_s is not None else "", fh.quality, MIN_QUALITY)
             hexes.append(fh.hex)
             # Every frame of one video shares the file's entry id: together they are one known video.
             entries.append(Entry(str(n), path.name, frame_s=fh.time_s))

@@ -19,6 +19,8 @@ from pipelines.fingerprint import pdq, phash
 from pipelines.hamming import code_to_hex
 from pipelines.robust import bank_crop_variants
 
+MIN_QUALITY = 50  # PDQ quality under which a hash matches unreliably (the matcher's default gate)
+
 
 @dataclass(frozen=True, slots=True)
 class FileHash:
@@ -32,7 +34,8 @@ class FileHash:
 def hash_file(path: Path, *, signal_type: str = "pdq", scale_width: int = 512,
               every_s: float = 1.0, crops: bool = False) -> Iterator[FileHash]:
     """One hash for an image; one per `every_s` seconds (vPDQ style) for a video. `crops`: a still image also
-    yields its crop windows (found then when a stream shows the picture cropped)."""
+    yields its crop windows (found then when a stream shows the picture cropped), those with PDQ quality of at
+    least MIN_QUALITY."""
     try:
         container = av.open(str(path))
     except (av.error.FFmpegError, OSError) as exc:
@@ -59,6 +62,8 @@ def hash_file(path: Path, *, signal_type: str = "pdq", scale_width: int = 512,
                     if crops:
                         for name, view in bank_crop_variants(rgb):
                             vcode, vquality = pdq(view)
+                            if vquality < MIN_QUALITY:
+                                continue  # a window too flat to hash reliably: the picture itself is in the bank
                             if signal_type == "phash":
                                 vcode = phash(view)
                             yield FileHash(str(path), None, code_to_hex(vcode), vquality, name)

@@ -231,15 +231,14 @@ def original_file(a: Appearance, folder: Path) -> Path:
 def hash_originals(originals: Sequence[tuple[str, Path]], crops: bool = False) -> list[tuple[str, str, str, int]]:
     """(entry id, label, PDQ hex, quality) for each original: one entry for a picture, one per second of a video
     (`monitor hash` semantics, `<key>@<t>s` ids). `crops`: a picture's crop windows too (`monitor hash --crops`:
-    the picture's entry id, the window named in the label), those under the quality gate left out."""
+    the picture's entry id, the window named in the label)."""
     from monitor.hashfiles import hash_file
 
     rows: list[tuple[str, str, str, int]] = []
     for key, path in originals:
         for fh in hash_file(path, crops=crops):
             if fh.variant is not None:
-                if fh.quality >= 50:
-                    rows.append((key, f"{path.name}#{fh.variant}", fh.hex, fh.quality))
+                rows.append((key, f"{path.name}#{fh.variant}", fh.hex, fh.quality))
             elif fh.time_s is None:
                 rows.append((key, path.name, fh.hex, fh.quality))
             else:
