@@ -43,7 +43,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -468,6 +468,9 @@ def _summary(values: list[float]) -> dict[str, Any]:
             "max_ms": _ms(max(values) if values else None), "n": len(values)}
 
 
+Measuring = Callable[[], contextlib.AbstractContextManager[None]]  # the measuring window (CPU of the helpers)
+
+
 @dataclass
 class ReaderRun:
     """What the readers of one live level recorded, in whichever process(es) they ran."""
@@ -482,7 +485,7 @@ class ReaderRun:
     processes: int
 
 
-def _settle(live_count: Any, n: int, settle_timeout_s: float) -> int:
+def _settle(live_count: Callable[[], int], n: int, settle_timeout_s: float) -> int:
     """Wait until every stream has delivered a sample (or the timeout), then one GOP more."""
     deadline = time.monotonic() + settle_timeout_s
     while time.monotonic() < deadline and live_count() < n:
@@ -494,7 +497,7 @@ def _settle(live_count: Any, n: int, settle_timeout_s: float) -> int:
 
 
 def _readers_in_threads(urls: list[tuple[str, str]], seconds: float, cfg: IngestConfig, bank: Bank,
-                        settle_timeout_s: float, out: dict[str, Any], measuring: Any) -> ReaderRun:
+                        settle_timeout_s: float, out: dict[str, Any], measuring: Measuring) -> ReaderRun:
     """Every reader a thread of this process."""
     matcher = KnownContentMatcher([bank])
     book = AlertBook()
@@ -568,7 +571,7 @@ class _Shard:
 
 
 def _readers_in_processes(urls: list[tuple[str, str]], seconds: float, processes: int, folder: Path, quick: bool,
-                          settle_timeout_s: float, out: dict[str, Any], measuring: Any) -> ReaderRun:
+                          settle_timeout_s: float, out: dict[str, Any], measuring: Measuring) -> ReaderRun:
     """The readers sharded over `processes` reader processes, as `workers` shards a monitor's streams."""
     shards = [_Shard(urls[k::processes], folder, quick) for k in range(processes)]
     try:
