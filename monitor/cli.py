@@ -79,18 +79,26 @@ def _bank_arg(text: str) -> dict[str, str]:
 def _add_broker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--broker", metavar="URL", help="mqtt://HOST:PORT or mqtts://HOST:PORT")
     p.add_argument("--username")
-    p.add_argument("--password")
+    # Refused with a clear message (see _broker_overrides): arguments show in every user's process list.
+    p.add_argument("--password", help=argparse.SUPPRESS)
+    p.add_argument("--password-file", type=Path, metavar="FILE",
+                   help="read the broker password from FILE (or set MONITOR_BROKER_PASSWORD)")
     p.add_argument("--ca-file", type=Path)
     p.add_argument("--prefix", dest="topic_prefix", help="topic prefix (default livesafe)")
 
 
 def _broker_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("broker", "username", "password", "ca_file", "topic_prefix")
+    if getattr(args, "password", None) is not None:
+        raise ConfigError("--password is no longer accepted: every user on this host can read it in the process "
+                          "list (change that password now); use --password-file FILE or the "
+                          "MONITOR_BROKER_PASSWORD environment variable")
+    keys = ("broker", "username", "password_file", "ca_file", "topic_prefix")
     out = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
     if "broker" in out:
         out["url"] = out.pop("broker")
-    if "ca_file" in out:
-        out["ca_file"] = str(out["ca_file"])
+    for key in ("ca_file", "password_file"):
+        if key in out:
+            out[key] = str(out[key])
     return out
 
 
@@ -263,13 +271,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_console(args: argparse.Namespace) -> int:
-    from monitor.config import BrokerConfig
+    from pydantic import ValidationError
+
+    from monitor.config import BrokerConfig, _describe
     from monitor.console import run_console
 
     try:
         cfg = BrokerConfig.model_validate(_broker_overrides(args))
-    except Exception as exc:
-        raise ConfigError(f"console: {exc}") from None
+    except ValidationError as exc:  # described field by field: the input (a URL with a password) is not echoed
+        raise ConfigError(_describe(exc, "console")) from None
     if not args.json and not args.lines and sys.stdout.isatty():
         from monitor.tui import run_tui
 

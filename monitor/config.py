@@ -30,6 +30,9 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+BROKER_PASSWORD_ENV = "MONITOR_BROKER_PASSWORD"
+
+
 class BrokerConfig(_Strict):
     url: str = "mqtt://127.0.0.1:1883"
     username: str | None = None
@@ -44,7 +47,15 @@ class BrokerConfig(_Strict):
     @field_validator("url")
     @classmethod
     def _check_url(cls, v: str) -> str:
-        parts = urlsplit(v)
+        try:
+            parts = urlsplit(v)
+            parts.port  # noqa: B018 (a port that is not a number raises here)
+        except ValueError:
+            raise ValueError("must look like mqtt://HOST:PORT or mqtts://HOST:PORT") from None
+        if "@" in parts.netloc:
+            # Never used to log in, and a URL is logged and shown: the secret would leak (the input is not echoed).
+            raise ValueError("must not hold user:password@: give broker.username, and the password in "
+                             "broker.password_file or the MONITOR_BROKER_PASSWORD environment variable")
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
             raise ValueError("must look like mqtt://HOST:PORT or mqtts://HOST:PORT")
         return v
@@ -57,8 +68,13 @@ class BrokerConfig(_Strict):
         return v
 
     def secret(self) -> str | None:
-        if self.password is not None or self.password_file is None:
+        """The password: broker.password, else broker.password_file, else MONITOR_BROKER_PASSWORD (or None).
+
+        Never from the command line: arguments are visible to every user in the process list."""
+        if self.password is not None:
             return self.password
+        if self.password_file is None:
+            return os.environ.get(BROKER_PASSWORD_ENV) or None
         try:
             return self.password_file.read_text(encoding="utf-8").strip()
         except OSError as exc:

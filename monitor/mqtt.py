@@ -26,6 +26,7 @@ from monitor import topics
 from monitor.config import BrokerConfig
 from monitor.errors import BrokerError
 from monitor.outbox import Outbox, OutboxError, OutboxMessage
+from monitor.urls import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def _describe_connect_error(cfg: BrokerConfig, exc: Exception) -> str:
         why = f"TLS failed: {exc.__cause__}"
     else:
         why = text or type(exc).__name__
-    return f"cannot connect to MQTT broker {cfg.url}: {why}"
+    return f"cannot connect to MQTT broker {redact_url(cfg.url)}: {why}"
 
 
 def make_client(cfg: BrokerConfig, client_id: str, protocol: aiomqtt.ProtocolVersion,
@@ -369,7 +370,7 @@ class MqttPublisher:
                     async with make_client(self.cfg, self.client_id, self.protocol, will) as client:
                         delay = 0.5
                         self.connected.set()
-                        log.info("connected to MQTT broker %s (MQTT %s)", self.cfg.url,
+                        log.info("connected to MQTT broker %s (MQTT %s)", redact_url(self.cfg.url),
                                  "5" if self.protocol == aiomqtt.ProtocolVersion.V5 else "3.1.1")
                         await client.publish(status_topic, self._status("online"), qos=1, retain=True)
                         if self.on_command is not None:
