@@ -29,7 +29,7 @@ from monitor.bans import BanList
 from monitor.config import MonitorConfig, StreamConfig
 from monitor.discovery import DiscoveredServer, Discovery
 from monitor.errors import UserError
-from monitor.evidence import EvidenceLog
+from monitor.evidence import EvidenceError, EvidenceLog
 from monitor.incidents import (
     CommandError,
     Event,
@@ -44,8 +44,9 @@ from monitor.incidents import (
 )
 from monitor.metrics import HealthInput, HealthRules, Metrics, start_metrics_server
 from monitor.mqtt import MqttPublisher
-from monitor.outbox import Outbox
+from monitor.outbox import Outbox, OutboxError
 from monitor.servers import DropResult, MediaMTXAPI, NginxRtmpAPI, ServerAPI, SrsAPI
+from monitor.statefiles import StateLock, private_dir
 from monitor.supervisor import SampleReport, SampleTiming, StateChange, StreamState, Supervisor, make_matcher
 from monitor.supervisor import load_banks as load_bank_files
 from monitor.urls import redact_url
@@ -93,14 +94,20 @@ def make_server_api(kind: str, url: str) -> ServerAPI:
 class Engine:
     def __init__(self, cfg: MonitorConfig, banks: Sequence[Bank]) -> None:
         self.cfg = cfg
-        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(cfg.state_dir)  # 0700: it holds publisher addresses and moderator names
+        self.state_lock = StateLock.acquire(cfg.state_dir)  # a second monitor on this state stops here
         self.severity = {b.name: b.severity for b in cfg.banks}
         self.negative_banks = {b.name for b in cfg.banks if b.negative}
         self._bank_stamps = {b.name: _file_stamp(b.path) for b in cfg.banks}
         self.reload_requested = asyncio.Event()
-        self.outbox = Outbox(cfg.state_dir / "outbox.sqlite", max_bytes=cfg.delivery.outbox_max_mb * 2**20)
-        self.evidence = (EvidenceLog(cfg.state_dir / "evidence.sqlite", store_images=cfg.evidence.store_images)
-                         if cfg.evidence.enabled else None)
+        try:
+            self.outbox = Outbox.open_recovering(cfg.state_dir / "outbox.sqlite",
+                                                 max_bytes=cfg.delivery.outbox_max_mb * 2**20)
+            self.evidence = (EvidenceLog(cfg.state_dir / "evidence.sqlite", store_images=cfg.evidence.store_images)
+                             if cfg.evidence.enabled else None)
+        except (OutboxError, EvidenceError) as exc:
+            self.state_lock.release()
+            raise UserError(f"cannot open the monitor's state: {exc}") from None
         self.bans = BanList(cfg.state_dir / "bans.json")
         self.publisher = MqttPublisher(cfg.broker, cfg.node, self.outbox, on_command=self._on_command)
         self.incidents = IncidentBook(IncidentPolicy(**cfg.incidents.model_dump()), self.severity)
@@ -310,7 +317,8 @@ class Engine:
             proposal = {"bank": bank, "entry_id": entry_id, "incident_id": inc.incident_id,
                         "moderator": cmd["moderator"], "reason": cmd.get("reason") or "",
                         "at": datetime.now(UTC).isoformat()}
-            with open(self.cfg.state_dir / "negative-proposals.jsonl", "a", encoding="utf-8") as f:
+            fd = os.open(self.cfg.state_dir / "negative-proposals.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            with open(fd, "a", encoding="utf-8") as f:
                 f.write(json.dumps(proposal) + "\n")
             log.info("entry %s of bank %s proposed for a negative bank (false positive)", entry_id, bank)
         if action == "terminate" and outcome.changed:
@@ -499,7 +507,11 @@ class Engine:
     async def run(self, stop: asyncio.Event, *, until_streams_end: bool = False) -> None:
         """Runs until `stop` is set (or, with until_streams_end, every stream has ended or failed)."""
         self._loop = asyncio.get_running_loop()
-        await self.publisher.start()  # raises BrokerError for a broker that refuses us
+        try:
+            await self.publisher.start()  # raises BrokerError for a broker that refuses us
+        except BaseException:
+            self.state_lock.release()
+            raise
         if self.outbox.depth():
             log.warning("outbox holds %d undelivered messages from an earlier run: sending them first",
                         self.outbox.depth())
@@ -548,6 +560,7 @@ class Engine:
             self.outbox.close()
             if self.evidence is not None:
                 self.evidence.close()
+            self.state_lock.release()
 
     async def _flush_on_shutdown(self) -> None:
         """Deliver what waits before the connection closes; say plainly what, if anything, is left."""

@@ -53,6 +53,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from monitor.statefiles import connect_private
 from monitor.urls import redact_url
 
 __all__ = [
@@ -264,8 +265,8 @@ class EvidenceLog:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         try:
-            conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
+            conn = connect_private(self.path)  # 0600, and so are its -wal and -shm files
+        except (OSError, sqlite3.Error) as exc:
             raise EvidenceError(self.path, f"cannot open: {exc}", exc) from exc
         try:
             self._init(conn)

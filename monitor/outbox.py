@@ -6,11 +6,16 @@ Delivery is therefore at-least-once; subscribers dedupe on msg_id (sent as a use
 
 Storage is one SQLite file in WAL mode with synchronous=FULL: when put() returns True the row has
 been fsynced, so it survives SIGKILL of the process and (on honest disks) power loss.
+
+The file and its WAL are created 0600 (monitor/statefiles.py). A damaged file (truncated, overwritten)
+found at start-up is moved aside by `Outbox.open_recovering`, whatever pending rows can still be read
+from it are carried into a new outbox, and one log line says so.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -21,9 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from monitor.statefiles import connect_private, move_aside
+
 __all__ = ["Outbox", "OutboxError", "OutboxMessage"]
 
 _T = TypeVar("_T")
+log = logging.getLogger(__name__)
 
 # "LSOB": marks the file as an outbox, so a wrong path (say, the evidence log) is refused, not altered.
 _APPLICATION_ID = 0x4C534F42
@@ -56,11 +64,17 @@ class OutboxError(Exception):
     operation is rolled back and leaves already stored rows as they were.
     """
 
-    def __init__(self, path: Path, operation: str, cause: BaseException | str) -> None:
+    def __init__(self, path: Path, operation: str, cause: BaseException | str, *, corrupt: bool = False) -> None:
         self.path = path
         self.operation = operation
         self.cause = cause
+        self._corrupt = corrupt
         super().__init__(f"outbox {path}: {operation} failed: {cause}")
+
+    @property
+    def corrupt(self) -> bool:
+        """True when the file is damaged (SQLite says corrupt or not a database, or the integrity check failed)."""
+        return self._corrupt or getattr(self.cause, "sqlite_errorname", None) in ("SQLITE_CORRUPT", "SQLITE_NOTADB")
 
     @property
     def disk_full(self) -> bool:
@@ -114,8 +128,8 @@ class Outbox:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         try:
-            conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
+            conn = connect_private(self.path)
+        except (OSError, sqlite3.Error) as exc:
             raise OutboxError(self.path, "open", exc) from exc
         try:
             self._init(conn, max_bytes)
@@ -129,6 +143,9 @@ class Outbox:
 
     def _init(self, conn: sqlite3.Connection, max_bytes: int | None) -> None:
         self._check_identity(conn)  # before any write: a wrong file must be refused, not altered
+        problems = [str(r[0]) for r in conn.execute("PRAGMA quick_check(3)")]
+        if problems != ["ok"]:
+            raise OutboxError(self.path, "open", f"damaged file ({'; '.join(problems)})", corrupt=True)
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise OutboxError(self.path, "open", f"cannot enable WAL mode (journal_mode is {mode})")
@@ -150,6 +167,52 @@ class Outbox:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+    @classmethod
+    def open_recovering(cls, path: Path, *, max_bytes: int | None = None) -> Outbox:
+        """Open the outbox at path; a damaged one is moved aside and a new one started in its place.
+
+        Pending rows that can still be read from the damaged file are stored in the new one (the damaged
+        file stays beside it, `<name>.corrupt-<UTC time>`, for whoever wants to look further). Other
+        errors (a wrong file, no permission, a full disk) are raised as OutboxError: nothing is moved then.
+        """
+        try:
+            return cls(path, max_bytes=max_bytes)
+        except OutboxError as exc:
+            if not exc.corrupt:
+                raise
+            damage = exc.cause
+        try:
+            aside = move_aside(Path(path))
+        except OSError as exc:
+            raise OutboxError(Path(path), "move aside the damaged file", exc) from exc
+        box = cls(path, max_bytes=max_bytes)
+        rescued, lost = box._rescue(aside)
+        log.error("outbox %s was damaged (%s): moved aside to %s and a new outbox started; %d waiting messages "
+                  "carried over%s", path, damage, aside, rescued,
+                  f", the rest could not be read ({lost})" if lost else "")
+        return box
+
+    def _rescue(self, damaged: Path) -> tuple[int, str | None]:
+        """Copy whatever pending rows a damaged outbox still yields into this one: (count, why it stopped)."""
+        n = 0
+        try:
+            conn = sqlite3.connect(f"{damaged.resolve().as_uri()}?mode=ro", uri=True, timeout=1.0)
+        except sqlite3.Error as exc:
+            return 0, str(exc)
+        try:
+            # A table scan in rowid order (the index may be what is damaged); created_at order is kept by put.
+            rows = conn.execute(f"SELECT {_COLUMNS} FROM outbox NOT INDEXED WHERE sent_at IS NULL ORDER BY seq")
+            for row in rows:
+                try:
+                    n += self.put(self._row(row))
+                except (ValueError, TypeError):
+                    continue  # a mangled row: skipped, the rest may still be good
+        except (sqlite3.Error, OutboxError) as exc:
+            return n, str(exc)
+        finally:
+            conn.close()
+        return n, None
 
     def _check_identity(self, conn: sqlite3.Connection) -> bool:
         """True for an outbox, False for an empty file; OutboxError for anything else."""

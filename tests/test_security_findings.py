@@ -6,10 +6,17 @@ signatures, bans, the state files) have their tests there; SECURITY.md lists whe
 
 from __future__ import annotations
 
+import logging
+import os
 import re
+import sqlite3
+import stat
+import subprocess
+import sys
 import tomllib
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -80,3 +87,139 @@ def test_finding6_password_from_a_file_or_the_environment(tmp_path: Path, monkey
     assert BrokerConfig(username="console", password_file=pw).secret() == "from-file"  # the file wins
     monkeypatch.delenv(BROKER_PASSWORD_ENV)
     assert BrokerConfig(username="console").secret() is None
+
+
+# -- finding 3: state files readable by everyone, a truncated outbox, two monitors on one state --------------
+
+
+def _engine(state: Path) -> Any:
+    from monitor.config import build_config
+    from monitor.engine import Engine
+
+    return Engine(build_config({"state_dir": str(state), "workers": 0}), [])
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_finding3_state_directory_0700_and_every_state_file_0600(tmp_path: Path) -> None:
+    from monitor.outbox import OutboxMessage
+
+    old = os.umask(0o022)  # the usual umask: files would be 0644 without the fix
+    try:
+        state = tmp_path / "state"
+        engine = _engine(state)
+        engine.outbox.put(OutboxMessage("m1", "t/a", b"{}", 1, False, 1.0))
+        assert engine.evidence is not None
+        engine.evidence.append("note", stream_id="s1", body={"moderator": "alice", "publisher_addr": "127.0.0.1"})
+        engine.outbox.close()
+        engine.evidence.close()
+        engine.state_lock.release()
+    finally:
+        os.umask(old)
+    assert _mode(state) == 0o700
+    names = sorted(p.name for p in state.iterdir())
+    for name in ("outbox.sqlite", "evidence.sqlite", "monitor.lock"):
+        assert name in names
+    for p in state.iterdir():
+        assert _mode(p) == 0o600, (p.name, oct(_mode(p)))
+
+
+def test_finding3_wal_and_shm_files_are_0600_while_open(tmp_path: Path) -> None:
+    from monitor.evidence import EvidenceLog
+    from monitor.outbox import Outbox, OutboxMessage
+
+    old = os.umask(0o022)
+    try:
+        with Outbox(tmp_path / "o.sqlite") as box, EvidenceLog(tmp_path / "e.sqlite") as ev:
+            box.put(OutboxMessage("m1", "t/a", b"{}", 1, False, 1.0))
+            ev.append("note", stream_id="s1", body={"text": "x"})
+            side = [p for p in tmp_path.iterdir() if p.name.endswith(("-wal", "-shm"))]
+            assert len(side) == 4, sorted(p.name for p in tmp_path.iterdir())
+            for p in tmp_path.iterdir():
+                assert _mode(p) == 0o600, (p.name, oct(_mode(p)))
+    finally:
+        os.umask(old)
+
+
+def test_finding3_existing_wide_state_files_are_narrowed(tmp_path: Path) -> None:
+    from monitor.outbox import Outbox, OutboxMessage
+
+    with Outbox(tmp_path / "o.sqlite") as box:
+        box.put(OutboxMessage("m1", "t/a", b"{}", 1, False, 1.0))
+    (tmp_path / "o.sqlite").chmod(0o644)
+    with Outbox(tmp_path / "o.sqlite") as box:
+        assert box.depth() == 1
+        for p in tmp_path.iterdir():
+            assert _mode(p) == 0o600, p.name
+
+
+def test_finding3_truncated_outbox_is_moved_aside_and_a_fresh_one_started(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from monitor.outbox import Outbox, OutboxMessage
+
+    state = tmp_path / "state"
+    state.mkdir()
+    with Outbox(state / "outbox.sqlite") as box:
+        for i in range(200):
+            box.put(OutboxMessage(f"m{i}", "t/a", b"x" * 400, 1, False, float(i)))
+    size = (state / "outbox.sqlite").stat().st_size
+    os.truncate(state / "outbox.sqlite", size // 2)
+    with caplog.at_level(logging.ERROR, logger="monitor.outbox"):
+        engine = _engine(state)  # before the fix: OutboxError (a traceback) from the constructor
+    try:
+        lines = [r.getMessage() for r in caplog.records if r.name == "monitor.outbox"]
+        assert len(lines) == 1 and "was damaged" in lines[0] and "moved aside to" in lines[0], lines
+        aside = [p for p in state.iterdir() if ".corrupt-" in p.name and p.name.endswith("Z")]
+        assert len(aside) == 1 and aside[0].stat().st_size == size // 2  # kept, for inspection
+        engine.outbox.put(OutboxMessage("new", "t/a", b"{}", 1, False, 1.0))
+        assert engine.outbox.depth() >= 1
+    finally:
+        engine.state_lock.release()
+
+
+def test_finding3_outbox_of_another_kind_is_a_one_line_error_not_moved(tmp_path: Path) -> None:
+    from monitor.errors import UserError
+
+    state = tmp_path / "state"
+    state.mkdir()
+    other = sqlite3.connect(state / "outbox.sqlite")
+    other.execute("CREATE TABLE mine (x)")
+    other.commit()
+    other.close()
+    with pytest.raises(UserError, match="not an outbox file"):
+        _engine(state)
+    assert sorted(p.name for p in state.iterdir() if "outbox" in p.name) == ["outbox.sqlite"]
+    _engine(tmp_path / "elsewhere").state_lock.release()  # the failed start left no lock behind on its state
+    from monitor.statefiles import StateLock
+
+    StateLock.acquire(state).release()
+
+
+def test_finding3_second_monitor_on_the_same_state_dir_is_refused(tmp_path: Path) -> None:
+    from monitor.statefiles import StateDirInUse
+
+    state = tmp_path / "state"
+    first = _engine(state)
+    try:
+        with pytest.raises(StateDirInUse, match=rf"in use by another monitor \(pid {os.getpid()}\)"):
+            _engine(state)
+    finally:
+        first.state_lock.release()
+    _engine(state).state_lock.release()  # free again once the first one let go
+
+
+def test_finding3_lock_is_held_across_processes(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    first = _engine(state)
+    try:
+        code = ("import sys\nfrom monitor.cli import main\n"
+                f"sys.exit(main(['run', '--config', {str(tmp_path / 'c.yaml')!r}]))")
+        (tmp_path / "c.yaml").write_text(f"state_dir: {state}\nworkers: 0\nbroker: {{url: 'mqtt://127.0.0.1:9'}}\n")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    finally:
+        first.state_lock.release()
+    assert out.returncode == 2, out.stderr
+    assert "is in use by another monitor" in out.stderr and "Traceback" not in out.stderr, out.stderr
