@@ -33,10 +33,17 @@ def test_errors_name_the_field(data: dict[str, object], message: str) -> None:
 @pytest.mark.parametrize(
     ("url", "shown"),
     [
-        ("rtmp://user:pw@host:1935/live/k", "rtmp://host:1935/live/k"),
-        ("https://h/a.m3u8?token=abc&x=1", "https://h/a.m3u8?token=***&x=1"),
-        ("rtmp://h/live/name?key=secret", "rtmp://h/live/name?key=***"),
-        ("rtmp://u:p@[2001:db8::1]:1935/x", "rtmp://[2001:db8::1]:1935/x"),
+        ("rtmp://user:pw@host:1935/live/k", "rtmp://host:1935/live/***"),
+        ("https://h/a.m3u8?token=abc&x=1", "https://h/***.m3u8?token=***&x=1"),
+        ("rtmp://h/live/name?key=secret", "rtmp://h/live/n***?key=***"),
+        ("rtmp://u:p@[2001:db8::1]:1935/x", "rtmp://[2001:db8::1]:1935/***"),
+        # The stream name is the publisher's key: at most 3 characters (a quarter of it) are shown.
+        ("rtmp://h:1935/live/secret-key-1", "rtmp://h:1935/live/sec***"),
+        ("rtsp://h:8554/live/cam1", "rtsp://h:8554/live/c***"),
+        ("srt://h:8890?streamid=read:live/k", "srt://h:8890?streamid=***"),
+        ("http://h/hls/secretkey1234.m3u8", "http://h/hls/sec***.m3u8"),
+        ("http://h/hls/secretkey1234/index.m3u8", "http://h/hls/sec***/index.m3u8"),
+        ("rtmp://h:99999/live/k", "<unparseable url>"),
         ("/tmp/file.ts", "/tmp/file.ts"),
     ],
 )

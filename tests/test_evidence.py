@@ -477,7 +477,7 @@ def test_export_incident(tmp_path: Path) -> None:
     assert doc["incident_id"] == "inc-42"
     assert doc["stream"] == {
         "stream_ids": ["cam-7"],
-        "stream_urls": ["rtmp://ingest.example:1935/live/cam-7?token=***&id=7"],
+        "stream_urls": ["rtmp://ingest.example:1935/live/c***?token=***&id=7"],  # stream key hidden
         "publisher_addresses": ["203.0.113.9:50123"],
     }
     assert doc["first_seen_utc"] == "2024-05-01T12:00:00.250000Z"
