@@ -181,6 +181,10 @@ class DeliveryConfig(_Strict):
 class EvidenceConfig(_Strict):
     enabled: bool = True
     store_images: bool = False  # frames are never written to disk unless this is on
+    # Ed25519 key (`monitor evidence keygen`) that signs the log's heads; outside state_dir, mode 0600.
+    # Unset: heads are not signed, and a rewritten chain cannot be told from the real one.
+    signing_key_file: Path | None = None
+    head_interval_s: float = Field(60.0, ge=1, le=86400)  # how often a signed head is appended and published
 
 
 class HooksConfig(_Strict):

@@ -29,7 +29,7 @@ from monitor.bans import BanList
 from monitor.config import MonitorConfig, StreamConfig
 from monitor.discovery import DiscoveredServer, Discovery
 from monitor.errors import UserError
-from monitor.evidence import EvidenceError, EvidenceLog
+from monitor.evidence import EvidenceError, EvidenceLog, EvidenceRecord, KeyFileError, key_id, load_signing_key
 from monitor.incidents import (
     CommandError,
     Event,
@@ -105,7 +105,10 @@ class Engine:
                                                  max_bytes=cfg.delivery.outbox_max_mb * 2**20)
             self.evidence = (EvidenceLog(cfg.state_dir / "evidence.sqlite", store_images=cfg.evidence.store_images)
                              if cfg.evidence.enabled else None)
-        except (OutboxError, EvidenceError) as exc:
+            key_file = cfg.evidence.signing_key_file
+            self.head_key = (load_signing_key(key_file, state_dir=cfg.state_dir)
+                             if self.evidence is not None and key_file is not None else None)
+        except (OutboxError, EvidenceError, KeyFileError) as exc:
             self.state_lock.release()
             raise UserError(f"cannot open the monitor's state: {exc}") from None
         self.bans = BanList(cfg.state_dir / "bans.json")
@@ -171,6 +174,46 @@ class Engine:
                 log.error("evidence log: could not record a %s for stream %s: %s", kind, stream_id, exc)
 
         self._evidence_writer.submit(write)
+
+    def sign_head(self) -> None:
+        """Sign the evidence log's head behind the records waiting to be written; publish and log it once written."""
+        if self.evidence is None or self.head_key is None:
+            return
+        evidence, key, loop = self.evidence, self.head_key, self._loop
+
+        def write() -> None:
+            try:
+                rec = evidence.sign_head(key, self.cfg.evidence.head_interval_s)
+            except Exception as exc:
+                log.error("evidence log: could not sign its head: %s", exc)
+                return
+            if rec is None:
+                return  # nothing new since the last signed head
+            head = rec.data()
+            log.info("evidence head signed: %d records up to seq %d, hash %s, key %s (head record seq %d)",
+                     head["count"], head["last_seq"], head["last_hash"], head["key_id"], rec.seq)
+            if loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(self._publish_head, rec)
+
+        self._evidence_writer.submit(write)
+
+    def _publish_head(self, rec: EvidenceRecord) -> None:
+        topic = f"{self.cfg.broker.topic_prefix}/{self.cfg.node}/evidence/head"
+        self.publisher.send_json(topic, {"node": self.cfg.node, "record_seq": rec.seq, "record_hash": rec.hash,
+                                         **rec.data()}, retain=True)
+
+    async def _sign_heads(self, stop: asyncio.Event) -> None:
+        if self.evidence is not None and self.head_key is None:
+            log.warning("evidence heads are not signed (evidence.signing_key_file is unset): whoever can write %s "
+                        "can rewrite it undetectably; see `monitor evidence keygen`", self.evidence.path)
+            return
+        if self.head_key is not None:
+            log.info("evidence heads are signed every %.0f s with key %s", self.cfg.evidence.head_interval_s,
+                     key_id(self.head_key.public_key()))
+        while not stop.is_set():
+            self.sign_head()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.cfg.evidence.head_interval_s)
 
     def _handle_state(self, change: StateChange) -> None:
         self.states[change.stream_id] = change
@@ -521,6 +564,7 @@ class Engine:
         health = asyncio.create_task(self._health(bg_stop))
         self.spawn(self._tick(bg_stop))
         self.spawn(self._watch_banks(bg_stop))
+        self.spawn(self._sign_heads(bg_stop))
         hooks_runner = None
         metrics_runner = None
         try:
@@ -552,6 +596,7 @@ class Engine:
             bg_stop.set()
             for t in list(self._tasks):
                 await asyncio.wait_for(t, 10)
+            self.sign_head()  # the last records are covered by a signature too
             await self._flush_on_shutdown()
             pub_stop.set()
             await pub_task

@@ -15,13 +15,24 @@ null when absent, and the first record's `prev_hash` is 64 zeros.
 A `head` row, rewritten in the same transaction as each append, seals the record count and the
 last hash, so removing records at the end is detected too.
 
-Limits (a keyless chain cannot do more):
-  * Someone with write access who truncates the log AND rewrites the head to match, or who
-    rewrites the whole chain from some record on (recomputing every later hash), produces a
-    file that verifies. Only a head hash published elsewhere catches that: send `EvidenceLog.head()`
-    with alerts or to a write-once store, and pass it to `verify(..., anchors=[(seq, hash)])`.
-  * Records appended after the last published anchor by such a person are indistinguishable from
-    genuine ones; closing that needs signatures with a key kept off this machine (not done here).
+Signed heads. The chain alone is keyless: someone with write access who edits a record and
+recomputes every later hash (or truncates the log and rewrites the head) produces a file whose
+chain verifies. So the monitor signs: every `evidence.head_interval_s` (and at start and stop) it
+appends a `head` record whose body is the count, last seq and last hash before it, the signing time
+and interval, and the key's id and raw public key, signed with Ed25519 (`sign_head`; the bytes
+signed are `head_message`). The key lives outside the state directory (`evidence.signing_key_file`,
+made by `monitor evidence keygen`); the monitor publishes each signed head to a retained MQTT topic
+and logs it. `verify(..., public_key=...)` (`monitor evidence verify --pubkey FILE`) then fails a
+recomputed chain three ways: a kept head's signed hash no longer matches the chain before it; a
+head re-signed without the key fails its signature; removed heads leave records that run more than
+two signing intervals past the last valid head (or no valid head at all).
+
+Limits:
+  * Whoever holds the signing key (root, or the monitor's own user, on the monitor host) can re-sign
+    a rewritten log. The published heads (MQTT, retained; pass them as `anchors=[(seq, hash)]`) are
+    what that person cannot recall once a subscriber has stored them.
+  * Records appended after the last signed head can be rewritten or dropped by someone with write
+    access within one signing interval, and their times squeezed into it.
   * The SQLite triggers that refuse UPDATE/DELETE only stop accidents; the chain is the protection.
 
 Body conventions read by `export_incident` (other keys are kept, under "details"):
@@ -32,6 +43,7 @@ Body conventions read by `export_incident` (other keys are kept, under "details"
   action:      moderator, action, acted_at
   termination: by, reason, terminated_at
   note:        text
+  head:        count, last_seq, last_hash, signed_at, interval_s, key_id, public_key, signature
 """
 
 from __future__ import annotations
@@ -39,20 +51,34 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import contextlib
 import hashlib
 import importlib
 import json
 import os
 import re
 import sqlite3
+import stat
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+    load_pem_private_key,
+    load_pem_public_key,
+)
+
+from monitor.errors import UserError
 from monitor.statefiles import connect_private
 from monitor.urls import redact_url
 
@@ -63,16 +89,22 @@ __all__ = [
     "EvidenceHead",
     "EvidenceLog",
     "EvidenceRecord",
+    "KeyFileError",
     "NotAnEvidenceLog",
     "UnknownIncident",
     "VerifyReport",
     "export_incident",
+    "generate_signing_key",
+    "head_message",
+    "key_id",
+    "load_public_key",
+    "load_signing_key",
     "main",
     "record_hash",
     "verify",
 ]
 
-KINDS = frozenset({"match", "alert", "incident", "action", "termination", "note"})
+KINDS = frozenset({"match", "alert", "incident", "action", "termination", "note", "head"})
 GENESIS_HASH = "0" * 64
 IMAGE_KEY = "image_png_b64"
 TOOL_NAME = "livestream-safety-monitor"
@@ -165,6 +197,141 @@ def record_hash(
     return hashlib.sha256(material.encode("utf-8")).hexdigest()
 
 
+# -- signed heads -----------------------------------------------------------------------------------
+
+HEAD_FORMAT = "lsev-head-1"
+_SIGNED_FIELDS = ("count", "last_seq", "last_hash", "signed_at", "interval_s", "key_id", "public_key")
+HEAD_SLACK_S = 60.0  # clock steps and a slow disk: a head may come this much later than its interval says
+
+
+class KeyFileError(UserError):
+    """A signing or public key file cannot be made, read or used; the message names the file."""
+
+
+def _raw_b64(public: Ed25519PublicKey) -> str:
+    return base64.b64encode(public.public_bytes(Encoding.Raw, PublicFormat.Raw)).decode("ascii")
+
+
+def key_id(public: Ed25519PublicKey) -> str:
+    """A short name of a public key: the first 16 hex digits of the sha256 of its 32 raw bytes."""
+    return hashlib.sha256(public.public_bytes(Encoding.Raw, PublicFormat.Raw)).hexdigest()[:16]
+
+
+def public_key_pem(public: Ed25519PublicKey) -> str:
+    return public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode("ascii")
+
+
+def head_message(claims: Mapping[str, Any]) -> bytes:
+    """The bytes a head's signature covers: canonical JSON of its claims and the format name.
+
+    Reimplementable: `{"count", "format": "lsev-head-1", "interval_s", "key_id", "last_hash", "last_seq",
+    "public_key", "signed_at"}` with sorted keys, no spaces, UTF-8; the signature is Ed25519, base64.
+    """
+    return canonical_json({**{k: claims[k] for k in _SIGNED_FIELDS}, "format": HEAD_FORMAT}).encode("utf-8")
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        Path(os.path.realpath(path)).relative_to(os.path.realpath(folder))
+    except ValueError:
+        return False
+    return True
+
+
+def generate_signing_key(path: Path, public_path: Path | None = None) -> tuple[Path, Path, str]:
+    """Write a new Ed25519 key (PKCS8 PEM, mode 0600, never over an existing file) and its public key.
+
+    Returns (key file, public key file, key id). The public key file defaults to `<path>.pub`.
+    """
+    path = Path(path)
+    public_path = Path(public_path) if public_path is not None else path.with_name(path.name + ".pub")
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    written: list[Path] = []
+    try:
+        for target, data, mode in ((path, pem, 0o600),
+                                   (public_path, public_key_pem(key.public_key()).encode("ascii"), 0o644)):
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+            written.append(target)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+    except OSError as exc:
+        for done in written:
+            done.unlink(missing_ok=True)
+        why = "exists already (a key is never overwritten)" if isinstance(exc, FileExistsError) else exc.strerror
+        raise KeyFileError(f"{exc.filename or path}: {why or exc}") from None
+    return path, public_path, key_id(key.public_key())
+
+
+def load_signing_key(path: Path, *, state_dir: Path | None = None) -> Ed25519PrivateKey:
+    """The Ed25519 key in path; KeyFileError when it is unusable or kept where it protects nothing.
+
+    Refused: a key inside state_dir (whoever copies or edits the state would take the key with it), a
+    key file that others may read or write, a symlink, anything but an unencrypted Ed25519 PEM key.
+    """
+    path = Path(path)
+    if state_dir is not None and _inside(path, state_dir):
+        raise KeyFileError(f"evidence.signing_key_file {path} is inside the state directory {state_dir}: "
+                           "keep the key where a copy or edit of the state does not reach it")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise KeyFileError(f"evidence.signing_key_file {path}: cannot read: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as fh:
+        mode = stat.S_IMODE(os.fstat(fh.fileno()).st_mode)
+        if mode & 0o077:
+            raise KeyFileError(f"evidence.signing_key_file {path}: mode {mode:04o} lets others read it "
+                               "(chmod 600 it, and make a new key if others may have copied it)")
+        data = fh.read(64 * 1024)
+    try:
+        key = load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise KeyFileError(f"evidence.signing_key_file {path}: not an unencrypted PEM private key ({exc})") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyFileError(f"evidence.signing_key_file {path}: not an Ed25519 key (`monitor evidence keygen`)")
+    return key
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    """An Ed25519 public key from a PEM file (what `monitor evidence keygen` writes as `.pub`)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()[: 64 * 1024]
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        key = load_pem_public_key(data)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise KeyFileError(f"{path}: not a PEM public key ({exc})") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise KeyFileError(f"{path}: not an Ed25519 public key")
+    return key
+
+
+def _parse_utc(text: Any) -> datetime | None:
+    if not isinstance(text, str) or not _UTC_ISO.match(text):
+        return None
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def _head_problem(body: Any, public: Ed25519PublicKey, n_before: int, prev_seq: int, prev_hash: str) -> str | None:
+    """Why a head record does not prove the chain before it (forged, other key, rewritten records), or None."""
+    if not isinstance(body, dict) or any(k not in body for k in (*_SIGNED_FIELDS, "signature")):
+        return "head record without the signed fields (forged or damaged)"
+    if body["key_id"] != key_id(public) or body["public_key"] != _raw_b64(public):
+        return f"head signed by another key (key id {str(body['key_id'])[:16]!r}, expected {key_id(public)})"
+    try:
+        public.verify(base64.b64decode(str(body["signature"]), validate=True), head_message(body))
+    except (InvalidSignature, binascii.Error, ValueError, TypeError):
+        return "head signature invalid (head forged or edited)"
+    if (body["count"], body["last_seq"], body["last_hash"]) != (n_before, prev_seq, prev_hash):
+        return (f"signed head (seq {body['last_seq']}, {body['count']} records) does not match the chain before it"
+                f" (seq {prev_seq}, {n_before} records): records before it were edited, removed or rehashed")
+    return None
+
+
 @dataclass(frozen=True)
 class EvidenceRecord:
     """One record as stored; `body` is the canonical JSON text the hash covers."""
@@ -207,6 +374,8 @@ class VerifyReport:
     head: EvidenceHead | None = None
     first_hash: str | None = None
     last_hash: str | None = None
+    # With a public key: heads, valid, key_id, last_signed_seq, unsigned_tail (records after the last valid head).
+    signatures: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -317,8 +486,9 @@ class EvidenceLog:
         must not pile up in a log that gets copied around. EvidenceError: storage failed (disk full,
         I/O error, damaged head); nothing was written then.
         """
-        if kind not in KINDS:
-            raise ValueError(f"kind must be one of {', '.join(sorted(KINDS))}, not {kind!r}")
+        if kind not in KINDS or kind == "head":
+            raise ValueError(f"kind must be one of {', '.join(sorted(KINDS - {'head'}))}, not {kind!r}"
+                             " (head records are written by sign_head)")
         if not isinstance(stream_id, str) or not stream_id:
             raise ValueError("stream_id must be a non-empty string")
         if incident_id is not None and (not isinstance(incident_id, str) or not incident_id):
@@ -330,6 +500,39 @@ class EvidenceLog:
         text = canonical_json(dict(body))
         for value in (text, stream_id, incident_id or ""):
             value.encode("utf-8")  # lone surrogates: UnicodeEncodeError (a ValueError) now, not later
+        rec = self._append(kind, stream_id, incident_id, lambda _conn, _head, _at: text)
+        assert rec is not None
+        return rec
+
+    def sign_head(self, key: Ed25519PrivateKey, interval_s: float) -> EvidenceRecord | None:
+        """Append a `head` record: the current count, last seq and last hash, signed with key (Ed25519).
+
+        interval_s (how often the caller signs) is signed too: `verify --pubkey` treats records far
+        more recent than the last signed head as a sign of heads removed. Returns None, writing
+        nothing, when the last record is already a signed head (an idle log does not grow).
+        """
+        public = key.public_key()
+
+        def body(conn: sqlite3.Connection, head: EvidenceHead, signed_at: str) -> str | None:
+            last = conn.execute("SELECT kind FROM records WHERE seq = ?", (head.last_seq,)).fetchone()
+            if last is not None and last[0] == "head":
+                return None
+            claims = {"count": head.count, "last_seq": head.last_seq, "last_hash": head.last_hash,
+                      "signed_at": signed_at, "interval_s": float(interval_s), "key_id": key_id(public),
+                      "public_key": _raw_b64(public)}
+            signature = base64.b64encode(key.sign(head_message(claims))).decode("ascii")
+            return canonical_json({**claims, "signature": signature})
+
+        return self._append("head", "-", None, body)
+
+    def _append(
+        self,
+        kind: str,
+        stream_id: str,
+        incident_id: str | None,
+        make_text: Callable[[sqlite3.Connection, EvidenceHead, str], str | None],
+    ) -> EvidenceRecord | None:
+        """One record in one IMMEDIATE transaction; make_text sees the head it extends (None: write nothing)."""
         with self._lock:
             conn = self._connection()
             try:
@@ -339,6 +542,10 @@ class EvidenceLog:
                     raise EvidenceError(self.path, "head row missing: the log was damaged; run verify")
                 count, last_seq, prev_hash = head
                 recorded_at = _utc_iso(self._clock())
+                text = make_text(conn, EvidenceHead(int(count), int(last_seq), str(prev_hash)), recorded_at)
+                if text is None:
+                    conn.execute("ROLLBACK")
+                    return None
                 rec = EvidenceRecord(
                     int(last_seq) + 1, recorded_at, kind, stream_id, incident_id, text, str(prev_hash), ""
                 )
@@ -496,8 +703,10 @@ def _well_formed(row: tuple[Any, ...]) -> str | None:
     return None
 
 
-def _verify_conn(conn: sqlite3.Connection, anchors: Iterable[tuple[int, str]]) -> VerifyReport:
-    """Verify inside the caller's read transaction (one consistent snapshot)."""
+def _verify_conn(
+    conn: sqlite3.Connection, anchors: Iterable[tuple[int, str]], public: Ed25519PublicKey | None = None
+) -> VerifyReport:
+    """Verify inside the caller's read transaction (one consistent snapshot); heads too, given a public key."""
     problems = _Problems()
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
     if "records" not in tables:
@@ -507,6 +716,9 @@ def _verify_conn(conn: sqlite3.Connection, anchors: Iterable[tuple[int, str]]) -
     prev_hash = GENESIS_HASH
     first_hash: str | None = None
     mismatched: list[tuple[Any, ...]] = []  # rows whose hash is wrong: edited, or moved to another seq
+    heads = valid_heads = 0
+    last_signed: tuple[int, datetime, float] | None = None  # (seq, signed_at, interval_s) of the last valid head
+    last_recorded: str | None = None
     for row in conn.execute(f"{_SELECT} ORDER BY seq"):
         n += 1
         seq, stored_hash = row[0], str(row[7])
@@ -540,8 +752,35 @@ def _verify_conn(conn: sqlite3.Connection, anchors: Iterable[tuple[int, str]]) -
                     seq,
                     "link",
                 )
+        last_recorded = row[1]
+        if public is not None and row[2] == "head":
+            heads += 1
+            body = json.loads(row[5])
+            why = _head_problem(body, public, n - 1, prev_seq, prev_hash)
+            if why is not None:
+                problems.add(f"seq {seq}: {why}", seq)
+            else:
+                valid_heads += 1
+                signed_at = _parse_utc(body["signed_at"])
+                if signed_at is not None and isinstance(body["interval_s"], int | float):
+                    last_signed = (seq, signed_at, float(body["interval_s"]))
         prev_seq, prev_hash = seq, stored_hash
     moved = _find_moved(conn, mismatched) if mismatched else {}
+    signatures: dict[str, Any] | None = None
+    if public is not None:
+        tail = n - (last_signed[0] if last_signed else 0)
+        signatures = {"key_id": key_id(public), "heads": heads, "valid": valid_heads,
+                      "last_signed_seq": last_signed[0] if last_signed else None, "unsigned_tail": tail}
+        if n and last_signed is None:
+            problems.add("signatures: no valid signed head in the log (not signed with this key, or its heads "
+                         "were removed)")
+        elif last_signed is not None and tail:
+            newest = _parse_utc(last_recorded)
+            allowed = last_signed[1] + timedelta(seconds=2 * last_signed[2] + HEAD_SLACK_S)
+            if newest is not None and newest > allowed:
+                problems.add(f"signatures: {tail} records after the last signed head (seq {last_signed[0]}, signed "
+                             f"{_utc_iso(last_signed[1])}) run to {last_recorded}, past two signing intervals: "
+                             "later signed heads were removed, or the log was rewritten from there")
 
     head: EvidenceHead | None = None
     head_rows = (
@@ -580,6 +819,7 @@ def _verify_conn(conn: sqlite3.Connection, anchors: Iterable[tuple[int, str]]) -
         head=head,
         first_hash=first_hash,
         last_hash=prev_hash if n else None,
+        signatures=signatures,
     )
 
 
@@ -614,18 +854,23 @@ def _find_moved(conn: sqlite3.Connection, mismatched: list[tuple[Any, ...]]) -> 
     return moved
 
 
-def verify(path: Path, *, anchors: Iterable[tuple[int, str]] = ()) -> VerifyReport:
+def verify(
+    path: Path, *, anchors: Iterable[tuple[int, str]] = (), public_key: Ed25519PublicKey | None = None
+) -> VerifyReport:
     """Check the whole chain and the head of the log at path, read-only.
 
     anchors: (seq, hash) pairs published earlier (from `EvidenceLog.head()`); each must still be
     present unchanged, which catches truncation and rewrites that keep the chain consistent.
+    public_key: the monitor's signing key; every `head` record must then carry a valid signature over
+    the chain before it, there must be one, and no more than two signing intervals of records may follow
+    the last one (a chain recomputed after an edit fails all three ways).
     Raises NotAnEvidenceLog when path is missing or not an evidence log.
     """
     path = Path(path)
     conn = _open_readonly(path)
     try:
         conn.execute("BEGIN")
-        return _verify_conn(conn, list(anchors))
+        return _verify_conn(conn, list(anchors), public_key)
     except sqlite3.Error as exc:
         raise _db_error(path, exc) from exc
     finally:
@@ -699,20 +944,28 @@ def _ref(rec: EvidenceRecord) -> dict[str, Any]:
     }
 
 
-def export_incident(path: Path, incident_id: str, *, include_images: bool = False) -> dict[str, Any]:
+def export_incident(
+    path: Path, incident_id: str, *, include_images: bool = False, public_key: Ed25519PublicKey | None = None
+) -> dict[str, Any]:
     """A JSON-ready report of one incident for the authorities, read from one consistent snapshot.
 
     Holds the stream identity (URLs without credentials), first/last seen, every match, alert,
     moderator action and termination with its record seq and hash, the chain verification result
     and the head. Stored images are replaced by their size and sha256 unless include_images.
+    Signing: the first signed head after the incident's last record (it covers every one of them), the
+    public keys the log's heads name, and, given public_key, the signature check (in the verification).
     Raises UnknownIncident (a KeyError) when no record has incident_id, NotAnEvidenceLog for a bad path.
     """
     path = Path(path)
     conn = _open_readonly(path)
     try:
         conn.execute("BEGIN")
-        report = _verify_conn(conn, ())
+        report = _verify_conn(conn, (), public_key)
         rows = conn.execute(f"{_SELECT} WHERE incident_id = ? ORDER BY seq", (incident_id,)).fetchall()
+        covering = conn.execute(f"{_SELECT} WHERE kind = 'head' AND seq > ? ORDER BY seq LIMIT 1",
+                                (rows[-1][0] if rows else 0,)).fetchone()
+        key_rows = conn.execute("SELECT DISTINCT json_extract(body, '$.public_key') FROM records"
+                                " WHERE kind = 'head'").fetchall()
     except sqlite3.Error as exc:
         raise _db_error(path, exc) from exc
     finally:
@@ -812,11 +1065,38 @@ def export_incident(path: Path, incident_id: str, *, include_images: bool = Fals
             "log_file": str(path.resolve()),
             "hash": "sha256 over the JSON array [seq, recorded_at, kind, stream_id, incident_id, body,"
             " prev_hash] (no spaces, UTF-8); first prev_hash is 64 zeros",
-            "verification": {"ok": report.ok, "records": report.records, "problems": report.problems},
+            "verification": {"ok": report.ok, "records": report.records, "problems": report.problems,
+                             "signatures": report.signatures},
+            "signing": _signing_section(covering, key_rows, public_key),
             "first_record": {"seq": records[0].seq, "hash": records[0].hash},
             "last_record": {"seq": records[-1].seq, "hash": records[-1].hash},
             "head": asdict(head) if head is not None else None,
         },
+    }
+
+
+def _signing_section(covering: tuple[Any, ...] | None, key_rows: list[tuple[Any, ...]],
+                     public_key: Ed25519PublicKey | None) -> dict[str, Any]:
+    """What a recipient needs to check the heads: the algorithm, the keys, the head covering the incident."""
+    keys: list[dict[str, str]] = []
+    for (raw,) in key_rows:
+        try:
+            pub = Ed25519PublicKey.from_public_bytes(base64.b64decode(str(raw), validate=True))
+        except (ValueError, TypeError, binascii.Error):
+            continue
+        keys.append({"key_id": key_id(pub), "public_key_pem": public_key_pem(pub)})
+    head: dict[str, Any] | None = None
+    if covering is not None:
+        rec = EvidenceRecord(*covering)
+        with contextlib.suppress(ValueError):
+            head = {**_ref(rec), "signed": rec.data()}
+    return {
+        "algorithm": "Ed25519 over the canonical JSON of the head's claims (see head_message in monitor/evidence.py)",
+        "checked_with_key_id": key_id(public_key) if public_key is not None else None,
+        "public_keys_named_in_log": keys,
+        "public_key_pem": public_key_pem(public_key) if public_key is not None else None,
+        "covering_head": head,
+        "note": "check the key against the one the operator published; a key named only in the log proves nothing",
     }
 
 
@@ -846,10 +1126,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SEQ:HASH",
         help="a head published earlier",
     )
+    v.add_argument("--pubkey", type=Path, metavar="FILE", help="check the signed heads with this public key")
     e = sub.add_parser("export", help="write one incident's report as JSON (images omitted)")
     e.add_argument("path", type=Path)
     e.add_argument("incident")
     e.add_argument("--out", type=Path, help="write here instead of stdout")
+    e.add_argument("--pubkey", type=Path, metavar="FILE", help="check the signed heads and include this key")
+    k = sub.add_parser("keygen", help="make an Ed25519 key for signing heads (keep it outside the state dir)")
+    k.add_argument("key", type=Path, help="private key file to create (mode 0600)")
+    k.add_argument("--pub", type=Path, metavar="FILE", help="public key file (default KEY.pub)")
     return parser
 
 
@@ -866,14 +1151,20 @@ def _write_atomically(dest: Path, text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`monitor evidence verify|export`: exit 0 ok, 1 chain broken, 2 unusable input (said in one line)."""
+    """`monitor evidence verify|export|keygen`: exit 0 ok, 1 chain broken, 2 unusable input (said in one line)."""
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2); argparse already printed why
         return exc.code if isinstance(exc.code, int) else 2
     try:
+        if args.command == "keygen":
+            key, pub, kid = generate_signing_key(args.key, args.pub)
+            print(f"signing key {key} (keep it secret, outside the state directory); public key {pub}; key id {kid}")
+            print("set evidence.signing_key_file to the key; give the public key to whoever verifies the log")
+            return 0
+        public = load_public_key(args.pubkey) if args.pubkey is not None else None
         if args.command == "verify":
-            report = verify(args.path, anchors=args.anchor)
+            report = verify(args.path, anchors=args.anchor, public_key=public)
             if args.json:
                 print(json.dumps({"path": str(args.path), **report.to_dict()}, indent=2, ensure_ascii=False))
             elif report.ok:
@@ -881,12 +1172,18 @@ def main(argv: list[str] | None = None) -> int:
                     f"; head seq {report.head.last_seq} hash {report.head.last_hash}" if report.head else ""
                 )
                 print(f"{args.path}: OK, {report.records} records, hash chain intact{head}")
+                sig = report.signatures
+                if sig is None:
+                    print("  signatures not checked (give --pubkey FILE): a recomputed chain would also pass")
+                else:
+                    print(f"  {sig['valid']} signed heads valid (key {sig['key_id']}), last at seq "
+                          f"{sig['last_signed_seq']}; {sig['unsigned_tail']} records after it not yet signed")
             else:
                 print(f"{args.path}: TAMPERED, {report.records} records, {len(report.problems)} problems:")
                 for problem in report.problems:
                     print(f"  {problem}")
             return 0 if report.ok else 1
-        doc = export_incident(args.path, args.incident)
+        doc = export_incident(args.path, args.incident, public_key=public)
         text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
         if args.out is None:
             sys.stdout.write(text)
@@ -897,7 +1194,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warning: {args.path} failed verification; the report lists the problems", file=sys.stderr)
             return 1
         return 0
-    except EvidenceError as exc:
+    except (EvidenceError, KeyFileError) as exc:
         print(f"monitor evidence: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

@@ -506,7 +506,7 @@ def test_export_incident(tmp_path: Path) -> None:
     assert term["terminated_at"] == row(path, 7).recorded_at  # no time in the body: when it was logged
     assert doc["notes"][0]["details"] == {"text": "reported"}
     ev = doc["evidence"]
-    assert ev["verification"] == {"ok": True, "records": 8, "problems": []}
+    assert ev["verification"] == {"ok": True, "records": 8, "problems": [], "signatures": None}
     assert ev["first_record"] == {"seq": 1, "hash": row(path, 1).hash}
     assert ev["last_record"] == {"seq": 8, "hash": row(path, 8).hash}
     assert ev["head"] == {"count": 8, "last_seq": 8, "last_hash": row(path, 8).hash}
@@ -611,3 +611,191 @@ def test_cli_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
     assert main(["--help"]) == 0
     capsys.readouterr()
+
+
+# -- finding 1 (issue 19): signed heads catch a recomputed chain ---------------------------------------------
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
+
+from monitor.evidence import (  # noqa: E402
+    KeyFileError,
+    generate_signing_key,
+    load_public_key,
+    load_signing_key,
+)
+
+
+class StepClock:
+    """A clock the test moves: each reading advances it by `step` seconds."""
+
+    def __init__(self, step: float = 1.0) -> None:
+        self.now = T0
+        self.step = timedelta(seconds=step)
+
+    def __call__(self) -> datetime:
+        self.now += self.step
+        return self.now
+
+
+def signed_log(path: Path, key: Ed25519PrivateKey, *, interval_s: float = 60.0, step_s: float = 1.0) -> Path:
+    """12 notes with a signed head after every 4 (heads at seq 5, 10, 15), like a running monitor."""
+    with EvidenceLog(path, clock=StepClock(step_s)) as log:
+        for i in range(12):
+            log.append("note", stream_id="s1", body={"i": i, "moderator": "alice"}, incident_id="inc-1")
+            if i % 4 == 3:
+                assert log.sign_head(key, interval_s) is not None
+        assert log.sign_head(key, interval_s) is None  # nothing new since the last head: nothing written
+    return path
+
+
+def recompute_chain(path: Path, edit_seq: int, new_body: str, *, drop_heads_after: int | None = None) -> None:
+    """The attacker of finding 1: edit one record, recompute every later hash and the head row."""
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("DROP TRIGGER IF EXISTS records_no_update")
+        conn.execute("DROP TRIGGER IF EXISTS records_no_delete")
+        rows = [list(r) for r in conn.execute(
+            "SELECT seq, recorded_at, kind, stream_id, incident_id, body, prev_hash, hash FROM records ORDER BY seq")]
+        conn.execute("DELETE FROM records")
+        kept = [r for r in rows if not (drop_heads_after is not None and r[2] == "head" and r[0] > drop_heads_after)]
+        prev = GENESIS_HASH
+        for seq, r in enumerate(kept, start=1):
+            if r[0] == edit_seq:
+                r[5] = new_body
+            r[0], r[6] = seq, prev
+            r[7] = record_hash(*r[:7])
+            prev = r[7]
+            conn.execute("INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?)", r)
+        conn.execute("UPDATE head SET count = ?, last_seq = ?, last_hash = ?", (len(kept), len(kept), prev))
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def test_finding1_recomputed_chain_passes_without_key_fails_with_pubkey(tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    path = signed_log(tmp_path / "e.db", key)
+    assert verify(path, public_key=key.public_key()).ok
+    recompute_chain(path, 2, '{"i":1,"moderator":"mallory"}')
+    assert verify(path).ok  # what the review saw: the keyless chain says OK
+    report = verify(path, public_key=key.public_key())
+    assert not report.ok
+    assert any("seq 5: signed head" in p and "does not match the chain" in p for p in report.problems), report.problems
+
+
+def test_finding1_recomputed_chain_with_later_heads_removed_fails(tmp_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    path = signed_log(tmp_path / "e.db", key)
+    with EvidenceLog(path, clock=lambda: T0 + timedelta(hours=1)) as log:  # an hour later, no head since
+        log.append("note", stream_id="s1", body={"late": True})
+    assert not verify(path, public_key=key.public_key()).ok  # heads stopped: reported even untampered
+    path = signed_log(tmp_path / "f.db", key, step_s=30.0)  # a head every 2 minutes (4 records 30 s apart)
+    recompute_chain(path, 12, '{"edited":true}', drop_heads_after=5)
+    assert verify(path).ok
+    problems = verify(path, public_key=key.public_key()).problems
+    assert any("past two signing intervals" in p for p in problems), problems
+    recompute_chain(path, 1, '{"edited":true}', drop_heads_after=0)  # every head removed
+    problems = verify(path, public_key=key.public_key()).problems
+    assert any("no valid signed head" in p for p in problems), problems
+
+
+def test_finding1_heads_resigned_with_another_key_fail(tmp_path: Path) -> None:
+    key, thief = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    path = signed_log(tmp_path / "e.db", thief)  # a whole log made (or re-signed) without the real key
+    problems = verify(path, public_key=key.public_key()).problems
+    assert any("head signed by another key" in p for p in problems), problems
+    path2 = signed_log(tmp_path / "f.db", key)
+    r5 = row(path2, 5).data()
+    r5["signature"] = base64.b64encode(bytes(64)).decode()
+    body = json.dumps(r5, sort_keys=True, separators=(",", ":"))
+    recompute_chain(path2, 5, body)
+    problems = verify(path2, public_key=key.public_key()).problems
+    assert "seq 5: head signature invalid (head forged or edited)" in problems
+
+
+def test_finding1_head_cannot_be_appended_unsigned(tmp_path: Path) -> None:
+    with open_log(tmp_path / "e.db") as log, pytest.raises(ValueError, match="written by sign_head"):
+        log.append("head", stream_id="-", body={"count": 0})
+
+
+def test_finding1_keygen_verify_and_export_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    keyfile = tmp_path / "keys" / "evidence.key"
+    keyfile.parent.mkdir()
+    assert main(["keygen", str(keyfile)]) == 0
+    assert (keyfile.stat().st_mode & 0o777) == 0o600
+    pub = keyfile.with_name("evidence.key.pub")
+    assert pub.read_text().startswith("-----BEGIN PUBLIC KEY-----")
+    assert main(["keygen", str(keyfile)]) == 2  # never overwritten
+    assert "exists already" in capsys.readouterr().err
+    key = load_signing_key(keyfile, state_dir=tmp_path / "state")
+    path = signed_log(tmp_path / "e.db", key)
+    capsys.readouterr()
+    assert main(["verify", str(path), "--pubkey", str(pub)]) == 0
+    assert "3 signed heads valid" in capsys.readouterr().out
+    assert main(["export", str(path), "inc-1", "--pubkey", str(pub), "--out", str(tmp_path / "r.json")]) == 0
+    doc = json.loads((tmp_path / "r.json").read_text())
+    signing = doc["evidence"]["signing"]
+    assert signing["public_key_pem"] == pub.read_text()
+    assert [k["public_key_pem"] for k in signing["public_keys_named_in_log"]] == [pub.read_text()]
+    assert signing["covering_head"]["signed"]["last_seq"] == 14  # the head after inc-1's last record
+    assert doc["evidence"]["verification"]["signatures"]["valid"] == 3
+    recompute_chain(path, 2, '{"i":1,"moderator":"mallory"}')
+    capsys.readouterr()
+    assert main(["verify", str(path)]) == 0  # keyless: a recomputed chain passes, and it says so
+    assert "signatures not checked" in capsys.readouterr().out
+    assert main(["verify", str(path), "--pubkey", str(pub)]) == 1
+    assert "TAMPERED" in capsys.readouterr().out
+    assert main(["verify", str(path), "--pubkey", str(tmp_path / "nope.pub")]) == 2
+
+
+def test_finding1_signing_key_refused_inside_state_dir_or_readable_by_others(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    key, _, _ = generate_signing_key(state / "k")
+    with pytest.raises(KeyFileError, match="inside the state directory"):
+        load_signing_key(key, state_dir=state)
+    outside, pub, _ = generate_signing_key(tmp_path / "k")
+    outside.chmod(0o644)
+    with pytest.raises(KeyFileError, match="lets others read it"):
+        load_signing_key(outside, state_dir=state)
+    with pytest.raises(KeyFileError, match="not a PEM public key"):
+        load_public_key(outside.with_name("k"))  # a private key is not a public key file
+    assert load_public_key(pub)
+
+
+def test_finding1_engine_signs_publishes_and_logs_heads(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import asyncio
+    import logging
+
+    from monitor.config import build_config
+    from monitor.engine import Engine
+
+    keyfile, pub, kid = generate_signing_key(tmp_path / "evidence.key")
+    cfg = build_config({"state_dir": str(tmp_path / "state"), "workers": 0,
+                        "evidence": {"signing_key_file": str(keyfile), "head_interval_s": 5}})
+    engine = Engine(cfg, [])
+    sent: list[tuple[str, dict[str, Any], bool]] = []
+    engine.publisher.send_json = lambda topic, body, retain=False, **kw: sent.append((topic, body, retain))  # type: ignore[method-assign]
+
+    async def go() -> None:
+        engine._loop = asyncio.get_running_loop()
+        engine.record("note", "s1", {"text": "hello"})
+        engine.sign_head()
+        for _ in range(100):
+            if sent:
+                return
+            await asyncio.sleep(0.02)
+
+    with caplog.at_level(logging.INFO, logger="monitor.engine"):
+        asyncio.run(go())
+    engine._evidence_writer.shutdown(wait=True)
+    assert engine.evidence is not None
+    engine.evidence.close()
+    engine.outbox.close()
+    engine.state_lock.release()
+    topic, body, retain = sent[0]
+    assert topic == "livesafe/node-1/evidence/head" and retain
+    assert body["key_id"] == kid and body["count"] == 1 and body["record_seq"] == 2
+    assert any("evidence head signed: 1 records up to seq 1" in r.getMessage() for r in caplog.records)
+    assert verify(tmp_path / "state" / "evidence.sqlite", public_key=load_public_key(pub)).ok
+    assert verify(tmp_path / "state" / "evidence.sqlite", anchors=[(body["last_seq"], body["last_hash"])]).ok
