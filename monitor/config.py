@@ -196,6 +196,15 @@ class HooksConfig(_Strict):
     secret: str | None = None  # or secret_file, or the MONITOR_HOOK_SECRET environment variable
     secret_file: Path | None = None
     pull_url_templates: dict[Literal["nginx-rtmp", "srs", "mediamtx"], str] = {}
+    # A publish the monitor cannot watch (caps, registry trouble) is refused with a 4xx unless this is on.
+    fail_open: bool = False
+    # Streams announced by hooks and discovery: at most this many, and this many per publisher address.
+    max_streams: int = Field(500, ge=1)
+    max_streams_per_addr: int = Field(50, ge=1)
+    # Who may authenticate with ?token= (a secret in a URL): loopback peers, any peer, or nobody.
+    token_peers: Literal["loopback", "any", "none"] = "loopback"
+    signature_window_s: float = Field(60.0, gt=0, le=3600)  # signed requests: |clock skew| accepted
+    mediamtx_ready_timeout_s: float = Field(30.0, gt=0)  # an auth-gate registration never ready is dropped
 
 
 class ServerConfig(_Strict):

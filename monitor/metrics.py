@@ -60,6 +60,9 @@ class Metrics:
                                       registry=r)
         self.mqtt_connected = Gauge("monitor_mqtt_connected", "1 while connected to the broker", registry=r)
         self.quarantined = Gauge("monitor_quarantined_entries", "Bank entries quarantined as noisy", registry=r)
+        self.hook_publishes = Counter("monitor_hook_publishes", "Publish hook decisions by outcome (watched, "
+                                      "refused, allowed_unwatched, banned, unpublish_ignored, gate_expired) "
+                                      "and reason", ["outcome", "reason"], registry=r)
 
 
 @dataclass
