@@ -21,7 +21,7 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -156,6 +156,35 @@ class BanList:
         with self._edit() as bans:
             bans[(ban.kind, ban.value)] = ban
         return ban
+
+    def add_many(
+        self,
+        targets: Iterable[tuple[BanKind, str]],
+        *,
+        reason: str = "",
+        author: str = "",
+        expires_at: datetime | None = None,
+        now: datetime | None = None,
+    ) -> builtins.list[Ban]:
+        """Ban every (kind, value) at once: one locked rewrite of the file, so all of them are stored or none.
+
+        ValueError for a bad value (nothing stored then); BanListError when the file cannot be written.
+        """
+        now_ = _now(now)
+        bans: builtins.list[Ban] = []
+        for kind, value in dict.fromkeys(targets):
+            try:
+                ban = Ban(kind=kind, value=value, reason=reason, author=author, created_at=now_, expires_at=expires_at)
+            except ValidationError as exc:
+                raise ValueError(_first_error(exc)) from None
+            if ban.expired(now_):
+                raise ValueError(f"ban on {kind} would already be expired at {ban.expires_at}")
+            bans.append(ban)
+        if bans:
+            with self._edit() as current:
+                for ban in bans:
+                    current[(ban.kind, ban.value)] = ban
+        return bans
 
     def remove(self, kind: BanKind, value: str) -> bool:
         """Lift a ban; returns whether one was there."""

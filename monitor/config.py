@@ -227,7 +227,8 @@ class MetricsConfig(_Strict):
 
 class TerminateConfig(_Strict):
     auto_severities: list[Literal["low", "medium", "high"]] = []  # terminate without a moderator for these
-    ban: bool = True  # ban the stream key so the publisher's automatic reconnect is refused
+    ban: bool = True  # ban the stream name and its `key` arguments so the publisher's automatic reconnect is refused
+    ban_addr: bool = False  # also ban the publisher's address (shared addresses: NAT, a CDN edge, a relay)
     ban_hours: float | None = None  # None: until removed
 
 

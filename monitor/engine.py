@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -16,10 +17,10 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prometheus_client import Counter
 
@@ -371,7 +372,10 @@ class Engine:
                 result = await self.terminate(inc.stream_id, by=str(cmd["moderator"]),
                                               reason=str(cmd.get("reason") or ""), incident_id=inc.incident_id)
                 text = ("dropped" if result.ok else "failed") + f": {result.detail}"
-                self._emit(self.incidents.record_result(inc.incident_id, command_id, text), time.time())
+                try:
+                    self._emit(self.incidents.record_result(inc.incident_id, command_id, text), time.time())
+                except CommandError as exc:  # the incident expired meanwhile: the evidence has the result
+                    log.warning("terminate result for incident %s not published: %s", inc.incident_id, exc)
 
             self.spawn(run())
 
@@ -381,23 +385,44 @@ class Engine:
         task.add_done_callback(self._tasks.discard)
 
     async def terminate(self, stream_id: str, *, by: str, reason: str, incident_id: str | None = None) -> DropResult:
-        """Drop the publisher through its server's API and ban its key so its reconnect is refused."""
+        """Ban the publisher (stream name, `key` arguments, address if configured), drop it, record what happened.
+
+        Never raises: a ban list that cannot be written is reported in the result, the log and the evidence
+        record, and the drop happens all the same; a server API that fails is a failed result."""
         origin = self.origins.get(stream_id)
+        ban_error: str | None = None
+        banned: list[str] = []
+        if origin is not None and self.cfg.terminate.ban:
+            targets: list[tuple[Literal["key", "addr"], str]] = [
+                ("key", k) for k in (origin.name, *(getattr(origin, "keys", None) or ())) if k]
+            if self.cfg.terminate.ban_addr and origin.publisher_addr:
+                targets.append(("addr", origin.publisher_addr))
+            expires = (datetime.now(UTC) + timedelta(hours=self.cfg.terminate.ban_hours)
+                       if self.cfg.terminate.ban_hours else None)
+            try:  # first: the publisher's client reconnects within seconds of the drop
+                await asyncio.to_thread(self.bans.add_many, targets, reason=reason or "terminated", author=by,
+                                        expires_at=expires)
+                banned = [kind if kind == "addr" else "key#" + hashlib.sha256(v.encode()).hexdigest()[:8]
+                          for kind, v in targets]
+            except Exception as exc:  # BanListError (disk, permissions), a bad value: report it, drop anyway
+                ban_error = str(exc)
+                log.error("terminate stream %s: ban NOT stored (the publisher's reconnect will not be refused): %s",
+                          stream_id, exc)
         if origin is None:
             result = DropResult(False, f"stream {stream_id} was not announced by a streaming server hook")
         elif origin.server not in self.servers:
             result = DropResult(False, f"no API configured for server kind {origin.server} (servers: in config)")
         else:
-            if self.cfg.terminate.ban:
-                expires = (datetime.now(UTC) + timedelta(hours=self.cfg.terminate.ban_hours)
-                           if self.cfg.terminate.ban_hours else None)
-                # Ban first: the publisher's client reconnects within seconds of the drop.
-                self.bans.add("key", origin.name, reason=reason or "terminated", author=by, expires_at=expires)
-            result = await self.servers[origin.server].drop_publisher(origin.app, origin.name)
+            try:
+                result = await self.servers[origin.server].drop_publisher(origin.app, origin.name)
+            except Exception as exc:
+                result = DropResult(False, f"server API failed: {type(exc).__name__}: {exc}")
+        if ban_error is not None:
+            result = replace(result, detail=f"{result.detail}; ban failed: {ban_error}")
         record = {"stream_id": stream_id, "by": by, "reason": reason, "ok": result.ok, "detail": result.detail,
-                  "banned": bool(origin and self.cfg.terminate.ban),
+                  "banned": bool(banned), "bans": banned, "ban_error": ban_error,
                   "terminated_at": datetime.now(UTC).isoformat()}
-        (log.warning if result.ok else log.error)("terminate stream %s by %s: %s (%s)", stream_id, by,
+        (log.warning if result.ok else log.error)("terminate stream %s by %r: %s (%s)", stream_id, by,
                                                    "done" if result.ok else "FAILED", result.detail)
         self.record("termination", stream_id, record, incident_id)
         if result.ok:

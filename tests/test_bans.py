@@ -215,3 +215,110 @@ def test_processes_do_not_lose_bans(path: Path) -> None:
     procs = [subprocess.Popen([sys.executable, "-c", script, str(path), f"p{n}"], env=env) for n in range(3)]
     assert [p.wait(timeout=60) for p in procs] == [0, 0, 0]
     assert len(BanList(path).list(now=T0)) == 60
+
+
+# -- finding 2 (issue 19): terminate drops and records even when the ban cannot be written ------------------
+
+import asyncio  # noqa: E402
+import logging  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from typing import Any  # noqa: E402
+
+from monitor.servers import DropResult  # noqa: E402
+
+
+@dataclass(frozen=True)
+class _Origin:
+    """What the hooks tell the engine about a publish (the hooks pass the URL's `key` arguments as keys)."""
+
+    server: str
+    app: str
+    name: str
+    publisher_addr: str | None
+    keys: tuple[str, ...] = ()
+
+
+class _FakeServer:
+    def __init__(self) -> None:
+        self.drops: list[tuple[str, str]] = []
+
+    async def drop_publisher(self, app: str, name: str) -> DropResult:
+        self.drops.append((app, name))
+        return DropResult(True, "dropped 1 publisher", 1)
+
+
+def _terminating_engine(tmp_path: Path, **terminate: Any) -> tuple[Any, _FakeServer]:
+    from monitor.config import build_config
+    from monitor.engine import Engine
+
+    engine = Engine(build_config({"state_dir": str(tmp_path / "state"), "workers": 0, "terminate": terminate}), [])
+    server = _FakeServer()
+    engine.servers = {"nginx-rtmp": server}
+    engine.origins["s1"] = _Origin("nginx-rtmp", "live", "cam-key", "127.0.0.1", ("url-key-1", "url-key-2"))
+    return engine, server
+
+
+def _terminate(engine: Any) -> tuple[DropResult, list[dict[str, Any]]]:
+    result = asyncio.run(engine.terminate("s1", by="alice", reason="known content", incident_id="inc-1"))
+    engine._evidence_writer.shutdown(wait=True)
+    records = [r.data() for r in engine.evidence.records() if r.kind == "termination"]
+    engine.evidence.close()
+    engine.outbox.close()
+    engine.state_lock.release()
+    return result, records
+
+
+def test_finding2_terminate_drops_and_records_when_the_ban_list_cannot_be_written(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine, server = _terminating_engine(tmp_path)
+    (tmp_path / "state" / "bans.json").mkdir()  # the ban list cannot be read or written
+    with caplog.at_level(logging.ERROR, logger="monitor.engine"):
+        result, records = _terminate(engine)  # before the fix: BanListError, no drop, no record
+    assert server.drops == [("live", "cam-key")]
+    assert result.ok and "ban failed: " in result.detail and "bans.json" in result.detail
+    assert len(records) == 1
+    rec = records[0]
+    assert rec["ok"] is True and rec["banned"] is False and "bans.json" in rec["ban_error"]
+    assert any("ban NOT stored" in r.getMessage() for r in caplog.records)
+
+
+def test_finding2_terminate_bans_the_key_arguments_too(tmp_path: Path) -> None:
+    engine, server = _terminating_engine(tmp_path)
+    result, records = _terminate(engine)
+    assert result.ok and server.drops
+    bans = BanList(tmp_path / "state" / "bans.json")
+    assert sorted((b.kind, b.value) for b in bans.list()) == [
+        ("key", "cam-key"), ("key", "url-key-1"), ("key", "url-key-2")]  # not the address: off by default
+    assert all(b.author == "alice" and b.reason == "known content" for b in bans.list())
+    assert records[0]["banned"] is True
+    assert not any("url-key" in str(v) or "cam-key" in str(v) for v in records[0]["bans"])  # keys masked
+
+
+def test_finding2_terminate_bans_the_address_when_configured(tmp_path: Path) -> None:
+    engine, _ = _terminating_engine(tmp_path, ban_addr=True, ban_hours=2)
+    result, records = _terminate(engine)
+    bans = BanList(tmp_path / "state" / "bans.json")
+    assert result.ok and bans.is_banned(None, "127.0.0.1") is not None
+    assert all(b.expires_at is not None for b in bans.list())
+    assert "addr" in records[0]["bans"]
+
+
+def test_finding2_terminate_records_a_failing_server_api(tmp_path: Path) -> None:
+    engine, server = _terminating_engine(tmp_path)
+
+    async def broken(app: str, name: str) -> DropResult:
+        raise ConnectionResetError("server went away")
+
+    server.drop_publisher = broken  # type: ignore[method-assign]
+    result, records = _terminate(engine)
+    assert not result.ok and "server went away" in result.detail
+    assert records[0]["ok"] is False and records[0]["banned"] is True  # banned before the failed drop
+
+
+def test_add_many_stores_all_or_nothing(path: Path) -> None:
+    bans = BanList(path)
+    with pytest.raises(ValueError, match="not an IP address"):
+        bans.add_many([("key", "k1"), ("addr", "not-an-address")], now=T0)
+    assert bans.list(now=T0) == []
+    assert len(bans.add_many([("key", "k1"), ("key", "k1"), ("addr", "10.0.0.1")], now=T0)) == 2
