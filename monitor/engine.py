@@ -487,6 +487,8 @@ class Engine:
             self._count_up(counter, total)
         m.mqtt_connected.set(1 if self.publisher.connected.is_set() else 0)
         m.quarantined.set(len(self.incidents.quarantined()))
+        if isinstance(self.supervisor, ShardedSupervisor):
+            self._count_up(m.streams_quarantined, self.supervisor.quarantined_total)
         self._sampling_metrics()
 
     def _sampling_metrics(self) -> None:

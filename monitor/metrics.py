@@ -33,6 +33,8 @@ class Metrics:
         self.dropped = Counter("monitor_dropped_samples", "Samples dropped (stale or over budget)",
                                ["stream", "reason"], registry=r)
         self.reconnects = Counter("monitor_reconnects", "Stream reconnect attempts", ["stream", "state"], registry=r)
+        self.streams_quarantined = Counter("monitor_streams_quarantined", "Streams quarantined because their "
+                                           "input crashed their worker process (monitor/workers.py)", registry=r)
         self.sample_lag = Histogram("monitor_sample_lag_seconds", "Keyframe packet read to analysis done",
                                     buckets=LATENCY_BUCKETS, registry=r)
         self.stage = Histogram("monitor_stage_seconds", "Time per sample in each stage", ["stage"],
