@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from monitor.errors import ConfigError
 
@@ -121,17 +121,35 @@ class IngestConfig(_Strict):
     # Frames are scaled in libswscale to this width (aspect kept) before hashing.
     scale_width: int = Field(512, ge=64, le=4096)
     decoder_threads: int = Field(1, ge=0, le=16)
+    # Pictures larger than this are not decoded (checked from the codec parameters before decoding, and by
+    # FFmpeg on a mid-stream size change): the stream is reported with the reason. 4096x2304 by default.
+    max_pixels: int = Field(4096 * 2304, ge=64 * 64, le=1 << 28)
     backoff_initial_s: float = Field(1.0, gt=0)
     backoff_max_s: float = Field(30.0, gt=0)
 
 
 class SamplingConfig(_Strict):
-    """Which frames become samples (see monitor/scheduler.py). By default: every keyframe."""
+    """Which moments become samples (monitor/coverage.py, monitor/scheduler.py).
 
-    min_interval_s: float = Field(0.0, ge=0)  # skip keyframes closer than this to the last sample
-    # A GOP longer than this gets extra samples decoded forward to the wanted time (None: keyframes only).
-    max_interval_s: float | None = Field(None, gt=0)
+    `adaptive` (default): every keyframe, plus frames between keyframes decoded forward when the stream's
+    packets, its GOP or a random audit ask for one, so the encoder cannot choose what the monitor sees.
+    `keyframes`: keyframes only (cheapest; a publisher who controls the encoder can hide from it).
+    """
+
+    mode: Literal["adaptive", "keyframes"] = "adaptive"
+    # Skip keyframes closer than this to the last sample (a keyframe on every frame costs 2 samples a second).
+    min_interval_s: float = Field(0.5, ge=0)
+    # No representative sample for this long (stream time): decode forward to one (long GOPs, intra refresh).
+    max_interval_s: float = Field(2.0, gt=0)
     jitter_s: float = Field(0.2, ge=0)  # random offset on intervals: sampling moments cannot be predicted
+    # Random audit samples between keyframes, on average this often per stream (null: none).
+    audit_interval_s: float | None = Field(15.0, gt=0)
+    # A non-key packet this many times the stream's usual size is a picture change: sampled.
+    change_ratio: float = Field(3.0, gt=1)
+    escalation_s: float = Field(120.0, ge=0)  # a stream that keeps looking evasive is sampled densely this long
+    escalated_interval_s: float = Field(0.5, gt=0)  # ... every this much stream time
+    # Packets decoded between keyframes per second and worker process, shared fairly (null: no limit).
+    forward_budget_per_s: float | None = Field(300.0, gt=0)
     budget_per_s: float | None = Field(None, gt=0)  # samples per second for all streams, shared fairly
     warmup_s: float = Field(10.0, ge=0)  # new streams are sampled densely (weight x warmup_boost) at first
     warmup_boost: float = Field(4.0, ge=1)
@@ -140,6 +158,14 @@ class SamplingConfig(_Strict):
     queue_size: int = Field(32, ge=1)  # samples waiting for analysis; beyond that the oldest is dropped
     max_sample_age_s: float = Field(2.0, gt=0)  # a sample that waited longer is dropped: latency stays bounded
     analysis_threads: int = Field(1, ge=1, le=64)  # per worker process
+
+    @model_validator(mode="after")
+    def _check_intervals(self) -> SamplingConfig:
+        if self.jitter_s >= self.max_interval_s:
+            raise ValueError("jitter_s must be smaller than max_interval_s")
+        if self.min_interval_s > self.max_interval_s:
+            raise ValueError("min_interval_s must not exceed max_interval_s")
+        return self
 
 
 class MatchingConfig(_Strict):

@@ -25,6 +25,8 @@ import numpy as np
 import numpy.typing as npt
 
 from monitor.config import IngestConfig
+from monitor.coverage import StreamClock, thumbnail
+from monitor.packets import CLEAN_KEY, KeyInfo, avcc_length_size, h264_key_info
 from monitor.urls import redact_url
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,12 @@ MAX_BLIND_KEYFRAMES = 2
 # ends about 2 target durations after that reload. A live playlist adds a segment at least once per target duration,
 # so a healthy stream never gets there; it scales with the segment length, which a fixed timeout does not.
 HLS_HOLD_RELOADS = 3
+# The keyframe watchdog grows with the GOP (3 GOPs), measured in wall-clock time and capped here.
+MAX_WATCHED_GOP_S = 60.0
+# Packets kept since the last sync point for decoding forward to a wanted moment. A 30 s GOP at 8 Mbit/s is
+# about 30 MB; past either limit the packets are dropped and the stream waits for its next keyframe.
+MAX_KEPT_PACKETS = 4000
+MAX_KEPT_BYTES = 48 << 20
 
 NETWORK_SCHEMES = ("rtmp", "rtmps", "rtmpt", "http", "https", "tcp", "udp", "rtsp", "srt")
 
@@ -62,24 +70,53 @@ class DecodedFrame:
     rgb: npt.NDArray[np.uint8]
     decoded_at: float = 0.0  # unix time the scaled frame was ready
     keyframe: bool = True
+    reason: str = "key"  # why it was sampled (monitor/coverage.py): key, interval, change, jump, audit, ...
 
 
 class FrameSampler(Protocol):
-    """Which decoded frames to take (see monitor/scheduler.py); bound to one stream."""
+    """Which moments of one stream become samples (monitor/coverage.py, through monitor/scheduler.py).
 
-    def offer(self, media_time_s: float, is_keyframe: bool) -> bool: ...
+    Times are stream time (monotonic seconds, see `StreamClock`); `wall` is unix time."""
 
-    def wants_extra(self, media_time_s: float) -> float | None: ...
+    def start(self, live: bool) -> None:
+        """A new connection: the stream's timeline starts over."""
+        ...
+
+    def key(self, t: float, size: int, info: KeyInfo, wall: float) -> bool:
+        """A key-flagged packet: take it as a sample (decoded on its own)?"""
+        ...
+
+    def packet(self, t: float, size: int, wall: float, reordered: bool) -> float | None:
+        """A non-key packet (`reordered`: shown before a packet decoded earlier, a B-frame): the stream time of a
+        wanted frame (decode forward to it), or None."""
+        ...
+
+    def forward(self, packets: int) -> bool:
+        """May `packets` packets be decoded for the wanted frame (the decode budget)?"""
+        ...
+
+    def sampled(self, t: float, keyframe: bool, thumb: npt.NDArray[np.float32], wall: float) -> str:
+        """A sample was decoded at stream time t; returns why it was taken."""
+        ...
 
 
 class EveryKeyframe:
-    """Take every keyframe, never an extra frame."""
+    """Take every clean keyframe, never a frame between keyframes (the keyframe-only sampler)."""
 
-    def offer(self, media_time_s: float, is_keyframe: bool) -> bool:
-        return is_keyframe
+    def start(self, live: bool) -> None:
+        pass
 
-    def wants_extra(self, media_time_s: float) -> float | None:
+    def key(self, t: float, size: int, info: KeyInfo, wall: float) -> bool:
+        return info.clean
+
+    def packet(self, t: float, size: int, wall: float, reordered: bool) -> float | None:
         return None
+
+    def forward(self, packets: int) -> bool:
+        return True
+
+    def sampled(self, t: float, keyframe: bool, thumb: npt.NDArray[np.float32], wall: float) -> str:
+        return "key"
 
 
 def is_live_url(url: str) -> bool:
@@ -145,10 +182,15 @@ def scaled_rgb(frame: Any, target_width: int) -> npt.NDArray[np.uint8]:
 
 
 def scaled_size(width: int, height: int, target_width: int) -> tuple[int, int]:
-    if width <= target_width:
-        return width - width % 2, height - height % 2
-    h = round(target_width * height / width / 2) * 2
-    return target_width, max(h, 2)
+    """`target_width` wide (aspect kept), never taller than twice that: a 496x16384 picture must not become a
+    23 MiB sample."""
+    max_h = 2 * target_width
+    if width <= target_width and height <= max_h:
+        return max(width - width % 2, 2), max(height - height % 2, 2)
+    scale = min(target_width / width, max_h / height)
+    w = round(width * scale / 2) * 2
+    h = round(height * scale / 2) * 2
+    return max(w, 2), max(h, 2)
 
 
 def _classify(url: str, exc: BaseException, opened: bool) -> IngestError:
@@ -221,77 +263,119 @@ class KeyframeReader:
             container.close()  # unclosed containers leak memory
 
     def _keyframe_timeout_s(self) -> float:
-        """No keyframe for this long while packets flow: a codec change, or a stream without decodable video."""
+        """No keyframe for this long while packets flow: a codec change, or a stream without decodable video.
+
+        Sized from the wall-clock gap between keyframes, never from the publisher's timestamps (two keyframes
+        stamped 1e6 s apart must not stretch it), and capped."""
         if self.cfg.keyframe_timeout_s is not None:
             return self.cfg.keyframe_timeout_s
-        gop = self.keyframe_interval_s or 2.0
+        gop = min(self.keyframe_interval_s or 2.0, MAX_WATCHED_GOP_S)
         return max(3 * gop, 2 * self.effective_read_timeout_s)
 
-    def _keyframes(self, container: Any) -> Iterator[DecodedFrame]:
-        """Keyframe-only decoding, except where the sampler asks for an extra frame inside a long GOP.
+    def _check_size(self, width: int, height: int) -> None:
+        cap = self.cfg.max_pixels
+        if width * height > cap:
+            raise IngestError(self.url, f"picture {width}x{height} is over the cap of {cap} pixels "
+                              "(ingest.max_pixels): not decoded", retryable=is_live_url(self.url))
 
-        On each key packet the sampler says whether to take it and whether it wants a frame later in this
-        GOP. Keyframe-only: decode the key packet (only if taken), drain, flush. Forward: decode this GOP's
-        packets without draining (P-frames need their reference) until a frame reaches the wanted time.
-        Audio and data packets are read and dropped here, not discarded in the demuxer: the keyframe watchdog
-        must run while they flow (an audio-only stream, or video whose codec changed, has no keyframes).
+    def _keyframes(self, container: Any) -> Iterator[DecodedFrame]:
+        """Keyframes, and the frames between them that the sampler asks for.
+
+        The packets since the last sync point (a clean keyframe, or an intra-refresh recovery point) are kept,
+        not decoded. A keyframe the sampler takes is decoded at once; when the sampler wants a moment between
+        keyframes, the kept packets are decoded in order up to it (the decoder keeps its state, so a second
+        moment in the same GOP costs only the packets after the first). Frames decoded on the way are dropped
+        unscaled. Audio and data packets are read and dropped here, not discarded in the demuxer: the keyframe
+        watchdog must run while they flow (an audio-only stream, or video whose codec changed, has no keyframes).
         """
         if not container.streams.video:
             raise IngestError(self.url, "no video stream in the input", retryable=is_live_url(self.url))
         video = container.streams.video[0]
         ctx = video.codec_context
-        ctx.skip_frame = "NONKEY"
+        self._check_size(ctx.width, ctx.height)
+        ctx.options = {"max_pixels": str(self.cfg.max_pixels)}  # a mid-stream size change is refused by FFmpeg
+        ctx.skip_frame = "DEFAULT"
         ctx.thread_count = self.cfg.decoder_threads
         tb = video.time_base
         if tb is None:
             raise IngestError(self.url, "video stream without a time base", retryable=is_live_url(self.url))
+        h264 = ctx.name == "h264"
+        length_size = avcc_length_size(bytes(ctx.extradata)) if h264 and ctx.extradata else None
         sampler = self.sampler
-        target: float | None = None  # forward mode while set: the media time of the wanted extra frame
-        pending_key: float | None = None  # a taken keyframe not yet out of the decoder
-        last_key: float | None = None
+        sampler.start(is_live_url(self.url))
+        clock = StreamClock()
+        buf: list[Any] = []  # packets not yet fed to the decoder, in decode order, from a sync point on
+        buf_bytes = 0
+        synced = False  # feeding `buf` in order continues a valid decoder state
+        drained = False  # the decoder was drained (end of stream sent): flush before the next packet
+        times: dict[int, float] = {}  # pts -> stream time, for the packets since the sync point
+        target: float | None = None  # stream time of the wanted frame between keyframes
+        feeding = False  # the wanted frame's packets are being fed: feed each new one until it comes out
+        pending_key: int | None = None  # pts of a taken keyframe not yet out of the decoder
+        max_pts = -(1 << 62)  # the latest pts this GOP: a packet before it is shown before it (a B-frame)
         received_at = 0.0
+        last_key: float | None = None
         opened_at = last_key_wall = time.monotonic()
-        bad_keyframes = 0  # taken keyframes in a row that the decoder rejected
+        bad_packets = 0  # packets in a row the decoder rejected
         blind_keyframes = 0  # taken keyframes in a row that the decoder accepted but made no picture of
 
-        def emit(frame: Any, keyframe: bool) -> DecodedFrame:
+        def emit(frame: Any, t: float, keyframe: bool) -> DecodedFrame:
+            if frame.width * frame.height > self.cfg.max_pixels:
+                self._check_size(frame.width, frame.height)
             rgb = scaled_rgb(frame, self.cfg.scale_width)
-            return DecodedFrame(float(frame.pts * tb), received_at, rgb, time.time(), keyframe)
+            now = time.time()
+            reason = sampler.sampled(t, keyframe, thumbnail(rgb), now)
+            return DecodedFrame(t, received_at, rgb, now, keyframe, reason)
 
-        def handle(frame: Any) -> Iterator[DecodedFrame]:
-            nonlocal pending_key, target
-            if frame.pts is None:
-                return
-            # frame.time is NaN for frames from codec_context.decode (no time_base): compute it.
-            t = float(frame.pts * tb)
-            if pending_key is not None and abs(t - pending_key) < 1e-6:
-                pending_key = None
-                yield emit(frame, True)
-            elif target is not None and t >= target:
-                if sampler.offer(t, False):
-                    yield emit(frame, False)
-                target = sampler.wants_extra(t)
-                if target is None:
-                    ctx.skip_frame = "NONKEY"
-
-        def decode(packet: Any, drain: bool) -> list[Any] | None:
+        def decode(packet: Any) -> list[Any] | None:
             """The frames out of the decoder; None if it rejected the packet."""
-            nonlocal bad_keyframes
+            nonlocal bad_packets, drained, synced
+            if drained:
+                ctx.flush_buffers()
+                drained = False
             try:
-                frames = [*ctx.decode(packet), *(ctx.decode(None) if drain else ())]
-            except av.error.InvalidDataError:
+                frames = list(ctx.decode(packet))
+            except (av.error.InvalidDataError, av.error.ArgumentError, av.error.MemoryError) as exc:
                 # One damaged packet must not cost the connection (a single-client source would be lost).
                 ctx.flush_buffers()
-                bad_keyframes += packet.is_keyframe
-                if bad_keyframes >= MAX_BAD_KEYFRAMES:
-                    raise IngestError(self.url, f"{bad_keyframes} undecodable keyframes in a row") from None
+                synced = False
+                bad_packets += 1
+                if ctx.width * ctx.height > self.cfg.max_pixels:
+                    self._check_size(ctx.width, ctx.height)
+                if bad_packets >= MAX_BAD_KEYFRAMES:
+                    raise IngestError(self.url, f"{bad_packets} undecodable packets in a row ({exc})") from None
                 log.debug("%s: undecodable packet at %s skipped", redact_url(self.url), packet.pts)
                 return None
-            if packet.is_keyframe:
-                bad_keyframes = 0
-            if drain:
-                ctx.flush_buffers()
+            bad_packets = 0
             return frames
+
+        def drain() -> list[Any]:
+            nonlocal drained
+            try:
+                frames = list(ctx.decode(None))
+            except av.error.EOFError:
+                frames = []
+            drained = True
+            return frames
+
+        def feed(packets: list[Any]) -> Iterator[DecodedFrame]:
+            """Decode `packets` in order; emit the wanted frame if it comes out."""
+            nonlocal target, feeding
+            for packet in packets:
+                for frame in decode(packet) or ():
+                    if frame.pts is None or target is None:
+                        continue
+                    t = times.get(frame.pts)
+                    if t is None:
+                        t = float(frame.pts * tb)
+                    if t >= target - 1e-6:
+                        target = None
+                        feeding = False
+                        yield emit(frame, t, False)
+                if not synced:
+                    target = None
+                    feeding = False
+                    return
 
         def blind(t_key: float) -> None:
             """A taken keyframe went into the decoder without an error and no picture came out (drained)."""
@@ -316,31 +400,76 @@ class KeyframeReader:
                                   "(codec change or broken video?)", stalled=True)
             if packet.stream.index != video.index or packet.dts is None or packet.pts is None:
                 continue  # audio, data, flush packets
+            wall = time.time()
+            t = float(packet.pts * tb) + clock.offset(float(packet.dts * tb))
+            if packet.is_keyframe or packet.pts > max_pts:
+                max_pts = packet.pts
+            size = packet.size
             if packet.is_keyframe:
-                received_at = time.time()
+                received_at = wall
+                if last_key is not None:
+                    self.keyframe_interval_s = now - last_key_wall
                 last_key_wall = now
-                t_key = float(packet.pts * tb)
-                if last_key is not None and t_key > last_key:
-                    self.keyframe_interval_s = t_key - last_key
-                last_key = t_key
-                take = sampler.offer(t_key, True)
-                target = sampler.wants_extra(t_key)
-                pending_key = t_key if take else None
-                if target is None:
-                    ctx.skip_frame = "NONKEY"
-                    if take:  # a keyframe not taken is not even decoded
-                        frames = decode(packet, drain=True)
-                        if frames == []:  # drained: an accepted keyframe that is not out now never will be
-                            blind(t_key)
-                        elif frames:
-                            blind_keyframes = 0
-                        for frame in frames or ():
-                            yield from handle(frame)
+                last_key = t
+                info = h264_key_info(bytes(packet), length_size) if h264 else CLEAN_KEY
+                take = sampler.key(t, size, info, wall)
+                if info.clean:
+                    buf, buf_bytes, synced, target, feeding = [packet], size, True, None, False
+                    times.clear()
+                    times[packet.pts] = t
+                    if not take:
+                        continue
+                    frames = decode(packet)
+                    if frames is None:  # rejected: counts as a keyframe without a picture
+                        blind(t)
+                        continue
+                    if frames:
+                        buf, buf_bytes = [], 0  # the decoder holds the keyframe: later packets continue it
+                    else:  # held in the decoder's reorder buffer: drain it out (the keyframe is fed again later)
+                        pending_key = packet.pts
+                        frames = drain()
+                        if not frames:
+                            blind(t)
+                            continue
+                    blind_keyframes = 0
+                    for frame in frames:
+                        if frame.pts is not None and (frame.pts == packet.pts or frame.pts == pending_key):
+                            pending_key = None
+                            yield emit(frame, t, True)
                     continue
-                ctx.skip_frame = "DEFAULT"
-                for frame in decode(packet, drain=False) or ():
-                    yield from handle(frame)
-            elif target is not None:
-                received_at = time.time()
-                for frame in decode(packet, drain=False) or ():
-                    yield from handle(frame)
+                if not info.recovery_point:  # not a picture on its own (another codec?): like a blind keyframe
+                    buf, buf_bytes, synced, target, feeding = [], 0, False, None, False
+                    times.clear()
+                    blind(t)
+                    continue
+                # A recovery point: an ordinary slice that starts an intra-refresh period.
+                if not synced:
+                    buf, buf_bytes, synced = [], 0, True
+                    times.clear()
+            elif not synced:
+                sampler.packet(t, size, wall, packet.pts < max_pts)  # signals count; nothing to decode against
+                continue
+            buf.append(packet)
+            buf_bytes += size
+            times[packet.pts] = t
+            if len(buf) > MAX_KEPT_PACKETS or buf_bytes > MAX_KEPT_BYTES:
+                log.info("%s: %d packets (%d bytes) since the last keyframe: over the limit, dropped until the "
+                         "next keyframe", redact_url(self.url), len(buf), buf_bytes)
+                buf, buf_bytes, synced, target, feeding = [], 0, False, None, False
+                times.clear()
+                continue
+            if not packet.is_keyframe:
+                want = sampler.packet(t, size, wall, packet.pts < max_pts)
+                if not feeding:
+                    target = want
+            if feeding or (target is not None and t >= target - 1e-6):
+                # The decode budget is charged for every packet fed for a wanted frame (all of them at once
+                # when feeding starts, then each one while the frame has not come out).
+                if not sampler.forward(len(buf)):
+                    target, feeding = None, False
+                    continue
+                if not feeding:
+                    feeding = True
+                    received_at = wall
+                todo, buf, buf_bytes = buf, [], 0
+                yield from feed(todo)

@@ -63,6 +63,7 @@ How a reader uses it (the order matters; see `wants_extra`):
 
 from __future__ import annotations
 
+import functools
 import math
 import queue
 import random
@@ -72,6 +73,12 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from monitor.coverage import CoveragePolicy, StreamCoverage
+from monitor.packets import KeyInfo
 
 Clock = Callable[[], float]
 T = TypeVar("T")
@@ -332,9 +339,9 @@ class SampleBudget:
         decayed = b.demand_count * math.exp(-(now - b.demand_at) / self.tau)
         return decayed / (self.tau * (1.0 - math.exp(-age / self.tau)))
 
-    def note_demand(self, key: str, now: float) -> None:
+    def note_demand(self, key: str, now: float, units: float = 1.0) -> None:
         b = self._b[key]
-        b.demand_count = b.demand_count * math.exp(-(now - b.demand_at) / self.tau) + 1.0
+        b.demand_count = b.demand_count * math.exp(-(now - b.demand_at) / self.tau) + units
         b.demand_at = now
 
     def rebalance(self, now: float) -> None:
@@ -370,7 +377,10 @@ class SampleBudget:
         if self._dirty or now - self._rebalanced_at >= self.rebalance_s:
             self.rebalance(now)
 
-    def try_take(self, key: str, now: float) -> bool:
+    def try_take(self, key: str, now: float, units: float = 1.0) -> bool:
+        """Take `units` tokens. A stream holding at least one token may take more than it holds (its bucket goes
+        into debt, repaid at its rate before it can take again): a forward decode of 60 packets is one
+        decision, and on average the budget still holds."""
         if self.rate is None:
             return True
         self._maybe_rebalance(now)
@@ -378,7 +388,7 @@ class SampleBudget:
         b.refill(now, self.burst_s)
         if b.tokens < 1.0:
             return False  # over its fair share
-        b.tokens -= 1.0
+        b.tokens -= units
         return True
 
     def time_to_token(self, key: str, now: float) -> float:
@@ -402,9 +412,12 @@ class SampleBudget:
 class _Stream:
     sampler: StreamSampler
     added_at: float
+    coverage: StreamCoverage | None = None  # None: keyframes only (sampling.mode: keyframes)
     boosted_until: float = -math.inf
     dropped_budget: int = 0
     extra_deferred: int = 0  # extra targets pushed later because the stream had no token
+    forward_packets: int = 0  # packets decoded forward (between keyframes) for wanted frames
+    forward_refused: int = 0  # forward decodes the decode budget refused
 
 
 class Scheduler:
@@ -413,7 +426,8 @@ class Scheduler:
     def __init__(self, budget_per_s: float | None = None, clock: Clock = time.monotonic,
                  rng: random.Random | None = None, *, warmup_s: float = 10.0, warmup_boost: float = 4.0,
                  boost_factor: float = 4.0, dense_min_interval_s: float = 0.0, burst_s: float = 2.0,
-                 demand_tau_s: float = 10.0, rebalance_s: float = 1.0) -> None:
+                 demand_tau_s: float = 10.0, rebalance_s: float = 1.0,
+                 forward_budget_per_s: float | None = None) -> None:
         for name, v in (("warmup_s", warmup_s), ("warmup_boost", warmup_boost), ("boost_factor", boost_factor),
                         ("dense_min_interval_s", dense_min_interval_s)):
             _finite(name, v)
@@ -429,21 +443,33 @@ class Scheduler:
         self.dense_min_interval_s = dense_min_interval_s
         self.budget = SampleBudget(budget_per_s, clock=clock, burst_s=burst_s, demand_tau_s=demand_tau_s,
                                    rebalance_s=rebalance_s, rng=random.Random(self.rng.getrandbits(64)))
+        # Packets decoded between keyframes, per second, shared by the same water filling: a stream that
+        # needs forward decoding (intra refresh, long GOPs, escalation) cannot take what the others need.
+        self.forward_budget = SampleBudget(forward_budget_per_s, clock=clock, burst_s=burst_s,
+                                           demand_tau_s=demand_tau_s, rebalance_s=rebalance_s,
+                                           rng=random.Random(self.rng.getrandbits(64)))
         self._streams: dict[str, _Stream] = {}
         self._lock = threading.Lock()
         self._removed: dict[str, int] = {"admitted": 0, "dropped_budget": 0, "skipped_interval": 0,
                                          "skipped_unrequested": 0, "offered": 0}
 
     # -- streams ----------------------------------------------------------------------------------------------
-    def add_stream(self, stream_id: str, policy: StreamPolicy | None = None) -> None:
+    def add_stream(self, stream_id: str, policy: StreamPolicy | None = None,
+                   coverage: CoveragePolicy | None = None) -> None:
+        """`coverage`: sample between keyframes by that policy (monitor/coverage.py); None: keyframes only."""
         with self._lock:
             if stream_id in self._streams:
                 raise ValueError(f"stream {stream_id!r} is already scheduled")
             now = self.clock()
             # Each stream gets its own generator, seeded from the scheduler's: reproducible under a seeded rng.
             sampler = StreamSampler(policy or StreamPolicy(), random.Random(self.rng.getrandbits(64)))
-            self._streams[stream_id] = _Stream(sampler, now)
-            self.budget.add(stream_id, self._weight(self._streams[stream_id], now))
+            st = _Stream(sampler, now)
+            if coverage is not None:
+                st.coverage = StreamCoverage(coverage, random.Random(self.rng.getrandbits(64)),
+                                             budget=functools.partial(self._forward_take, stream_id))
+            self._streams[stream_id] = st
+            self.budget.add(stream_id, self._weight(st, now))
+            self.forward_budget.add(stream_id, self._weight(st, now))
 
     def remove_stream(self, stream_id: str) -> None:
         with self._lock:
@@ -457,6 +483,7 @@ class Scheduler:
             self._removed["skipped_unrequested"] += c.skipped_unrequested
             self._removed["dropped_budget"] += st.dropped_budget
             self.budget.remove(stream_id)
+            self.forward_budget.remove(stream_id)
 
     def streams(self) -> list[str]:
         with self._lock:
@@ -484,7 +511,76 @@ class Scheduler:
 
     def _refresh_weights(self, now: float) -> None:
         for sid, st in self._streams.items():
-            self.budget.set_weight(sid, self._weight(st, now))
+            w = self._weight(st, now)
+            self.budget.set_weight(sid, w)
+            self.forward_budget.set_weight(sid, w)
+
+    # -- the reader's calls for sampling between keyframes (monitor/ingest.py FrameSampler) ----------------
+    def start(self, stream_id: str, live: bool) -> None:
+        with self._lock:
+            cov = self._get(stream_id).coverage
+            if cov is not None:
+                cov.start(live)
+
+    def key(self, stream_id: str, t: float, size: int, info: KeyInfo, wall: float) -> bool:
+        """A key-flagged packet: take it? (clean ones only; the min interval and the sample budget apply)"""
+        with self._lock:
+            cov = self._get(stream_id).coverage
+            if cov is not None and not cov.key(t, size, info, wall):
+                return False
+        if not info.clean:
+            return False
+        return self.offer(stream_id, t, is_keyframe=True)
+
+    def packet(self, stream_id: str, t: float, size: int, wall: float, reordered: bool = False) -> float | None:
+        """A non-key packet: the stream time of a wanted frame, or None (keyframes only, nothing wanted, or no
+        sample token yet: the want stays and is asked for again with the next packet)."""
+        with self._lock:
+            st = self._get(stream_id)
+            if st.coverage is None:
+                return None
+            target = st.coverage.packet(t, size, wall, reordered)
+            if target is None or not self.budget.limited:
+                return target
+            now = self.clock()
+            self._refresh_weights(now)
+            if self.budget.time_to_token(stream_id, now) > 0:
+                st.extra_deferred += 1
+                return None
+            return target
+
+    def forward(self, stream_id: str, packets: int) -> bool:
+        with self._lock:
+            cov = self._get(stream_id).coverage
+            return True if cov is None else cov.forward(packets)
+
+    def _forward_take(self, stream_id: str, packets: int) -> bool:
+        """The decode budget (called by the stream's coverage, under the lock)."""
+        st = self._streams[stream_id]
+        now = self.clock()
+        self.forward_budget.note_demand(stream_id, now, packets)
+        if not self.forward_budget.try_take(stream_id, now, packets):
+            st.forward_refused += 1
+            return False
+        st.forward_packets += packets
+        return True
+
+    def sampled(self, stream_id: str, t: float, keyframe: bool, thumb: npt.NDArray[np.float32] | None,
+                wall: float) -> str:
+        """A sample was decoded; returns why it was taken. Frames between keyframes count against the sample
+        budget here (keyframes did in `key`)."""
+        with self._lock:
+            st = self._get(stream_id)
+            if st.coverage is None:
+                return "key"
+            if not keyframe:
+                now = self.clock()
+                self.budget.note_demand(stream_id, now)
+                self.budget.try_take(stream_id, now)
+                st.sampler.admitted += 1
+                st.sampler.extra_admitted += 1
+                st.sampler.last_sample = t
+            return st.coverage.sampled(t, keyframe, thumb, wall)
 
     # -- the reader's calls -------------------------------------------------------------------------------------
     def offer(self, stream_id: str, media_time_s: float, is_keyframe: bool = True) -> bool:
@@ -553,6 +649,9 @@ class Scheduler:
                     "boosted_for_s": max(0.0, st.boosted_until - now) if self._boosted(st, now) else 0.0,
                     "share_per_s": share,
                     "demand_per_s": None if math.isinf(demand) else demand,
+                    "forward_packets": st.forward_packets,
+                    "forward_refused": st.forward_refused,
+                    **(_coverage_stats(st.coverage, time.time()) if st.coverage is not None else {}),
                 }
                 for k in ("admitted", "offered", "skipped_interval", "skipped_unrequested"):
                     totals[k] += c[k]
@@ -564,6 +663,19 @@ class Scheduler:
                 **totals,
                 "streams": per,
             }
+
+
+def _coverage_stats(cov: StreamCoverage, wall: float) -> dict[str, Any]:
+    c = cov.counters
+    return {
+        "blind_interval_s": round(cov.blind_max, 3),
+        "blind_now_s": round(cov.blind_now(), 3),
+        "escalated": cov.escalated(wall),
+        "escalations": c.escalations,
+        "evasion_score": round(cov.score(wall), 3),
+        "samples_by_reason": dict(c.samples),
+        "signals": dict(c.signals),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------

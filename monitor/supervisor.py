@@ -16,8 +16,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
+import numpy.typing as npt
+
 from monitor.config import BankConfig, IngestConfig, MatchingConfig, SamplingConfig, StreamConfig
+from monitor.coverage import CoveragePolicy
 from monitor.ingest import IngestError, KeyframeReader, is_hls_url, is_live_url
+from monitor.packets import KeyInfo
 from monitor.scheduler import QueueClosed, SampleQueue, Scheduler, StreamPolicy
 from monitor.urls import redact_url
 from pipelines.banks import Bank, load_bank
@@ -28,6 +33,7 @@ log = logging.getLogger(__name__)
 
 
 REPLAY_WINDOW_S = 300.0  # an HLS media time this far behind the last sample is a publisher restart, not a replay
+DENSE_MIN_INTERVAL_S = 0.25  # new and boosted streams: keyframes up to 4 a second
 
 
 class StreamState(enum.StrEnum):
@@ -100,17 +106,26 @@ class _Queued:
 
 
 class _BoundSampler:
-    """The scheduler, seen by one stream's reader."""
+    """The scheduler, seen by one stream's reader (monitor/ingest.py FrameSampler)."""
 
     def __init__(self, scheduler: Scheduler, stream_id: str) -> None:
         self.scheduler = scheduler
         self.stream_id = stream_id
 
-    def offer(self, media_time_s: float, is_keyframe: bool) -> bool:
-        return self.scheduler.offer(self.stream_id, media_time_s, is_keyframe)
+    def start(self, live: bool) -> None:
+        self.scheduler.start(self.stream_id, live)
 
-    def wants_extra(self, media_time_s: float) -> float | None:
-        return self.scheduler.wants_extra(self.stream_id, media_time_s)
+    def key(self, t: float, size: int, info: KeyInfo, wall: float) -> bool:
+        return self.scheduler.key(self.stream_id, t, size, info, wall)
+
+    def packet(self, t: float, size: int, wall: float, reordered: bool) -> float | None:
+        return self.scheduler.packet(self.stream_id, t, size, wall, reordered)
+
+    def forward(self, packets: int) -> bool:
+        return self.scheduler.forward(self.stream_id, packets)
+
+    def sampled(self, t: float, keyframe: bool, thumb: npt.NDArray[np.float32], wall: float) -> str:
+        return self.scheduler.sampled(self.stream_id, t, keyframe, thumb, wall)
 
 
 class StreamWorker(threading.Thread):
@@ -233,7 +248,9 @@ class Supervisor:
         self.urls: dict[str, str] = {}
         budget = sampling.budget_per_s * budget_share if sampling.budget_per_s else None
         self.scheduler = Scheduler(budget, warmup_s=sampling.warmup_s, warmup_boost=sampling.warmup_boost,
-                                   boost_factor=sampling.boost_factor)
+                                   boost_factor=sampling.boost_factor,
+                                   dense_min_interval_s=min(sampling.min_interval_s, DENSE_MIN_INTERVAL_S),
+                                   forward_budget_per_s=sampling.forward_budget_per_s)
         self.queue: SampleQueue[_Queued] = SampleQueue(sampling.queue_size, sampling.max_sample_age_s)
         self.analysis = [Analysis(self.queue, self.pipelines, sink, i) for i in range(sampling.analysis_threads)]
         for a in self.analysis:
@@ -241,15 +258,24 @@ class Supervisor:
 
     def _policy(self, stream: StreamConfig) -> StreamPolicy:
         s = self.sampling
-        return StreamPolicy(min_interval_s=s.min_interval_s, max_interval_s=s.max_interval_s, jitter_s=s.jitter_s,
+        return StreamPolicy(min_interval_s=s.min_interval_s, jitter_s=min(s.jitter_s, s.min_interval_s),
                             priority=stream.priority)
+
+    def _coverage(self) -> CoveragePolicy | None:
+        s = self.sampling
+        if s.mode == "keyframes":
+            return None
+        return CoveragePolicy(max_interval_s=s.max_interval_s, jitter_s=s.jitter_s,
+                              audit_mean_s=s.audit_interval_s, change_ratio=s.change_ratio,
+                              escalation_s=s.escalation_s, escalated_interval_s=s.escalated_interval_s,
+                              wall_max_interval_s=2 * s.max_interval_s)
 
     def add_stream(self, stream: StreamConfig) -> None:
         old = self.workers.get(stream.id)
         if old is not None and old.is_alive():
             raise ValueError(f"stream {stream.id!r} is already monitored")
         self.scheduler.remove_stream(stream.id)  # a stream that ended and is added again starts afresh
-        self.scheduler.add_stream(stream.id, self._policy(stream))
+        self.scheduler.add_stream(stream.id, self._policy(stream), self._coverage())
         worker = StreamWorker(stream, self.ingest, self.scheduler, self.queue, self.sink)
         self.workers[stream.id] = worker
         self.urls[stream.id] = redact_url(stream.url)
