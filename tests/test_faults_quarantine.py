@@ -12,6 +12,7 @@ the crash happened where it should (inside the reader's decode call, or inside t
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
 import re
 import signal
@@ -61,8 +62,11 @@ def _child(table: CrashTable, dump: str | None, sitters: list[tuple[str, str]], 
         entered.acquire()
     if culprit is None:
         signal.pthread_kill(threading.get_ident(), signal.SIGSEGV)
-    crashguard.bind_stream(culprit or "-")
+    crashguard.bind_stream(culprit.removeprefix("null-write:"))
     with native_section("decode"):
+        if culprit.startswith("null-write:"):
+            # A real fault in C code that runs without the GIL, as FFmpeg's does under PyAV.
+            ctypes.CDLL(None).memset(ctypes.c_void_p(0), 0, 16)
         time.sleep(60)  # not reached with the fault injection on
 
 
@@ -92,6 +96,11 @@ def test_only_the_faulting_stream_is_blamed_while_others_decode_and_wait(
     assert [c.kind for c in s.blamed] == ["decode"]
     assert "_crash_for_tests" in s.traceback, s.traceback
     assert "blamed: bad (the faulting thread: FFmpeg decode since" in s.describe()
+
+
+def test_a_real_segfault_in_c_code_without_the_gil_is_attributed_the_same_way(tmp_path: Path) -> None:
+    s = crash_child(tmp_path, [("waiting", "demux"), ("decoding", "decode")], "null-write:bad")
+    assert s.precise and blamed(s) == {"bad"}, s
 
 
 def test_a_crash_outside_ffmpeg_calls_blames_nobody(tmp_path: Path) -> None:
