@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +31,7 @@ from monitor.config import MonitorConfig, StreamConfig
 from monitor.discovery import DiscoveredServer, Discovery
 from monitor.errors import UserError
 from monitor.evidence import EvidenceError, EvidenceLog, EvidenceRecord, KeyFileError, key_id, load_signing_key
+from monitor.hooks import ID_KEY_FILE, ORIGIN_REPLACE_AFTER_S, Origin, OriginTable, StreamNamer
 from monitor.incidents import (
     CommandError,
     Event,
@@ -46,6 +47,7 @@ from monitor.incidents import (
 from monitor.metrics import HealthInput, HealthRules, Metrics, start_metrics_server
 from monitor.mqtt import MqttPublisher
 from monitor.outbox import Outbox, OutboxError
+from monitor.sampling_report import Escalation, SamplingMetrics, SamplingReport
 from monitor.servers import DropResult, MediaMTXAPI, NginxRtmpAPI, ServerAPI, SrsAPI
 from monitor.statefiles import StateLock, private_dir
 from monitor.supervisor import SampleReport, SampleTiming, StateChange, StreamState, Supervisor, make_matcher
@@ -77,14 +79,8 @@ def _file_stamp(path: Path) -> tuple[float, int] | None:
     return st.st_mtime, st.st_size
 
 
-@dataclass(frozen=True, slots=True)
-class StreamOrigin:
-    """Where a stream came from, when a streaming server told us (needed to drop and ban its publisher)."""
-
-    server: str
-    app: str
-    name: str
-    publisher_addr: str | None
+# Where a stream came from, when a streaming server told us (needed to drop and ban its publisher).
+StreamOrigin = Origin
 
 
 def make_server_api(kind: str, url: str) -> ServerAPI:
@@ -117,6 +113,7 @@ class Engine:
         self.incidents = IncidentBook(IncidentPolicy(**cfg.incidents.model_dump()), self.severity)
         self.suppressed: dict[str, int] = {}
         self.metrics = Metrics()
+        self.sampling_report = SamplingReport(SamplingMetrics(self.metrics.registry))
         self.last_sample: dict[str, float] = {}
         self._dropped_seen: dict[tuple[str, str], float] = {}
         self._counted: dict[int, float] = {}
@@ -131,7 +128,9 @@ class Engine:
                               cfg.log_format == "json"))
         self.samples = 0
         self.servers = {s.kind: make_server_api(s.kind, s.api_url) for s in cfg.servers}
-        self.origins: dict[str, StreamOrigin] = {}
+        # Announced streams (hooks, discovery): each bound to the publisher that registered it, within caps.
+        self.origins = OriginTable(cfg.hooks.max_streams, cfg.hooks.max_streams_per_addr)
+        self.namer = StreamNamer.load(cfg.state_dir / ID_KEY_FILE)  # keyed stream ids (monitor/hooks.py)
         self.states: dict[str, StateChange] = {}
         self.alert_listeners: list[AlertListener] = []
         self.alerts_sent = 0
@@ -218,18 +217,7 @@ class Engine:
 
     def _handle_state(self, change: StateChange) -> None:
         self.states[change.stream_id] = change
-        body = {
-            "node": self.cfg.node,
-            "stream_id": change.stream_id,
-            "stream_url": self.supervisor.urls.get(change.stream_id, ""),
-            "state": change.state.value,
-            "detail": change.detail,
-            "attempt": change.attempt,
-            "retry_in_s": change.retry_in_s,
-            "at": change.at,
-        }
-        topic = topics.stream_state(self.cfg.broker.topic_prefix, self.cfg.node, change.stream_id)
-        self.publisher.send_json(topic, body, retain=True, user_properties=(("stream_id", change.stream_id),))
+        topic = self._publish_state(change)
         if change.state in (StreamState.RECONNECTING, StreamState.STALLED):
             self.metrics.reconnects.labels(change.stream_id, change.state.value).inc()
         if change.state == StreamState.CONNECTING:
@@ -239,6 +227,23 @@ class Engine:
             if not self.supervisor.has_stream(change.stream_id):
                 self._forget_stream(change.stream_id, topic)
             self._idle.set()
+
+    def _publish_state(self, change: StateChange) -> str:
+        """The stream's retained state message (with what its sampling covered); returns its topic."""
+        body = {
+            "node": self.cfg.node,
+            "stream_id": change.stream_id,
+            "stream_url": self.supervisor.urls.get(change.stream_id, ""),
+            "state": change.state.value,
+            "detail": change.detail,
+            "attempt": change.attempt,
+            "retry_in_s": change.retry_in_s,
+            "at": change.at,
+            "sampling": self.sampling_report.detail(change.stream_id),
+        }
+        topic = topics.stream_state(self.cfg.broker.topic_prefix, self.cfg.node, change.stream_id)
+        self.publisher.send_json(topic, body, retain=True, user_properties=(("stream_id", change.stream_id),))
+        return topic
 
     def _forget_stream(self, stream_id: str, state_topic: str) -> None:
         """A removed stream leaves no trace in memory, metrics or retained state (hooks add streams forever)."""
@@ -250,6 +255,7 @@ class Engine:
             for metric in (self.metrics.samples, self.metrics.reconnects):
                 with contextlib.suppress(KeyError, ValueError):
                     metric.remove(*labels)
+        self.sampling_report.forget(stream_id)
         self.publisher.clear_retained(state_topic)
 
     def _handle_sample(self, stream_id: str, media_time_s: float, findings: list[Finding],
@@ -353,7 +359,7 @@ class Engine:
                                               "reason": cmd.get("reason") or "", "command_id": cmd["command_id"],
                                               "changed": outcome.changed, "message": outcome.message,
                                               "acted_at": datetime.now(UTC).isoformat()}, inc.incident_id)
-        log.info("incident %s: %s by %s (%s)", inc.incident_id, action, cmd["moderator"], outcome.message)
+        log.info("incident %s: %s by %r (%r)", inc.incident_id, action, cmd["moderator"], outcome.message)
         if outcome.changed:
             self._send_incident(inc, f"{action} by {cmd['moderator']}")
         if outcome.proposed_negative_entry is not None:
@@ -437,18 +443,48 @@ class Engine:
         self.supervisor.remove_stream(stream_id)
 
     def add_stream(self, stream_id: str, url: str, *, server: str, app: str, name: str,
-                   publisher_addr: str | None) -> None:
-        """Called by the hook server when a publish starts: start pulling it at once."""
-        self.origins[stream_id] = StreamOrigin(server, app, name, publisher_addr)
-        if self.supervisor.has_stream(stream_id) and stream_id not in self.supervisor.dead_streams():
+                   publisher_addr: str | None, client_id: str | None = None) -> None:
+        """Called by the hook server and discovery when a publish starts: start pulling it at once.
+
+        Raises StreamRefused (monitor.hooks) for a stream it will not watch: beyond hooks.max_streams or
+        max_streams_per_addr, or an id still watched for another publisher (an origin stays bound to the
+        stream it registered; it is replaced only once that stream is no longer watched, or has not been live
+        for ORIGIN_REPLACE_AFTER_S since it registered: its unpublish was missed)."""
+        watched = self.supervisor.has_stream(stream_id) and stream_id not in self.supervisor.dead_streams()
+        known = self.origins.get(stream_id)
+        state = self.states.get(stream_id)
+        stale = (known is not None and time.monotonic() - known.registered_at > ORIGIN_REPLACE_AFTER_S
+                 and (state is None or state.state != StreamState.LIVE))
+        verdict = self.origins.admit(stream_id, Origin(server, app, name, publisher_addr, client_id),
+                                     replaceable=not watched or stale)
+        if verdict == "same" and watched:
             return  # MediaMTX reports one publish twice (auth gate, then ready)
-        if self.supervisor.has_stream(stream_id):
-            self.supervisor.remove_stream(stream_id)  # its worker ended (a file, a failure): start afresh
-        self.watch(StreamConfig(id=stream_id, url=url))
+        origin = self.origins[stream_id]
+        # The raw name (often the stream key) stays in the origin; logs and evidence get the keyed form.
+        self.record("note", stream_id, {
+            "text": "stream announced" if verdict == "new" else "stream announced again (new publisher)",
+            "server": server, "app": app, "name": self.namer.redacted_name(server, app, name),
+            "name_length": len(name), "publisher_addr": origin.publisher_addr, "client_id": origin.client_id,
+            "announced_at": datetime.now(UTC).isoformat()})
         log.info("stream %s: announced by %s (%s), pulling %s", stream_id, server, publisher_addr or "?",
                  redact_url(url))
+        if watched:
+            return  # same URL: the reader carries on with the new publisher
+        if self.supervisor.has_stream(stream_id):
+            self.supervisor.remove_stream(stream_id)  # its worker ended (a file, a failure): start afresh
+        try:
+            self.watch(StreamConfig(id=stream_id, url=url))
+        except Exception:
+            self.origins.pop(stream_id, None)
+            raise
 
-    def remove_stream(self, stream_id: str) -> None:
+    def remove_stream(self, stream_id: str, *, server: str | None = None, app: str | None = None,
+                      name: str | None = None, publisher_addr: str | None = None,
+                      client_id: str | None = None) -> None:
+        """Called when a publish ends. Raises StreamRefused for an unpublish that names another publisher than
+        the one registered (a decoy's publish_done must not end the real stream's monitoring)."""
+        self.origins.release(stream_id, server=server, app=app, name=name, publisher_addr=publisher_addr,
+                             client_id=client_id)
         self.unwatch(stream_id)
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -494,9 +530,12 @@ class Engine:
     def _sampling_metrics(self) -> None:
         """Drop counters from the workers' cumulative figures, as increments (Prometheus counters only grow)."""
         seen: dict[tuple[str, str], float] = {}
-        for worker in self.supervisor.stats():
+        workers = self.supervisor.stats()
+        self._escalated(self.sampling_report.update(workers))
+        for worker in workers:
             for sid, st in worker["scheduler"]["streams"].items():
                 seen[(sid, "budget")] = st["dropped_budget"]
+                seen[(sid, "decode_budget")] = st["forward_refused"]
             q = worker["queue"]
             for reason, key in (("queue_full", "dropped_full"), ("stale", "dropped_stale")):
                 seen[("*", reason)] = seen.get(("*", reason), 0) + q[key]
@@ -505,6 +544,18 @@ class Engine:
             if delta > 0:
                 self.metrics.dropped.labels(sid, reason).inc(delta)
             self._dropped_seen[(sid, reason)] = total
+
+    def _escalated(self, escalations: list[Escalation]) -> None:
+        """Streams newly sampled densely as evasive: logged, recorded, shown in their retained state."""
+        for e in escalations:
+            signals = ", ".join(f"{k} x{v}" for k, v in sorted(e.signals.items()))
+            log.warning("stream %s: escalated as evasive (score %.1f: %s): sampled densely", e.stream_id, e.score,
+                        signals, extra={"stream_id": e.stream_id})
+            self.record("stream.escalated", e.stream_id, {"signals": e.signals, "score": e.score,
+                                                          "blind_interval_s": e.blind_interval_s})
+            change = self.states.get(e.stream_id)
+            if change is not None and change.state == StreamState.LIVE:
+                self._publish_state(change)
 
     def _sampling_summary(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -568,9 +619,10 @@ class Engine:
         return True
 
     async def _tick(self, stop: asyncio.Event) -> None:
-        """Close quiet incidents and lift expired quarantines."""
+        """Close quiet incidents, lift expired quarantines, and report streams escalated as evasive."""
         while not stop.is_set():
             self._emit(self.incidents.tick(), time.time())
+            self._escalated(self.sampling_report.update(self.supervisor.stats()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 2.0)
 
@@ -658,16 +710,20 @@ class Engine:
         servers = [DiscoveredServer(s.kind, self.servers[s.kind], s.pull_url_template
                                     or self.cfg.hooks.pull_url_templates.get(s.kind)
                                     or DEFAULT_PULL_URL_TEMPLATES[s.kind]) for s in polled]
-        return Discovery(self, servers, min(s.poll_interval_s for s in polled))
+        return Discovery(self, servers, min(s.poll_interval_s for s in polled), self.namer)
 
     async def _start_hooks(self) -> Any:
         from monitor.config import hook_secret
         from monitor.hooks import HookSettings, start_hook_server
 
-        settings = HookSettings(secret=hook_secret(self.cfg.hooks),
-                                host=self.cfg.hooks.host, port=self.cfg.hooks.port,
-                                pull_url_templates=dict(self.cfg.hooks.pull_url_templates))
-        return await start_hook_server(self, self.bans, settings)
+        h = self.cfg.hooks
+        settings = HookSettings(secret=hook_secret(h), host=h.host, port=h.port,
+                                pull_url_templates=dict(h.pull_url_templates), fail_open=h.fail_open,
+                                token_peers=h.token_peers, signature_window_s=h.signature_window_s,
+                                mediamtx_ready_timeout_s=h.mediamtx_ready_timeout_s)
+        return await start_hook_server(self, self.bans, settings, namer=self.namer,
+                                       count=lambda outcome, reason: self.metrics.hook_publishes.labels(
+                                           outcome, reason).inc())
 
     async def _wait_idle(self) -> None:
         while True:

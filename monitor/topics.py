@@ -9,7 +9,10 @@
     {prefix}/{node}/alerts/{stream_id}       alerts, QoS 1, not retained (schemas/alert.schema.json); an alert
                                              carries "incident_id" once incidents exist
     {prefix}/{node}/incidents/{incident_id}  retained incident state, re-published on every change (below)
-    {prefix}/{node}/streams/{stream_id}      retained stream state {"stream_id","state","detail","attempt",...}
+    {prefix}/{node}/streams/{stream_id}      retained stream state {"stream_id","state","detail","attempt",...,
+                                             "sampling": {"blind_interval_s","escalated","evasion_score",
+                                             "signals","samples_by_reason"} or null}; re-published when the
+                                             stream is escalated as evasive
     {prefix}/{node}/commands                 console -> monitor, QoS 1, not retained (below)
 
 Incident (the monitor is the source of truth; consoles show what it publishes, so several stay consistent):
