@@ -138,8 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Listed for --help; main() hands them to their own parsers.
     sub.add_parser("evidence", help="verify the evidence log or export an incident report", add_help=False)
-    bench = sub.add_parser("bench", help="benchmarks that print JSON: `bench ingest|match|soak [--quick]`")
-    bench.add_argument("which", choices=["ingest", "match", "soak"])
+    bench = sub.add_parser("bench", help="benchmarks that print JSON: `bench ingest|match|soak|evasion [--quick]`")
+    bench.add_argument("which", choices=["ingest", "match", "soak", "evasion"])
 
     bans = sub.add_parser("bans", help="list, add or remove bans (stream keys, addresses)")
     bans.add_argument("--state-dir", type=Path, default=Path("state"))
@@ -215,9 +215,11 @@ def _delegate(argv: list[str]) -> int | None:
         from monitor.evidence import main as evidence_main
 
         return evidence_main(argv[1:])
-    if argv[:1] == ["bench"] and len(argv) > 1 and argv[1] in ("ingest", "match", "soak"):
+    if argv[:1] == ["bench"] and len(argv) > 1 and argv[1] in ("ingest", "match", "soak", "evasion"):
         if argv[1] == "ingest":
             from monitor.bench_ingest import main as bench_main
+        elif argv[1] == "evasion":
+            from monitor.bench_evasion import main as bench_main
         elif argv[1] == "soak":
             from monitor.soak import main as bench_main
         else:
