@@ -24,6 +24,8 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
+from monitor.urls import hide_segment, redact_url
+
 DEFAULT_TIMEOUT_S = 5.0
 _MAX_REPLY_BYTES = 8 * 1024 * 1024  # a stat page with thousands of streams still fits
 _DETAIL_CHARS = 300
@@ -151,12 +153,18 @@ class ServerAPI(ABC):
     async def list_streams(self) -> list[ServerStream]:
         """Streams being published now. Raises ServerAPIError."""
 
-    async def _call(self, method: str, path: str, params: Mapping[str, str] | None = None) -> _Reply:
-        """`path` must already be percent-encoded; `params` are encoded here."""
+    async def _call(self, method: str, path: str, params: Mapping[str, str] | None = None, *,
+                    hide_last: bool = False) -> _Reply:
+        """`path` must already be percent-encoded; `params` are encoded here. Errors and replies show the URL
+        without the stream name (a `name` argument, or the last path segment with `hide_last`): it is often
+        the publisher's key."""
         url = URL(self.base_url + path, encoded=True)
         if params:
             url = url.update_query(params)
-        shown = str(url)
+        shown = redact_url(str(url))
+        if hide_last:
+            head, _, last = shown.partition("?")[0].rpartition("/")
+            shown = f"{head}/{hide_segment(last)}"
         timeout = aiohttp.ClientTimeout(total=self.timeout)
         try:
             if self._session is not None:
@@ -220,8 +228,8 @@ class NginxRtmpAPI(ServerAPI):
         except ValueError:
             return DropResult(False, f"unexpected reply to drop: {reply.describe()}")
         if count <= 0:
-            return DropResult(False, f"nginx-rtmp dropped no publisher of {app}/{name}")
-        return DropResult(True, f"nginx-rtmp dropped {count} publisher(s) of {app}/{name}", count)
+            return DropResult(False, f"nginx-rtmp dropped no publisher of {app}/{hide_segment(name)}")
+        return DropResult(True, f"nginx-rtmp dropped {count} publisher(s) of {app}/{hide_segment(name)}", count)
 
     async def list_streams(self) -> list[ServerStream]:
         reply = await self._call("GET", self.stat_path)
@@ -263,25 +271,26 @@ class MediaMTXAPI(ServerAPI):
 
     async def drop_publisher(self, app: str, name: str) -> DropResult:
         path = f"{app}/{name}" if app else name
+        shown = f"{app}/{hide_segment(name)}" if app else hide_segment(name)  # the name may be the key
         try:
-            reply = await self._call("GET", f"/v3/paths/get/{quote(path, safe='/')}")
+            reply = await self._call("GET", f"/v3/paths/get/{quote(path, safe='/')}", hide_last=True)
             if reply.status == 404:
-                return DropResult(False, f"MediaMTX has no path {path!r}: {reply.describe()}")
+                return DropResult(False, f"MediaMTX has no path {shown!r}: {reply.describe()}")
             if reply.status != 200:
                 return DropResult(False, reply.describe())
             source = reply.json_object().get("source")
             if not isinstance(source, dict) or not source.get("id"):
-                return DropResult(False, f"MediaMTX path {path!r} has no publisher")
+                return DropResult(False, f"MediaMTX path {shown!r} has no publisher")
             src_type, src_id = str(source.get("type", "")), str(source["id"])
             kind = MEDIAMTX_KICK_KINDS.get(src_type)
             if kind is None:
-                return DropResult(False, f"MediaMTX path {path!r}: source type {src_type!r} cannot be kicked")
+                return DropResult(False, f"MediaMTX path {shown!r}: source type {src_type!r} cannot be kicked")
             reply = await self._call("POST", f"/v3/{kind}/kick/{_seg(src_id)}")
         except ServerAPIError as exc:
             return DropResult(False, str(exc))
         if reply.status != 200:
             return DropResult(False, reply.describe())
-        return DropResult(True, f"MediaMTX kicked {src_type} {src_id} publishing {path!r}", 1)
+        return DropResult(True, f"MediaMTX kicked {src_type} {src_id} publishing {shown!r}", 1)
 
     async def list_streams(self) -> list[ServerStream]:
         streams: list[ServerStream] = []
@@ -343,7 +352,7 @@ class SrsAPI(ServerAPI):
             if s.get("app") == app and s.get("name") == name and (cid := self._publisher_cid(s)) is not None
         ]
         if not cids:
-            return DropResult(False, f"SRS has no active publisher of {app}/{name}")
+            return DropResult(False, f"SRS has no active publisher of {app}/{hide_segment(name)}")
         failures: list[str] = []
         for cid in cids:  # one per vhost at most
             try:
@@ -363,7 +372,8 @@ class SrsAPI(ServerAPI):
         dropped = len(cids) - len(failures)
         if failures:
             return DropResult(False, "; ".join(failures), dropped)
-        return DropResult(True, f"SRS dropped client(s) {', '.join(cids)} publishing {app}/{name}", dropped)
+        return DropResult(True, f"SRS dropped client(s) {', '.join(cids)} publishing {app}/{hide_segment(name)}",
+                          dropped)
 
     async def list_streams(self) -> list[ServerStream]:
         streams = await self._streams()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-# Query keys that carry secrets in the field (stream keys, tokens, signed-URL parts, SRT stream ids).
-_SECRET_KEYS = {"key", "token", "secret", "password", "pass", "pwd", "auth", "sig", "signature", "st", "streamid"}
+# Query keys that carry secrets in the field (stream keys, tokens, signed-URL parts, SRT stream ids, stream
+# names in server APIs such as nginx-rtmp's control/drop/publisher?app=&name=).
+_SECRET_KEYS = {"key", "token", "secret", "password", "pass", "pwd", "auth", "sig", "signature", "st", "streamid",
+                "name", "stream"}
 # Schemes whose last path segment is the stream name, which publishers and servers use as the stream key
 # (rtmp://host/app/KEY): it is shown as its first characters only.
 _KEY_IN_PATH = {"rtmp", "rtmps", "rtmpe", "rtmpt", "rtmpte", "rtmpts", "rtsp", "rtsps", "rtspu", "srt"}

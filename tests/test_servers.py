@@ -136,7 +136,7 @@ STAT_XML = """<?xml version="1.0" encoding="utf-8" ?>
 def test_nginx_drop_publisher_exact_call() -> None:
     fake = Fake({("GET", "/control/drop/publisher"): (200, "1", "text/plain")})
     result = run_with_fake(fake, lambda base: NginxRtmpAPI(base).drop_publisher("live", "cam 1&x"))
-    assert result == DropResult(True, "nginx-rtmp dropped 1 publisher(s) of live/cam 1&x", 1)
+    assert result == DropResult(True, "nginx-rtmp dropped 1 publisher(s) of live/c***", 1)  # the name: a key
     assert fake.calls == [("GET", "/control/drop/publisher?app=live&name=cam+1%26x")]
 
 
