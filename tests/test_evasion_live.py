@@ -60,6 +60,16 @@ def test_recording_does_what_it_claims(name: str, recordings: dict[str, Path], e
     assert evasion.problems(enc, check, LAYOUT) == [], check.summary()
 
 
+def test_live_and_recorded_commands_encode_the_same_stream(known_pngs: list[Path], tmp_path: Path) -> None:
+    """What the checker examines (recorded) is what a live publisher sends: only -re and the output differ."""
+    for e in ENCODINGS:
+        live_cmd = evasion.publish_cmd(e, "rtmp://127.0.0.1:1935/live/x", known_pngs[0], LAYOUT)
+        rec_cmd = evasion.record_cmd(e, tmp_path / "x.flv", known_pngs[0], LAYOUT)
+        assert live_cmd[-3:] == ["-f", "flv", "rtmp://127.0.0.1:1935/live/x"]
+        assert [a for a in live_cmd[:-3] if a != "-re"] == rec_cmd[:-4], e.name
+        assert live_cmd.index("-re") < live_cmd.index("-i")  # an input option: paced by the graph's timestamps
+
+
 # -- the live run -----------------------------------------------------------------------------------------------
 def scrape(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
