@@ -8,8 +8,10 @@ mediamtx.yml:
 
 MediaMTX passes MTX_PATH, MTX_QUERY, MTX_SOURCE_TYPE and MTX_SOURCE_ID. The monitor's address comes from
 --url or MONITOR_HOOK_URL (default http://127.0.0.1:8181), the shared secret from --secret-file or
-MONITOR_HOOK_SECRET. The body is signed (X-Hook-Signature) instead of putting the secret in the URL, so it
-never shows up in an access log or a process list.
+MONITOR_HOOK_SECRET. The request is signed instead of putting the secret in the URL, so the secret never shows
+up in an access log or a process list: `X-Hook-Signature: sha256=HMAC(secret, signing string)` over the method,
+route, query, `X-Hook-Timestamp` and a fresh `X-Hook-Nonce` and then the body (monitor.hooks.signing_string),
+so a captured request can neither be sent to another route (a `ready` replayed as `not-ready`) nor again later.
 
 Exit status 0 when the monitor accepted, 1 with one line on stderr otherwise (MediaMTX only logs it), 2 for
 usage errors.
@@ -22,7 +24,9 @@ import hashlib
 import hmac
 import json
 import os
+import secrets
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -30,6 +34,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 DEFAULT_URL = "http://127.0.0.1:8181"
+SIGNING_PREFIX = "livesafe-hook-v2"  # the same as monitor.hooks (not imported: this command must start fast)
 TIMEOUT_S = 5.0
 _PROG = "monitor.mediamtx_hook"
 
@@ -53,6 +58,14 @@ def _secret(secret_file: str | None, env: Mapping[str, str]) -> str | None:
         except (OSError, UnicodeDecodeError) as exc:
             raise ValueError(f"cannot read secret file {secret_file}: {exc}") from None
     return env.get("MONITOR_HOOK_SECRET") or None
+
+
+def signature_headers(secret: str, method: str, route: str, body: bytes) -> dict[str, str]:
+    """X-Hook-Timestamp, X-Hook-Nonce and X-Hook-Signature for one request (see monitor.hooks)."""
+    timestamp, nonce = str(int(time.time())), secrets.token_hex(16)
+    signed = f"{SIGNING_PREFIX}\n{method}\n{route}\n\n{timestamp}\n{nonce}\n".encode() + body
+    signature = hmac.new(secret.encode("utf-8", "surrogatepass"), signed, hashlib.sha256).hexdigest()
+    return {"X-Hook-Timestamp": timestamp, "X-Hook-Nonce": nonce, "X-Hook-Signature": f"sha256={signature}"}
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
@@ -89,13 +102,13 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             "source_id": env.get("MTX_SOURCE_ID", ""),
         }
     ).encode()
-    signature = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    route = f"{parts.path.rstrip('/')}/hooks/mediamtx/{args.event}"
     url = f"{base}/hooks/mediamtx/{args.event}"
     request = urllib.request.Request(
         url,
         data=body,
         method="POST",
-        headers={"Content-Type": "application/json", "X-Hook-Signature": f"sha256={signature}"},
+        headers={"Content-Type": "application/json", **signature_headers(secret, "POST", route, body)},
     )
     # No proxies: MediaMTX's environment may carry http_proxy, and the monitor is local.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())

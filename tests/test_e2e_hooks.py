@@ -1,8 +1,11 @@
-"""nginx-rtmp tells the monitor about a publish; the monitor attaches, alerts, terminates, and the ban holds."""
+"""nginx-rtmp tells the monitor about a publish; the monitor attaches, alerts, terminates, and the ban holds.
+Stream names that collided under the old ids, long names and odd characters each get their own stream or a
+refusal, and a decoy's publish_done leaves the real stream watched (issue 12)."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 import uuid
@@ -12,13 +15,25 @@ from pathlib import Path
 import paho.mqtt.publish as mqtt_publish
 import pytest
 
-from test_streams.infra import Mosquitto, NginxRtmp, ffmpeg_publish_cmd, free_port
+from monitor.hooks import ID_KEY_FILE, StreamNamer
+from test_streams.infra import Mosquitto, NginxRtmp, ffmpeg_publish_cmd, free_port, wait_port
 
 from .conftest import MonitorProcess, MqttCollector, require_tools
 
 pytestmark = [pytest.mark.realinfra, pytest.mark.slow]
 
 SECRET = "test-hook-secret-0123456789"
+
+
+def monitor_namer(mon: MonitorProcess, timeout_s: float = 20.0) -> StreamNamer:
+    """The stream id key the monitor made in its state directory (ids are keyed: tests read the key)."""
+    path = Path(mon.log_path).parent / "state" / ID_KEY_FILE
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        assert time.monotonic() < deadline, mon.log()
+        time.sleep(0.1)
+    time.sleep(0.1)
+    return StreamNamer.load(path)
 
 
 @pytest.fixture
@@ -60,8 +75,10 @@ def test_publish_hook_attach_alert_terminate_and_ban(
         assert alerts, mon.log()
         alert = alerts[0].json()
         stream_id = alert["stream_id"]
-        assert stream_id == "nginx-rtmp-live-secret-key-1"
-        assert alert["entry_id"] == "1" and "secret-key-1" in alert["stream_url"]
+        assert stream_id == monitor_namer(mon).stream_id("nginx-rtmp", "live", "secret-key-1")
+        assert stream_id.startswith("nginx-rtmp-live-sec-")
+        # The stream name is the publisher's key: the shown URL keeps 3 characters of it.
+        assert alert["entry_id"] == "1" and alert["stream_url"].endswith("/live/sec***")
 
         command = {"schema_version": 1, "type": "command", "command_id": str(uuid.uuid4()), "action": "terminate",
                    "incident_id": alert.get("incident_id"), "stream_id": stream_id, "moderator": "alice",
@@ -80,9 +97,10 @@ def test_publish_hook_attach_alert_terminate_and_ban(
     again = subprocess.run(ffmpeg_publish_cmd(url, duration_s=5), capture_output=True, text=True, timeout=30)
     assert again.returncode != 0
     log = mon.log()
-    assert "terminate stream nginx-rtmp-live-secret-key-1 by alice: done" in log, log
+    assert re.search(f"terminate stream {stream_id} by '?alice'?: done", log), log
     assert "publish refused" in log
-    assert "secret-key-1" not in log.split("publish refused")[1].splitlines()[0]  # the key is not logged
+    assert "secret-key-1" not in log  # the key reaches neither the log ...
+    assert not [m for m in collector.messages if "secret-key-1" in m.topic + m.payload.decode("utf-8", "replace")]
     code = mon.stop()
     assert code == 0 and "Traceback" not in mon.log()
 
@@ -109,7 +127,8 @@ def test_discovery_polls_nginx_stat_and_reconciles(
     })
     pub = subprocess.run(ffmpeg_publish_cmd(nginx_rtmp.rtmp_url("found"), duration_s=8), timeout=60)
     assert pub.returncode == 0
-    topic = "d/disc/streams/nginx-rtmp-live-found"
+    sid = monitor_namer(mon).stream_id("nginx-rtmp", "live", "found")
+    topic = f"d/disc/streams/{sid}"
     ended = collector.wait_for(lambda m: m.topic == topic and bool(m.payload) and m.json()["state"] == "ended", 15)
     cleared = collector.wait_for(lambda m: m.topic == topic and m.payload == b"", 5)
     assert mon.stop() == 0
@@ -117,4 +136,100 @@ def test_discovery_polls_nginx_stat_and_reconciles(
     assert "live" in states, mon.log()
     assert ended and ended[-1].json()["detail"] == "removed"
     assert cleared, "a removed stream's retained state is deleted from the broker"
-    assert "discovery: nginx-rtmp lists new stream nginx-rtmp-live-found" in mon.log()
+    assert f"discovery: nginx-rtmp lists new stream {sid}" in mon.log()
+
+
+def _small_publisher(url: str, duration_s: float, playpath: str | None = None) -> list[str]:
+    """ffmpeg pushing a small live stream (320x180, 1 s GOP, ultrafast); `playpath` sends a stream name the
+    URL cannot carry (FFmpeg's -rtmp_playpath: spaces, slashes)."""
+    cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-re", "-f", "lavfi", "-i",
+           "testsrc2=size=320x180:rate=15", "-t", str(duration_s), "-c:v", "libx264", "-preset", "ultrafast",
+           "-tune", "zerolatency", "-pix_fmt", "yuv420p", "-g", "15", "-bf", "0"]
+    if playpath is not None:
+        cmd += ["-rtmp_app", "live", "-rtmp_playpath", playpath]
+    return [*cmd, "-f", "flv", url]
+
+
+def test_finding_names_collide_nowhere_on_real_nginx(
+    mosquitto: Mosquitto,
+    collector_factory: Callable[..., MqttCollector],
+    monitor_factory: Callable[..., MonitorProcess],
+) -> None:
+    """nginx-rtmp with two applications (`live`, `live-x`) calling the monitor's hook, ffmpeg publishers:
+    `live/x-y` and `live-x/y` (one id before), a 150-character name and names with `+ # % ` and non-ASCII
+    characters are each watched under an id of their own; names the monitor cannot pull over RTMP (a space,
+    a `/`) are refused by the hook, so nginx refuses the publish; the decoy `live-x/y` ending (its
+    publish_done) leaves `live/x-y` watched; a second publisher of `live/x-y` is refused (409). No name
+    reaches a topic, a stream state or the monitor's log."""
+    require_tools()
+    hook_port = free_port()
+    hook = f"http://127.0.0.1:{hook_port}/hooks/nginx-rtmp?token={SECRET}"
+    notify = f"on_publish {hook}; on_publish_done {hook}; notify_method post;"
+    # NginxRtmp writes one application; its `notify` lines end inside it, so a second one can follow.
+    nginx = NginxRtmp(notify=f"{notify} }} application live-x {{ live on; {notify}").start()
+    try:
+        collector = collector_factory(mosquitto.port, "n/+/streams/#")
+        mon = monitor_factory({
+            "node": "names", "workers": 0,
+            "broker": {"url": mosquitto.url, "topic_prefix": "n"},
+            "ingest": {"backoff_initial_s": 0.2, "backoff_max_s": 1.0},
+            "hooks": {"enabled": True, "port": hook_port, "secret": SECRET,
+                      "pull_url_templates": {"nginx-rtmp": f"rtmp://127.0.0.1:{nginx.rtmp_port}/{{app}}/{{name}}"}},
+        })
+        wait_port(hook_port, 30, proc=None)
+        namer = monitor_namer(mon)
+        base = f"rtmp://127.0.0.1:{nginx.rtmp_port}"
+        long_name = "L" * 150
+        watched = {  # (app, name) -> how ffmpeg publishes it
+            ("live", "x-y"): (f"{base}/live/x-y", None, 30.0),
+            ("live-x", "y"): (f"{base}/live-x/y", None, 6.0),  # the decoy: ends first
+            ("live", long_name): (f"{base}/live/{long_name}", None, 12.0),
+            ("live", "a+b#c%41d"): (f"{base}/live", "a+b#c%41d", 12.0),
+            ("live", "café-ß-日本"): (f"{base}/live", "café-ß-日本", 12.0),
+        }
+        refused = {("live", "x y"): (f"{base}/live", "x y"), ("live", "a/b"): (f"{base}/live", "a/b")}
+        ids = {key: namer.stream_id("nginx-rtmp", *key) for key in [*watched, *refused]}
+        assert len(set(ids.values())) == len(ids)
+        pubs = {key: subprocess.Popen(_small_publisher(url, dur, pp), stderr=subprocess.PIPE)
+                for key, (url, pp, dur) in watched.items()}
+        try:
+            def states(key: tuple[str, str]) -> list[str]:
+                topic = f"n/names/streams/{ids[key]}"
+                return [m.json()["state"] for m in collector.matching(lambda m: m.topic == topic and bool(m.payload))]
+
+            deadline = time.monotonic() + 25
+            while time.monotonic() < deadline and not all("live" in states(k) for k in watched):
+                time.sleep(0.2)
+            assert {k: "live" in states(k) for k in watched} == dict.fromkeys(watched, True), mon.log()
+
+            for key, (url, playpath) in refused.items():
+                r = subprocess.run(_small_publisher(url, 2.0, playpath), capture_output=True, timeout=30)
+                assert r.returncode != 0, key  # the hook said 403: nginx refused the publish
+            # A second publisher of live/x-y while the first is live: the hook refuses it (409).
+            r = subprocess.run(_small_publisher(f"{base}/live/x-y", 2.0), capture_output=True, timeout=30)
+            assert r.returncode != 0
+
+            pubs[("live-x", "y")].wait(20)  # the decoy ends: nginx sends its publish_done
+            decoy_topic = f"n/names/streams/{ids[('live-x', 'y')]}"
+            assert collector.wait_for(lambda m: m.topic == decoy_topic and m.payload == b"", 15), mon.log()
+            time.sleep(3.0)
+            real = states(("live", "x-y"))
+            assert real[-1] == "live" and "ended" not in real, (real, mon.log())
+            assert pubs[("live", "x-y")].poll() is None  # still publishing, still watched
+        finally:
+            for p in pubs.values():
+                p.kill()
+                p.wait()
+                assert p.stderr is not None
+                p.stderr.close()
+        for key in refused:
+            assert not states(key), key
+        log = mon.log()
+        assert log.count("publish refused") >= 3 and "cannot watch it" in log
+        for secret_like in (long_name, "a+b#c", "café", "x y"):
+            assert secret_like not in log, secret_like
+            assert not [m for m in collector.messages
+                        if secret_like in m.topic + m.payload.decode("utf-8", "replace")], secret_like
+        assert mon.stop() == 0 and "Traceback" not in mon.log()
+    finally:
+        nginx.close()

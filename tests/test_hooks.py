@@ -1,13 +1,12 @@
 """Publish hooks: the documented requests of nginx-rtmp, SRS and MediaMTX get the replies those servers
 expect, banned keys and addresses are refused, the secret is enforced both ways, and no client input gives
-a 5xx."""
+a 5xx. Stream ids come from a fixed StreamNamer (NAMER) so the tests can name them; tests/test_stream_identity.py
+covers the ids themselves, tests/test_hook_auth.py authentication and limits."""
 
 from __future__ import annotations
 
 import asyncio
 import gzip
-import hashlib
-import hmac
 import http.client
 import json
 import logging
@@ -27,12 +26,13 @@ from hypothesis import strategies as st
 from monitor import mediamtx_hook
 from monitor.bans import BanList
 from monitor.hooks import (
+    HOOKS_KEY,
     RUNNER_KWARGS,
     HookSettings,
+    StreamNamer,
     make_hook_app,
-    mask_key,
+    sign_request,
     start_hook_server,
-    stream_id_for,
 )
 
 SECRET = "hook-secret-0123456789abcdef"
@@ -83,6 +83,14 @@ MTX_AUTH: dict[str, Any] = {
     "query": f"key={KEY}",
 }
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+NAMER = StreamNamer(b"test stream id key, 32 bytes...")
+
+
+def sid(server: str, app: str, name: str) -> str:
+    return NAMER.stream_id(server, app, name)
+
+
+CAM1 = sid("nginx-rtmp", "live", "cam1")
 
 
 class Registry:
@@ -95,7 +103,8 @@ class Registry:
         self._lock = threading.Lock()
 
     def add_stream(
-        self, stream_id: str, url: str, *, server: str, app: str, name: str, publisher_addr: str | None
+        self, stream_id: str, url: str, *, server: str, app: str, name: str, publisher_addr: str | None,
+        client_id: str | None = None,
     ) -> None:
         with self._lock:
             self.added.append(
@@ -108,7 +117,7 @@ class Registry:
         if self.fail:
             raise RuntimeError("supervisor queue full")
 
-    def remove_stream(self, stream_id: str) -> None:
+    def remove_stream(self, stream_id: str, **origin: Any) -> None:
         with self._lock:
             self.removed.append(stream_id)
         if self.fail:
@@ -119,8 +128,8 @@ def make_settings(**kw: Any) -> HookSettings:
     return HookSettings(secret=SECRET, **kw)
 
 
-def sign(body: bytes, secret: str = SECRET) -> dict[str, str]:
-    return {"X-Hook-Signature": "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()}
+def sign(body: bytes, route: str = "/hooks/mediamtx/auth", secret: str = SECRET, query: str = "") -> dict[str, str]:
+    return sign_request(secret, "POST", route, body, query=query)
 
 
 Scenario = Callable[[TestClient[web.Request, web.Application]], Awaitable[None]]
@@ -128,7 +137,7 @@ Scenario = Callable[[TestClient[web.Request, web.Application]], Awaitable[None]]
 
 def run_app(registry: Registry, bans: BanList, scenario: Scenario, **kw: Any) -> None:
     async def main() -> None:
-        app = make_hook_app(registry, bans, make_settings(**kw))
+        app = make_hook_app(registry, bans, make_settings(**kw), namer=NAMER)
         server = TestServer(app, host="127.0.0.1")
         await server.start_server(**RUNNER_KWARGS)  # aiohttp's access log would print the token
         async with TestClient(server) as client:
@@ -162,14 +171,15 @@ def test_nginx_publish_registers_and_done_removes(bans: BanList, caplog: pytest.
     run_app(reg, bans, scenario)
     assert reg.added == [
         (
-            "nginx-rtmp-live-cam1",
+            CAM1,
             "rtmp://127.0.0.1:1935/live/cam1",
             {"server": "nginx-rtmp", "app": "live", "name": "cam1", "publisher_addr": "203.0.113.7"},
         )
     ]
-    assert reg.removed == ["nginx-rtmp-live-cam1"]
+    assert NAMER.digest("nginx-rtmp", "live", "cam1") == CAM1.removeprefix("nginx-rtmp-live-c-")
+    assert reg.removed == [CAM1]
     assert KEY not in caplog.text and SECRET not in caplog.text
-    assert mask_key(KEY) in caplog.text and "nginx-rtmp-live-cam1" in caplog.text
+    assert NAMER.mask(KEY) in caplog.text and CAM1 in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -201,7 +211,7 @@ def test_nginx_publish_refused_when_banned(
     run_app(reg, bans, scenario)
     assert reg.added == []
     assert KEY not in caplog.text
-    assert "nginx-rtmp-live-cam1 publish refused" in caplog.text
+    assert f"{CAM1} publish refused" in caplog.text
 
 
 def test_nginx_update_ban_check_can_be_turned_off(bans: BanList) -> None:
@@ -217,22 +227,37 @@ def test_nginx_update_ban_check_can_be_turned_off(bans: BanList) -> None:
     run_app(Registry(), bans, scenario, nginx_update_checks_bans=False)
 
 
-def test_registry_failure_still_allows_publish(bans: BanList, caplog: pytest.LogCaptureFixture) -> None:
-    reg = Registry(fail=True)
+def test_registry_failure_refuses_publish_unless_fail_open(
+    bans: BanList, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Fail closed: a publish the monitor cannot watch is refused (nginx-rtmp and MediaMTX: 4xx; SRS: its
+    refusal code), logged and counted; `fail_open` allows it, logged and counted as allowed_unwatched."""
+    for fail_open, status, srs_code in ((False, 403, 403), (True, 200, 0)):
+        reg = Registry(fail=True)
+        caplog.clear()
 
-    async def scenario(client: TestClient[web.Request, web.Application]) -> None:
-        r = await client.post("/hooks/nginx-rtmp", params=TOKEN, data=NGINX_PUBLISH, headers=FORM)
-        assert r.status == 200
-        r = await client.post("/hooks/nginx-rtmp", params=TOKEN, data=NGINX_DONE, headers=FORM)
-        assert r.status == 200
-        r = await client.post("/hooks/srs", params=TOKEN, json=SRS_PUBLISH)
-        assert r.status == 200 and await r.json() == {"code": 0}
-        r = await client.post("/hooks/mediamtx/auth", params=TOKEN, json=MTX_AUTH)
-        assert r.status == 200
+        async def scenario(
+            client: TestClient[web.Request, web.Application],
+            fail_open: bool = fail_open,
+            status: int = status,
+            srs_code: int = srs_code,
+        ) -> None:
+            r = await client.post("/hooks/nginx-rtmp", params=TOKEN, data=NGINX_PUBLISH, headers=FORM)
+            assert r.status == status
+            r = await client.post("/hooks/nginx-rtmp", params=TOKEN, data=NGINX_DONE, headers=FORM)
+            assert r.status == 200
+            r = await client.post("/hooks/srs", params=TOKEN, json=SRS_PUBLISH)
+            assert r.status == 200 and (await r.json())["code"] == srs_code
+            r = await client.post("/hooks/mediamtx/auth", params=TOKEN, json=MTX_AUTH)
+            assert r.status == status
+            counts = client.server.app[HOOKS_KEY].outcomes
+            outcome = "allowed_unwatched" if fail_open else "refused"
+            assert counts == {(outcome, "error"): 3}, counts
 
-    run_app(reg, bans, scenario)
-    assert len(reg.added) == 3 and reg.removed == ["nginx-rtmp-live-cam1"]
-    assert "registry add_stream failed" in caplog.text and "supervisor queue full" in caplog.text
+        run_app(reg, bans, scenario, fail_open=fail_open)
+        assert len(reg.added) == 3 and reg.removed == [CAM1]
+        assert "registry add_stream failed" in caplog.text and "supervisor queue full" in caplog.text
+        assert ("NOT watched" in caplog.text) == fail_open
 
 
 # -- SRS -----------------------------------------------------------------------------------------------------
@@ -261,12 +286,12 @@ def test_srs_publish_unpublish_and_refusal(bans: BanList) -> None:
     run_app(reg, bans, scenario)
     assert reg.added == [
         (
-            "srs-live-livestream",
+            sid("srs", "live", "livestream"),
             "rtmp://127.0.0.1:1935/live/livestream",
             {"server": "srs", "app": "live", "name": "livestream", "publisher_addr": "198.51.100.4"},
         )
     ]
-    assert reg.removed == ["srs-live-livestream"]
+    assert reg.removed == [sid("srs", "live", "livestream")]
 
 
 # -- MediaMTX ------------------------------------------------------------------------------------------------
@@ -303,7 +328,7 @@ def test_mediamtx_auth(bans: BanList) -> None:
     run_app(reg, bans, scenario)
     assert reg.added == [
         (
-            "mediamtx-live-cam1",
+            sid("mediamtx", "live", "cam1"),
             "rtsp://127.0.0.1:8554/live/cam1",
             {"server": "mediamtx", "app": "live", "name": "cam1", "publisher_addr": "192.0.2.44"},
         )
@@ -338,12 +363,15 @@ def test_pull_url_templates_and_stream_ids(bans: BanList) -> None:
         assert r.status == 200
 
     run_app(reg, bans, scenario, pull_url_templates=templates)
+    odd = "café /../x"
     assert [(a[0], a[1]) for a in reg.added] == [
-        ("nginx-rtmp-live-caf___.._x", "http://127.0.0.1:8080/hls/caf%C3%A9%20%2F..%2Fx.m3u8"),
-        ("mediamtx--top", "srt://h:8890?streamid=read:top"),
-        ("srs-live-livestream", "rtmp://127.0.0.1:1935/live/livestream"),
+        (sid("nginx-rtmp", "live", odd), "http://127.0.0.1:8080/hls/caf%C3%A9%20%2F..%2Fx.m3u8"),
+        (sid("mediamtx", "", "top"), "srt://h:8890?streamid=read:top"),
+        (sid("srs", "live", "livestream"), "rtmp://127.0.0.1:1935/live/livestream"),
     ]
-    assert stream_id_for("srs", "a b", "c/d\n") == "srs-a_b-c_d_"
+    # The pull URL keeps the raw name (that is how the stream is read); the id shows 2 characters of it.
+    assert reg.added[0][0] == "nginx-rtmp-live-ca-" + NAMER.digest("nginx-rtmp", "live", odd)
+    assert reg.added[1][0] == "mediamtx---" + NAMER.digest("mediamtx", "", "top")
 
 
 def test_settings_validation() -> None:
@@ -380,11 +408,15 @@ def test_secret_checked_both_ways(bans: BanList) -> None:
         assert await status({"token": SECRET + "x"}, {}) == 401
         assert await status({"token": "sécret"}, {}) == 401
         assert await status({"token": SECRET}, {}) == 200
-        assert await status({"token": "wrong"}, sign(body)) == 200  # either proof is enough
+        # Either proof is enough (the signature covers the query string as sent).
+        assert await status({"token": "wrong"}, sign(body, query="token=wrong")) == 200
+        assert await status({"token": "wrong"}, sign(body)) == 401
         assert await status(None, sign(body)) == 200
-        assert await status(None, {"X-Hook-Signature": sign(body)["X-Hook-Signature"].upper()}) == 200
+        upper = sign(body)
+        upper["X-Hook-Signature"] = upper["X-Hook-Signature"].upper()
+        assert await status(None, upper) == 200
         assert await status(None, sign(body + b" ")) == 401  # signature of another body
-        assert await status(None, sign(body, "another-secret-1234567")) == 401
+        assert await status(None, sign(body, secret="another-secret-1234567")) == 401
         assert await status(None, {"X-Hook-Signature": "sha1=" + "0" * 40}) == 401
         assert await status(None, {"X-Hook-Signature": "sha256=zz"}) == 401
         # The publisher's own `token` argument inside the nginx form body is not the hook URL's.
@@ -420,18 +452,19 @@ def test_body_size_limit(bans: BanList) -> None:
     assert len(reg.added) == 1
 
 
-def test_rate_limit(bans: BanList, caplog: pytest.LogCaptureFixture) -> None:
+def test_rate_limit_applies_to_failed_callers_only(bans: BanList, caplog: pytest.LogCaptureFixture) -> None:
     async def scenario(client: TestClient[web.Request, web.Application]) -> None:
         statuses = []
         for _ in range(5):
-            r = await client.post("/hooks/nginx-rtmp", params=TOKEN, data=NGINX_PLAY, headers=FORM)
+            r = await client.post("/hooks/srs", json=SRS_PUBLISH)  # no secret
             statuses.append(r.status)
             if r.status == 429:
                 assert int(r.headers["Retry-After"]) >= 1
-        assert statuses == [200, 200, 200, 429, 429]
-        # Unauthenticated floods are limited too.
-        r = await client.post("/hooks/srs", json=SRS_PUBLISH)
-        assert r.status == 429
+        assert statuses == [401, 401, 401, 429, 429]
+        # The authenticated server is never throttled, whoever else floods from its address.
+        for _ in range(5):
+            r = await client.post("/hooks/nginx-rtmp", params=TOKEN, data=NGINX_PLAY, headers=FORM)
+            assert r.status == 200
 
     run_app(Registry(), bans, scenario, rate_limit_per_s=0.01, rate_limit_burst=3)
     assert "127.0.0.1: rate limited" in caplog.text
@@ -524,7 +557,7 @@ def serve(registry: Registry, bans: BanList, **kw: Any) -> Iterator[str]:
         asyncio.set_event_loop(loop)
         try:
             box["runner"] = loop.run_until_complete(
-                start_hook_server(registry, bans, make_settings(**kw), port=0)
+                start_hook_server(registry, bans, make_settings(**kw), port=0, namer=NAMER)
             )
         except BaseException as exc:
             box["error"] = exc
@@ -595,9 +628,10 @@ def test_mediamtx_command_end_to_end(
         bans.add("key", KEY, reason="known content")
         assert mediamtx_hook.main(["ready", "--url", base], env=env) == 1
         assert "HTTP 403" in capsys.readouterr().err
-    assert [a[0] for a in reg.added] == ["mediamtx-live-cam9", "mediamtx-live-cam9"]
+    cam9 = sid("mediamtx", "live", "cam9")
+    assert [a[0] for a in reg.added] == [cam9, cam9]
     assert reg.added[0][2]["publisher_addr"] is None
-    assert reg.removed == ["mediamtx-live-cam9"]
+    assert reg.removed == [cam9]
 
     # Monitor down, misconfiguration: exit 1, one line.
     for args, e, msg in [
@@ -740,10 +774,11 @@ def test_fuzz_never_5xx(tmp_path: Path) -> None:
                     params.append(("token", SECRET))
                 elif auth == "bad-token":
                     params.append(("token", SECRET[:-1]))
-                elif auth == "signature":
-                    hdrs.update(sign(body))
+                query_string = urlencode(params)
+                if auth == "signature":
+                    hdrs.update(sign(body, route, query=query_string))
                 elif auth == "bad-signature":
-                    hdrs.update(sign(body + b"!"))
+                    hdrs.update(sign(body + b"!", route, query=query_string))
                 hdrs["Content-Length"] = str(len(body))
                 url = route + ("?" + urlencode(params) if params else "")
                 conn = http.client.HTTPConnection(hostport, timeout=10)
