@@ -26,6 +26,7 @@ import numpy.typing as npt
 
 from monitor.config import IngestConfig
 from monitor.coverage import StreamClock, thumbnail
+from monitor.crashguard import native_iter, native_section
 from monitor.packets import CLEAN_KEY, KeyInfo, avcc_length_size, h264_key_info
 from monitor.urls import redact_url
 
@@ -245,11 +246,12 @@ class KeyframeReader:
         opened = False
         self.effective_read_timeout_s = self.read_timeout_s()
         try:
-            container = av.open(
-                self.url if is_live_url(self.url) else str(Path(self.url)),
-                options=open_options(self.url),
-                timeout=(self.cfg.open_timeout_s, self.effective_read_timeout_s),
-            )
+            with native_section("open"):
+                container = av.open(
+                    self.url if is_live_url(self.url) else str(Path(self.url)),
+                    options=open_options(self.url),
+                    timeout=(self.cfg.open_timeout_s, self.effective_read_timeout_s),
+                )
         except Exception as exc:  # PyAV raises many OSError/FFmpegError subclasses
             raise _classify(self.url, exc, opened) from exc
         opened = True
@@ -260,7 +262,8 @@ class KeyframeReader:
         except Exception as exc:
             raise _classify(self.url, exc, opened) from exc
         finally:
-            container.close()  # unclosed containers leak memory
+            with native_section("close"):
+                container.close()  # unclosed containers leak memory
 
     def _keyframe_timeout_s(self) -> float:
         """No keyframe for this long while packets flow: a codec change, or a stream without decodable video.
@@ -322,7 +325,8 @@ class KeyframeReader:
         def emit(frame: Any, t: float, keyframe: bool) -> DecodedFrame:
             if frame.width * frame.height > self.cfg.max_pixels:
                 self._check_size(frame.width, frame.height)
-            rgb = scaled_rgb(frame, self.cfg.scale_width)
+            with native_section("scale"):
+                rgb = scaled_rgb(frame, self.cfg.scale_width)
             now = time.time()
             reason = sampler.sampled(t, keyframe, thumbnail(rgb), now)
             return DecodedFrame(t, received_at, rgb, now, keyframe, reason)
@@ -331,13 +335,16 @@ class KeyframeReader:
             """The frames out of the decoder; None if it rejected the packet."""
             nonlocal bad_packets, drained, synced
             if drained:
-                ctx.flush_buffers()
+                with native_section("decode"):
+                    ctx.flush_buffers()
                 drained = False
             try:
-                frames = list(ctx.decode(packet))
+                with native_section("decode"):
+                    frames = list(ctx.decode(packet))
             except (av.error.InvalidDataError, av.error.ArgumentError, av.error.MemoryError) as exc:
                 # One damaged packet must not cost the connection (a single-client source would be lost).
-                ctx.flush_buffers()
+                with native_section("decode"):
+                    ctx.flush_buffers()
                 synced = False
                 bad_packets += 1
                 if ctx.width * ctx.height > self.cfg.max_pixels:
@@ -352,7 +359,8 @@ class KeyframeReader:
         def drain() -> list[Any]:
             nonlocal drained
             try:
-                frames = list(ctx.decode(None))
+                with native_section("decode"):
+                    frames = list(ctx.decode(None))
             except av.error.EOFError:
                 frames = []
             drained = True
@@ -388,7 +396,7 @@ class KeyframeReader:
             log.info("%s: keyframe at %.2f s gave no picture from the %s decoder", redact_url(self.url), t_key,
                      ctx.name)
 
-        for packet in container.demux():
+        for packet in native_iter(container.demux(), "demux"):
             if self.stop.is_set():
                 return
             now = time.monotonic()

@@ -579,7 +579,8 @@ class Scheduler:
                 self.budget.try_take(stream_id, now)
                 st.sampler.admitted += 1
                 st.sampler.extra_admitted += 1
-                st.sampler.last_sample = t
+                # Not the min interval's reference: that bounds keyframes (the cheapest samples), and a
+                # keyframe right after a forward-decoded sample must still be taken.
             return st.coverage.sampled(t, keyframe, thumb, wall)
 
     # -- the reader's calls -------------------------------------------------------------------------------------
