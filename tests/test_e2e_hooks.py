@@ -15,7 +15,7 @@ from pathlib import Path
 import paho.mqtt.publish as mqtt_publish
 import pytest
 
-from monitor.hooks import ID_KEY_FILE, StreamNamer
+from monitor.hooks import ID_KEY_FILE, StreamNamer, route_token
 from test_streams.infra import Mosquitto, NginxRtmp, ffmpeg_publish_cmd, free_port, wait_port
 
 from .conftest import MonitorProcess, MqttCollector, require_tools
@@ -163,7 +163,8 @@ def test_finding_names_collide_nowhere_on_real_nginx(
     reaches a topic, a stream state or the monitor's log."""
     require_tools()
     hook_port = free_port()
-    hook = f"http://127.0.0.1:{hook_port}/hooks/nginx-rtmp?token={SECRET}"
+    # The route's own token (python -m monitor.hooks token /hooks/nginx-rtmp), not the secret itself.
+    hook = f"http://127.0.0.1:{hook_port}/hooks/nginx-rtmp?token={route_token(SECRET, '/hooks/nginx-rtmp')}"
     notify = f"on_publish {hook}; on_publish_done {hook}; notify_method post;"
     # NginxRtmp writes one application; its `notify` lines end inside it, so a second one can follow.
     nginx = NginxRtmp(notify=f"{notify} }} application live-x {{ live on; {notify}").start()

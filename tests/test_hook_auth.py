@@ -218,6 +218,18 @@ def test_finding_mediamtx_gate_registration_expires_without_ready(tmp_path: Path
     assert reg.removed == [ghost]  # live/cam9 became ready and stays
 
 
+def test_route_token_command(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from monitor.hooks import main
+
+    monkeypatch.setenv("MONITOR_HOOK_SECRET", SECRET)
+    assert main(["token", "/hooks/nginx-rtmp"]) == 0
+    assert capsys.readouterr().out.strip() == route_token(SECRET, "/hooks/nginx-rtmp")
+    (tmp_path / "s").write_text("too short\n")
+    assert main(["token", "/hooks/srs", "--secret-file", str(tmp_path / "s")]) == 2
+    assert SECRET not in capsys.readouterr().err
+
+
 def test_caps_have_defaults() -> None:
     cfg = HooksConfig()
     assert (cfg.max_streams, cfg.max_streams_per_addr, cfg.fail_open, cfg.token_peers) == (500, 50, False,
