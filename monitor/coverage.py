@@ -291,7 +291,7 @@ class StreamCoverage:
         c = self.counters.samples
         c[reason] = c.get(reason, 0) + 1
         cover_from = t
-        if want is not None and not keyframe and t >= want.target:
+        if want is not None and not keyframe and t >= want.target - 1e-6:
             if want.cover_until is not None:
                 cover_from = max(t, want.cover_until)
             self._want = None

@@ -66,7 +66,8 @@ def _nal_units_annexb(data: bytes) -> list[tuple[int, int]]:
         start = i + 3
         nxt = data.find(b"\x00\x00\x01", start)
         end = len(data) if nxt < 0 else nxt
-        out.append((start, end - start))
+        if end > start:
+            out.append((start, end - start))
         i = nxt
     return out
 
