@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import statistics
 
@@ -79,7 +80,7 @@ def test_a_long_gop_gets_interval_samples_from_the_first_gop_on() -> None:
         cov = coverage(audit_mean_s=None)
         samples = feed(cov, 40, gop=gop_s * FPS)
         times = [t for t, _ in samples]
-        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
         assert max(gaps) <= 2.5, gaps
         assert cov.blind_max <= 2.5
 
@@ -111,7 +112,7 @@ def test_audit_moments_are_unpredictable_and_average_out() -> None:
 
     a, b = audits(1), audits(2)
     assert a != b
-    gaps = [y - x for x, y in zip(a, a[1:], strict=False)]
+    gaps = [y - x for x, y in itertools.pairwise(a)]
     assert 3.0 < statistics.mean(gaps) < 8.0
 
 
