@@ -195,3 +195,27 @@ def test_key_packets_are_classified_from_their_nal_units() -> None:
 def test_hostile_key_packets_never_raise(data: bytes, length_size: int | None) -> None:
     info = h264_key_info(data, length_size)
     assert isinstance(info, KeyInfo)
+
+
+def test_the_decode_budget_is_shared_fairly_under_load() -> None:
+    """A stream that wants every packet decoded (intra refresh, escalated) cannot take the forward decodes the
+    ordinary streams' audits need; what it is refused is counted."""
+    from monitor.scheduler import Scheduler, StreamPolicy
+
+    now = [0.0]
+    sched = Scheduler(None, clock=lambda: now[0], warmup_s=0.0, forward_budget_per_s=100.0)
+    for sid in ("greedy", "a", "b"):
+        sched.add_stream(sid, StreamPolicy(), CoveragePolicy())
+    granted = {"greedy": 0, "a": 0, "b": 0}
+    for step in range(600):  # 60 s in steps of 0.1 s
+        now[0] = step * 0.1
+        if sched.forward("greedy", 30):  # wants 300 packets a second
+            granted["greedy"] += 30
+        if step % 50 == 0:  # an audit every 5 s: 30 packets
+            for sid in ("a", "b"):
+                if sched.forward(sid, 30):
+                    granted[sid] += 30
+    assert granted["a"] == granted["b"] == 12 * 30  # every audit of the light streams went through
+    assert 0.5 * 100.0 * 60 <= granted["greedy"] <= 100.0 * 60 * 1.1  # held near the rest of the budget
+    stats = sched.stats()["streams"]
+    assert stats["greedy"]["forward_refused"] > 0 and stats["a"]["forward_refused"] == 0
