@@ -710,13 +710,13 @@ class _Hooks:
         path = _str(doc, "path")
         app, _, name = path.rpartition("/")
         addr = _opt_str(doc, "ip")
-        client_id = _opt_str(doc, "id")
+        _opt_str(doc, "id")  # type check only: runOnReady names the publisher by MTX_SOURCE_ID, which it binds
         keys = _query_keys(_opt_str(doc, "query") or "")
         ban = await self.check_bans([name, path, *keys], addr)
         if ban is not None:
             return web.Response(status=403, text=self.refused("mediamtx", app, name, addr, ban))
         if self.settings.mediamtx_register_on_auth:
-            refusal = self.register("mediamtx", app, name, path, addr, keys, client_id, gate=True)
+            refusal = self.register("mediamtx", app, name, path, addr, keys, gate=True)
             if refusal is not None:
                 return web.Response(status=refusal[0], text=refusal[1])
         return _ok()

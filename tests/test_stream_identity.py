@@ -396,3 +396,26 @@ def test_finding_discovery_survives_a_bad_entry(caplog: pytest.LogCaptureFixture
     assert len(removed) == 3  # LONG, live-x/y and live/x-y, when the list shrank to cam1
     assert LONG not in caplog.text and all(name not in caplog.text for name in ("boom", "sp ace"))
     assert len(ids) == len(good)
+
+
+def test_mediamtx_gate_then_ready_is_one_publisher(bans: BanList) -> None:
+    """MediaMTX reports a publish twice (auth gate with the address, runOnReady with the source id): one
+    stream, one origin; a not-ready that names another source is ignored."""
+    reg = OriginRegistry()
+    sid = NAMER.stream_id("mediamtx", "live", "cam")
+    auth = {"ip": "192.0.2.44", "action": "publish", "path": "live/cam", "protocol": "rtmp", "id": "conn-A",
+            "query": ""}
+
+    async def scenario(client: TestClient[web.Request, web.Application]) -> None:
+        r = await client.post("/hooks/mediamtx/auth", params=TOKEN, json=auth)
+        assert r.status == 200
+        r = await client.post("/hooks/mediamtx/ready", params=TOKEN, json={"path": "live/cam", "source_id": "B"})
+        assert r.status == 200
+        assert reg.origins[sid].publisher_addr == "192.0.2.44" and reg.origins[sid].client_id == "B"
+        assert not client.server.app[HOOKS_KEY].gate  # confirmed: it will not expire
+        r = await client.post("/hooks/mediamtx/not-ready", params=TOKEN, json={"path": "live/cam", "source_id": "C"})
+        assert r.status == 200 and sid in reg.urls
+        r = await client.post("/hooks/mediamtx/not-ready", params=TOKEN, json={"path": "live/cam", "source_id": "B"})
+        assert r.status == 200 and sid not in reg.urls
+
+    run_app(reg, bans, scenario)
