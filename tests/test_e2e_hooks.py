@@ -125,10 +125,25 @@ def test_discovery_polls_nginx_stat_and_reconciles(
                      "poll_interval_s": 1.0,
                      "pull_url_template": f"rtmp://127.0.0.1:{nginx_rtmp.rtmp_port}/{{app}}/{{name}}"}],
     })
-    pub = subprocess.run(ffmpeg_publish_cmd(nginx_rtmp.rtmp_url("found"), duration_s=8), timeout=60)
+    # Listed first: a stream it cannot pull (a space in the name) and a 150-character name. The first is
+    # logged once and skipped, the second watched; neither ends discovery for the streams after them.
+    base = f"rtmp://127.0.0.1:{nginx_rtmp.rtmp_port}/live"
+    early = [subprocess.Popen(_small_publisher(base, 14.0, "x y"), stderr=subprocess.DEVNULL),
+             subprocess.Popen(_small_publisher(f"{base}/{'L' * 150}", 14.0), stderr=subprocess.DEVNULL)]
+    time.sleep(2.5)
+    try:
+        pub = subprocess.run(ffmpeg_publish_cmd(nginx_rtmp.rtmp_url("found"), duration_s=8), timeout=60)
+    finally:
+        for p in early:
+            p.kill()
+            p.wait()
     assert pub.returncode == 0
-    sid = monitor_namer(mon).stream_id("nginx-rtmp", "live", "found")
+    namer = monitor_namer(mon)
+    sid = namer.stream_id("nginx-rtmp", "live", "found")
     topic = f"d/disc/streams/{sid}"
+    long_topic = f"d/disc/streams/{namer.stream_id('nginx-rtmp', 'live', 'L' * 150)}"
+    assert collector.matching(lambda m: m.topic == long_topic and bool(m.payload) and m.json()["state"] == "live")
+    assert mon.log().count("not watched") == 1, mon.log()
     ended = collector.wait_for(lambda m: m.topic == topic and bool(m.payload) and m.json()["state"] == "ended", 15)
     cleared = collector.wait_for(lambda m: m.topic == topic and m.payload == b"", 5)
     assert mon.stop() == 0
