@@ -443,7 +443,7 @@ class Engine:
         self.supervisor.remove_stream(stream_id)
 
     def add_stream(self, stream_id: str, url: str, *, server: str, app: str, name: str,
-                   publisher_addr: str | None, client_id: str | None = None) -> None:
+                   publisher_addr: str | None, client_id: str | None = None, keys: tuple[str, ...] = ()) -> None:
         """Called by the hook server and discovery when a publish starts: start pulling it at once.
 
         Raises StreamRefused (monitor.hooks) for a stream it will not watch: beyond hooks.max_streams or
@@ -455,7 +455,7 @@ class Engine:
         state = self.states.get(stream_id)
         stale = (known is not None and time.monotonic() - known.registered_at > ORIGIN_REPLACE_AFTER_S
                  and (state is None or state.state != StreamState.LIVE))
-        verdict = self.origins.admit(stream_id, Origin(server, app, name, publisher_addr, client_id),
+        verdict = self.origins.admit(stream_id, Origin(server, app, name, publisher_addr, client_id, keys=keys),
                                      replaceable=not watched or stale)
         if verdict == "same" and watched:
             return  # MediaMTX reports one publish twice (auth gate, then ready)

@@ -211,6 +211,7 @@ class Origin:
     publisher_addr: str | None
     client_id: str | None = None
     registered_at: float = field(default_factory=time.monotonic, compare=False)
+    keys: tuple[str, ...] = field(default=(), compare=False)  # the publish URL's `key` arguments (terminate bans them)
 
     def same_publisher(self, server: str, app: str, name: str, publisher_addr: str | None,
                        client_id: str | None) -> bool:
@@ -244,7 +245,8 @@ class OriginTable(dict[str, Origin]):
                 # MediaMTX reports one publish twice (auth gate with the address, runOnReady without).
                 self[stream_id] = Origin(known.server, known.app, known.name,
                                          known.publisher_addr or origin.publisher_addr,
-                                         known.client_id or origin.client_id, known.registered_at)
+                                         known.client_id or origin.client_id, known.registered_at,
+                                         tuple(dict.fromkeys((*known.keys, *origin.keys))))
                 return "same"
             if not replaceable:
                 raise StreamRefused("conflict", f"stream {stream_id} is watched for another publisher")
@@ -282,7 +284,7 @@ class StreamRegistry(Protocol):
 
     def add_stream(
         self, stream_id: str, url: str, *, server: str, app: str, name: str, publisher_addr: str | None,
-        client_id: str | None = None,
+        client_id: str | None = None, keys: tuple[str, ...] = (),
     ) -> None: ...
 
     def remove_stream(
@@ -575,7 +577,7 @@ class _Hooks:
             if not _STREAM_ID_RE.match(stream_id):  # cannot happen with StreamNamer; never watch blind
                 raise StreamRefused("invalid", "stream id is not a valid topic level")
             self.registry.add_stream(stream_id, url, server=server, app=app, name=name, publisher_addr=addr,
-                                     client_id=client_id)
+                                     client_id=client_id, keys=tuple(dict.fromkeys(keys)))
         except StreamRefused as exc:
             reason, why = exc.reason, str(exc)
         except Exception as exc:

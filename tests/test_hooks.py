@@ -104,7 +104,7 @@ class Registry:
 
     def add_stream(
         self, stream_id: str, url: str, *, server: str, app: str, name: str, publisher_addr: str | None,
-        client_id: str | None = None,
+        client_id: str | None = None, keys: tuple[str, ...] = (),
     ) -> None:
         with self._lock:
             self.added.append(

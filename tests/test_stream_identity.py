@@ -58,9 +58,9 @@ class OriginRegistry:
         self.urls: dict[str, str] = {}
 
     def add_stream(self, stream_id: str, url: str, *, server: str, app: str, name: str,
-                   publisher_addr: str | None, client_id: str | None = None) -> None:
+                   publisher_addr: str | None, client_id: str | None = None, keys: tuple[str, ...] = ()) -> None:
         StreamConfig(id=stream_id, url=url)  # what the engine does: the config model must accept the id
-        self.origins.admit(stream_id, Origin(server, app, name, publisher_addr, client_id),
+        self.origins.admit(stream_id, Origin(server, app, name, publisher_addr, client_id, keys=keys),
                            replaceable=stream_id not in self.urls)
         self.urls[stream_id] = url
 
@@ -318,7 +318,8 @@ def test_engine_binds_origins_and_records_no_raw_name(tmp_path: Path) -> None:
         sid = engine.namer.stream_id("nginx-rtmp", "live", key)
         url = f"rtmp://127.0.0.1:1935/live/{key}"
         engine.add_stream(sid, url, server="nginx-rtmp", app="live", name=key, publisher_addr="198.51.100.3",
-                          client_id="7")
+                          client_id="7", keys=("url-key-1",))
+        assert engine.origins[sid].keys == ("url-key-1",)  # terminate bans them with the name
         with pytest.raises(StreamRefused):  # another publisher while the stream is watched
             engine.add_stream(sid, url, server="nginx-rtmp", app="live", name=key, publisher_addr="203.0.113.9",
                               client_id="8")
@@ -404,7 +405,7 @@ def test_mediamtx_gate_then_ready_is_one_publisher(bans: BanList) -> None:
     reg = OriginRegistry()
     sid = NAMER.stream_id("mediamtx", "live", "cam")
     auth = {"ip": "192.0.2.44", "action": "publish", "path": "live/cam", "protocol": "rtmp", "id": "conn-A",
-            "query": ""}
+            "query": "key=k-1"}
 
     async def scenario(client: TestClient[web.Request, web.Application]) -> None:
         r = await client.post("/hooks/mediamtx/auth", params=TOKEN, json=auth)
@@ -412,6 +413,7 @@ def test_mediamtx_gate_then_ready_is_one_publisher(bans: BanList) -> None:
         r = await client.post("/hooks/mediamtx/ready", params=TOKEN, json={"path": "live/cam", "source_id": "B"})
         assert r.status == 200
         assert reg.origins[sid].publisher_addr == "192.0.2.44" and reg.origins[sid].client_id == "B"
+        assert reg.origins[sid].keys == ("k-1",)  # in memory only: terminate bans them
         assert not client.server.app[HOOKS_KEY].gate  # confirmed: it will not expire
         r = await client.post("/hooks/mediamtx/not-ready", params=TOKEN, json={"path": "live/cam", "source_id": "C"})
         assert r.status == 200 and sid in reg.urls
