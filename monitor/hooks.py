@@ -57,6 +57,7 @@ from aiohttp.abc import AbstractAccessLogger
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from monitor.bans import Ban, BanList
+from monitor.config import STREAM_ID_RE
 from monitor.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ ID_KEY_FILE = "stream-ids.key"  # in the state directory, 0600
 # publisher of the same (server, app, name): its unpublish was missed (a live one never is: see OriginTable).
 ORIGIN_REPLACE_AFTER_S = 15.0
 
-_STREAM_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")  # the config's STREAM_ID_RE (one MQTT topic level)
+_STREAM_ID_RE = STREAM_ID_RE  # what the config model accepts as a stream id (one MQTT topic level)
 _UNSAFE_ID = re.compile(r"[^A-Za-z0-9._-]")
 _UNSAFE_SHOWN = re.compile(r"[^A-Za-z0-9]")
 _NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
