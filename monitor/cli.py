@@ -18,6 +18,7 @@ from typing import Any
 
 from monitor import __version__
 from monitor.errors import ConfigError, UserError
+from monitor.safetext import EscapingFormatter, describe_char, forbidden_char
 
 log = logging.getLogger("monitor")
 
@@ -45,7 +46,8 @@ def setup_logging(level: str, fmt: str = "text") -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
+        # Escaping: a moderator's name, a bank label or a stream name never forges a line or a terminal escape.
+        handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level.upper()))
@@ -287,6 +289,10 @@ def _cmd_console(args: argparse.Namespace) -> int:
 
         if not args.moderator.strip():
             raise ConfigError("console: --moderator NAME is required: every action is recorded with its author")
+        bad = forbidden_char(args.moderator)
+        if bad is not None:
+            raise ConfigError(f"console: --moderator holds {describe_char(bad[1])} at position {bad[0]}: control "
+                              "and bidirectional characters are refused by the monitor")
         return run_tui(cfg, moderator=args.moderator, node_filter=args.node_filter, actions_log=args.actions_log)
 
     async def go() -> int:

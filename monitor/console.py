@@ -22,6 +22,7 @@ from monitor import topics
 from monitor.alerts import alert_schema
 from monitor.config import BrokerConfig
 from monitor.mqtt import make_client, negotiate_protocol
+from monitor.safetext import printable
 
 log = logging.getLogger(__name__)
 
@@ -34,18 +35,19 @@ def _clock(iso: str) -> str:
 
 
 def format_alert(a: dict[str, Any]) -> str:
-    label = f" ({a['entry_label']})" if a.get("entry_label") else ""
-    return (
+    """Two lines for a terminal; text from the message is escaped (a label cannot send terminal escapes)."""
+    label = f" ({printable(str(a['entry_label']))})" if a.get("entry_label") else ""
+    first = (
         f"{_clock(a['observed_at'])}  ALERT  stream {a['stream_id']} at {a['media_time_s']:.2f} s  "
         f"bank {a['bank']} entry {a['entry_id']}{label}  distance {a['distance']}/{a['threshold']}  "
-        f"quality {a['quality']}  node {a['node']}\n"
-        f"          {a['stream_url']}  alert {a['alert_id']}"
+        f"quality {a['quality']}  node {a['node']}"
     )
+    return f"{printable(first)}\n          {printable(str(a['stream_url']))}  alert {printable(str(a['alert_id']))}"
 
 
 def format_state(s: dict[str, Any]) -> str:
     detail = f"  {s['detail']}" if s.get("detail") else ""
-    return f"          stream {s.get('stream_id')} is {s.get('state')}{detail}"
+    return printable(f"          stream {s.get('stream_id')} is {s.get('state')}{detail}")
 
 
 class AlertValidator:
@@ -97,7 +99,7 @@ async def run_console(cfg: BrokerConfig, *, as_json: bool, out: TextIO = sys.std
                     if msg.topic.matches(topics.all_alerts(prefix)):
                         alert, problem = parse_alert(payload, validator)
                         if alert is None:
-                            print(f"! ignored a malformed message on {topic}: {problem}", file=sys.stderr)
+                            print(printable(f"! ignored a malformed message on {topic}: {problem}"), file=sys.stderr)
                             continue
                         if alert["alert_id"] in seen:
                             continue

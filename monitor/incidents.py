@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Final, Literal, cast
 
 from monitor.alerts import utc_iso
+from monitor.safetext import describe_char, forbidden_char
 from pipelines.base import Finding
 
 SCHEMA_VERSION: Final = 1
@@ -520,6 +521,10 @@ def _text(cmd: Mapping[str, Any], name: str, limit: int, *, required: bool = Tru
         raise CommandError(name, "must not be empty")
     if len(value) > limit:
         raise CommandError(name, f"longer than {limit} characters")
+    bad = forbidden_char(value)
+    if bad is not None:  # a forged log line, a terminal escape, a name that reads backwards
+        raise CommandError(name, f"contains {describe_char(bad[1])} at position {bad[0]}: control, separator and "
+                                 "bidirectional characters are not accepted")
     return value
 
 

@@ -49,6 +49,7 @@ from monitor.config import BrokerConfig
 from monitor.console import AlertValidator
 from monitor.errors import BrokerError
 from monitor.mqtt import make_client, negotiate_protocol
+from monitor.safetext import describe_char, forbidden_char, printable
 
 log = logging.getLogger(__name__)
 
@@ -514,6 +515,7 @@ def _sync_table(table: DataTable[Text], rows: Sequence[tuple[str, Cells]], key_c
         del shown[key]
 
     def cell(key: str, i: int, text: str, style: str) -> Text:
+        text = printable(text)  # Text objects: no markup; escapes and line breaks from messages written out
         return _KeyCell(text, key, style) if i == key_index else Text(text, style=style)
 
     for key, cells in rows:
@@ -614,9 +616,9 @@ class ReasonScreen(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label(self.prompt)
+            yield Label(printable(self.prompt), markup=False)  # entry labels come from bank files: no markup
             yield Input(placeholder="reason (required), Enter to send, Escape to cancel", id="reason")
-            yield Label("", id="reason-error")
+            yield Label("", id="reason-error", markup=False)
 
     def on_mount(self) -> None:
         self.query_one(Input).focus()
@@ -626,6 +628,11 @@ class ReasonScreen(ModalScreen[str | None]):
         reason = event.value.strip()
         if not reason:
             self.query_one("#reason-error", Label).update("a reason is required")
+            return
+        bad = forbidden_char(reason)
+        if bad is not None:  # the monitor would refuse the command: say so here, where it can be fixed
+            self.query_one("#reason-error", Label).update(
+                f"the reason holds {describe_char(bad[1])} at position {bad[0]}: remove it")
             return
         self.dismiss(reason)
 
@@ -655,7 +662,7 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label(self.prompt)
+            yield Label(printable(self.prompt), markup=False)  # `[/]` in an entry label is text, not markup
             with Horizontal():
                 yield Button(f"{self.confirm_label} (y)", variant="error", id="yes")
                 yield Button("Cancel (n)", id="no")
@@ -711,6 +718,9 @@ class ModerationConsole(App[int]):
         super().__init__()
         if not moderator.strip():
             raise ValueError("moderator name must not be empty")
+        bad = forbidden_char(moderator)
+        if bad is not None:
+            raise ValueError(f"moderator name holds {describe_char(bad[1])} at position {bad[0]}")
         self.cfg = cfg
         self.moderator = moderator
         self.node_filter = node_filter
@@ -735,7 +745,7 @@ class ModerationConsole(App[int]):
 
     def compose(self) -> ComposeResult:
         # Kept as attributes: App.query_one looks only at the top screen, which is a modal at times.
-        self.status_line = Static(self.connection_text, id="status")
+        self.status_line = Static(self.connection_text, id="status", markup=False)
         self.incidents_table: DataTable[Text] = DataTable(id="incidents", cursor_type="row", zebra_stripes=True)
         self.streams_table: DataTable[Text] = DataTable(id="streams", cursor_type="none")
         self.nodes_table: DataTable[Text] = DataTable(id="nodes", cursor_type="none")
@@ -802,7 +812,7 @@ class ModerationConsole(App[int]):
         st = self.state
         lines: list[str] = []
         while st.log_lines:
-            lines.append(st.log_lines.popleft())
+            lines.append(printable(st.log_lines.popleft()))  # text from messages: one inert line each
         for c in st.confirmations:
             lines.append(f"✓ {c.pending.action} on incident {c.incident_id[:8]} confirmed by the monitor: "
                          f"{c.status}{'' if c.result is None else f' ({c.result})'}")
@@ -951,7 +961,7 @@ class ModerationConsole(App[int]):
             self.notify("the monitor has not opened an incident for this alert yet", severity="warning")
             return
         if row.status not in ALLOWED_FROM[action]:
-            self.notify(f"cannot {action} an incident that is {row.status}", severity="warning")
+            self.notify(f"cannot {action} an incident that is {row.status}", severity="warning", markup=False)
             return
         what = f"incident {row.incident_id[:8]} on stream {row.stream_id} ({row.entry_label or row.entry_id})"
         if action == "dismiss":
@@ -997,7 +1007,7 @@ class ModerationConsole(App[int]):
                 os.fsync(f.fileno())
         except OSError as exc:
             self.log_line(f"! cannot write the actions log {self.actions_log}: {exc}")
-            self.notify(f"cannot write the actions log: {exc}", severity="error")
+            self.notify(f"cannot write the actions log: {exc}", severity="error", markup=False)
 
     def action_toggle_closed(self) -> None:
         self.show_closed = not self.show_closed

@@ -223,3 +223,94 @@ def test_finding3_lock_is_held_across_processes(tmp_path: Path) -> None:
         first.state_lock.release()
     assert out.returncode == 2, out.stderr
     assert "is in use by another monitor" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+# -- finding 5: control characters in moderator names and reasons, markup in console text ------------------
+
+
+def _book_with_incident() -> tuple[Any, Any]:
+    from monitor.incidents import IncidentBook, IncidentPolicy, NewIncident
+    from pipelines.base import Finding
+
+    book = IncidentBook(IncidentPolicy(), {"b1": "high"}, lambda: 1000.0)
+    f = Finding("known_content", "s1", 1.0, 1000.0, "b1", "e1", "pdq", 4, 31, 90, "ab" * 32, "label", ())
+    inc = next(e.incident for e in book.on_sample("s1", 1.0, [f]) if isinstance(e, NewIncident))
+    return book, inc
+
+
+def _command(inc: Any, **changes: Any) -> dict[str, Any]:
+    import uuid
+
+    return {"schema_version": 1, "type": "command", "command_id": str(uuid.uuid4()), "action": "acknowledge",
+            "incident_id": inc.incident_id, "stream_id": inc.stream_id, "moderator": "alice",
+            "reason": "looked at it", **changes}
+
+
+HOSTILE = ["alice\n12:00:00 INFO monitor: incident x: dismiss by bob", "alice\x1b[2J\x1b]0;pwned\x07", "ali\rce",
+           "\u202eecila", "alice\u2028bob", "alice\x00", "al\x85ice", "alice\ud800"]
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+@pytest.mark.parametrize("field", ["moderator", "reason"])
+def test_finding5_command_parser_refuses_control_characters(field: str, text: str) -> None:
+    from monitor.incidents import CommandError
+
+    book, inc = _book_with_incident()
+    with pytest.raises(CommandError) as err:
+        book.apply_command(_command(inc, **{field: text}))
+    msg = str(err.value)
+    assert field in msg and "U+" in msg and "not accepted" in msg
+    assert all(c.isprintable() for c in msg), msg  # the error itself never carries the character
+    assert book.get(inc.incident_id).status == "open"  # nothing applied
+
+
+def test_finding5_ordinary_names_and_reasons_still_pass() -> None:
+    book, inc = _book_with_incident()
+    out = book.apply_command(_command(inc, moderator="Zoë O'Brien-Łukasz 山田", reason="test card; not a match ✓"))
+    assert out.changed
+
+
+def test_finding5_refused_command_is_logged_as_one_escaped_line(tmp_path: Path) -> None:
+    import io
+
+    from monitor.cli import setup_logging
+
+    engine = _engine(tmp_path / "state")
+    try:
+        setup_logging("info")
+        stream = io.StringIO()
+        logging.getLogger().handlers[0].setStream(stream)  # type: ignore[attr-defined]
+        engine.handle_command({"moderator": "mallory\n00:00:00 INFO   forged line\x1b[31m", "action": "x"})
+        logging.getLogger("monitor.engine").info("bank label %s", "a\x1b]0;title\x07b\nc")
+        out = stream.getvalue()
+    finally:
+        engine.state_lock.release()
+    lines = out.splitlines()
+    assert len(lines) == 2, lines
+    assert "\x1b" not in out and "\x07" not in out
+    assert "forged line" in lines[0] and "\\x1b" in lines[1] and "\\n" in lines[1]
+
+
+def test_finding5_console_refuses_a_moderator_name_with_control_characters(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from monitor.cli import main
+    from monitor.config import BrokerConfig
+    from monitor.tui import ModerationConsole
+
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert main(["console", "--moderator", "eve\x1b[2J"]) == 2
+    err = capsys.readouterr().err
+    assert "U+001B (ESCAPE)" in err and "\x1b" not in err
+    with pytest.raises(ValueError, match=r"U\+000A"):
+        ModerationConsole(BrokerConfig(), moderator="eve\nadmin")
+
+
+def test_finding5_console_lines_escape_message_text() -> None:
+    from monitor.console import format_alert, format_state
+
+    alert = {"observed_at": "2024-01-01T00:00:00Z", "stream_id": "s1", "media_time_s": 1.0, "bank": "b",
+             "entry_id": "e1", "entry_label": "x\x1b[2Jy\nz", "distance": 3, "threshold": 31, "quality": 90,
+             "node": "n1", "stream_url": "rtmp://h/live/s1", "alert_id": "a1"}
+    text = format_alert(alert) + format_state({"stream_id": "s1", "state": "live", "detail": "d\x1b]0;t\x07"})
+    assert "\x1b" not in text and "\x07" not in text and len(format_alert(alert).splitlines()) == 2

@@ -429,3 +429,36 @@ def test_run_tui_entry_point(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     assert (app.moderator, app.node_filter, app.actions_log) == ("ann", "n7", tmp_path / "a.jsonl")
     assert app._topics() == ["p/q/n7/alerts/+", "p/q/n7/incidents/+", "p/q/n7/streams/+", "p/q/n7/status",
                              "p/q/n7/health"]
+
+
+# ------------------------------------------------------------------------------------------------ finding 5
+
+
+async def _markup_scenario() -> list[str]:
+    from textual.app import App
+    from textual.widgets import Label
+
+    shown: list[str] = []
+
+    class Host(App[None]):
+        pass
+
+    app = Host()
+    async with app.run_test(size=(120, 30)) as pilot:
+        # Before the fix: a MarkupError ("closing tag '[/]' has nothing to close") from the dialog.
+        prompt = "Terminate stream cam1 on node n1?\nincident 12345678 on stream cam1 ([/] [bold]x[/bold] [link=x])"
+        app.push_screen(tui.ConfirmScreen(prompt, "Terminate"))
+        await pilot.pause()
+        shown.append(str(app.screen.query_one(Label).render()))
+        app.pop_screen()
+        app.push_screen(tui.ReasonScreen("Dismiss entry [/] as a false positive. Why?\x1b[2J"))
+        await pilot.pause()
+        shown.append(str(app.screen.query(Label).first().render()))
+    return shown
+
+
+def test_finding5_entry_labels_are_drawn_as_text_not_markup() -> None:
+    confirm, reason = asyncio.run(_markup_scenario())
+    assert "([/] [bold]x[/bold] [link=x])" in confirm
+    assert "entry [/] as" in reason and "\x1b" not in reason and "\\x1b[2J" in reason
+
