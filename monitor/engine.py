@@ -47,7 +47,7 @@ from monitor.incidents import (
 from monitor.metrics import HealthInput, HealthRules, Metrics, start_metrics_server
 from monitor.mqtt import MqttPublisher
 from monitor.outbox import Outbox, OutboxError
-from monitor.sampling_report import Escalation, SamplingMetrics, SamplingReport
+from monitor.sampling_report import Escalation, SamplingReport
 from monitor.servers import DropResult, MediaMTXAPI, NginxRtmpAPI, ServerAPI, SrsAPI
 from monitor.statefiles import StateLock, private_dir
 from monitor.supervisor import SampleReport, SampleTiming, StateChange, StreamState, Supervisor, make_matcher
@@ -113,7 +113,7 @@ class Engine:
         self.incidents = IncidentBook(IncidentPolicy(**cfg.incidents.model_dump()), self.severity)
         self.suppressed: dict[str, int] = {}
         self.metrics = Metrics()
-        self.sampling_report = SamplingReport(SamplingMetrics(self.metrics.registry))
+        self.sampling_report = SamplingReport(self.metrics.sampling)
         self.last_sample: dict[str, float] = {}
         self._dropped_seen: dict[tuple[str, str], float] = {}
         self._counted: dict[int, float] = {}

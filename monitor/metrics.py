@@ -18,6 +18,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from monitor.sampling_report import SamplingMetrics
+
 log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -62,6 +64,7 @@ class Metrics:
                                       registry=r)
         self.mqtt_connected = Gauge("monitor_mqtt_connected", "1 while connected to the broker", registry=r)
         self.quarantined = Gauge("monitor_quarantined_entries", "Bank entries quarantined as noisy", registry=r)
+        self.sampling = SamplingMetrics(r)  # blind intervals, forward decoding, evasion (monitor/sampling_report.py)
         self.hook_publishes = Counter("monitor_hook_publishes", "Publish hook decisions by outcome (watched, "
                                       "refused, allowed_unwatched, banned, unpublish_ignored, gate_expired) "
                                       "and reason", ["outcome", "reason"], registry=r)
