@@ -142,8 +142,9 @@ def test_discovery_polls_nginx_stat_and_reconciles(
     sid = namer.stream_id("nginx-rtmp", "live", "found")
     topic = f"d/disc/streams/{sid}"
     long_topic = f"d/disc/streams/{namer.stream_id('nginx-rtmp', 'live', 'L' * 150)}"
-    assert collector.matching(lambda m: m.topic == long_topic and bool(m.payload) and m.json()["state"] == "live")
-    assert mon.log().count("not watched") == 1, mon.log()
+    assert collector.wait_for(lambda m: m.topic == long_topic and bool(m.payload) and m.json()["state"] == "live",
+                              10), mon.log()
+    assert mon.log().count("not watched") in (1, 2), mon.log()  # once per time it appears in the list
     ended = collector.wait_for(lambda m: m.topic == topic and bool(m.payload) and m.json()["state"] == "ended", 15)
     cleared = collector.wait_for(lambda m: m.topic == topic and m.payload == b"", 5)
     assert mon.stop() == 0
