@@ -109,6 +109,8 @@ class BankConfig(_Strict):
     enabled: bool = True
     # Known benign content (test cards, popular false positives): a sample matching it alerts on no bank.
     negative: bool = False
+    max_bytes: int = Field(256 * 2**20, ge=1)  # a larger file is refused (pipelines.banks.DEFAULT_MAX_BYTES)
+    follow_symlinks: bool = False  # refused by default: a bank path swapped for a link is not read
 
 
 class IngestConfig(_Strict):

@@ -26,6 +26,8 @@ from prometheus_client import Counter
 
 from monitor import topics
 from monitor.alerts import build_alert
+from monitor.bank_reload import ReloadResult
+from monitor.bank_reload import load_banks as load_bank_files
 from monitor.bans import BanList
 from monitor.config import MonitorConfig, StreamConfig
 from monitor.discovery import DiscoveredServer, Discovery
@@ -51,7 +53,6 @@ from monitor.sampling_report import Escalation, SamplingReport
 from monitor.servers import DropResult, MediaMTXAPI, NginxRtmpAPI, ServerAPI, SrsAPI
 from monitor.statefiles import StateLock, private_dir
 from monitor.supervisor import SampleReport, SampleTiming, StateChange, StreamState, Supervisor, make_matcher
-from monitor.supervisor import load_banks as load_bank_files
 from monitor.urls import redact_url
 from monitor.workers import ShardedSupervisor
 from pipelines.banks import Bank
@@ -133,6 +134,7 @@ class Engine:
         self.namer = StreamNamer.load(cfg.state_dir / ID_KEY_FILE)  # keyed stream ids (monitor/hooks.py)
         self.states: dict[str, StateChange] = {}
         self.alert_listeners: list[AlertListener] = []
+        self.bank_reloads: dict[str, ReloadResult] = {}  # the last result of each process that reloads
         self.alerts_sent = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle = asyncio.Event()
@@ -600,6 +602,21 @@ class Engine:
             if not forced and (not self.cfg.bank_reload.watch or stamps == self._bank_stamps):
                 continue
             await self.reload_banks(stamps)
+
+    def on_bank_reload(self, result: ReloadResult) -> None:
+        """A reload's result from a worker (or this process's supervisor), from any thread: logged here."""
+        if self._loop is None or self._loop.is_closed():
+            return
+        self._loop.call_soon_threadsafe(self._bank_reloaded, result)
+
+    def _bank_reloaded(self, result: ReloadResult) -> None:
+        who = "this process" if result.worker is None else f"worker {result.worker}"
+        self.bank_reloads[who] = result
+        if result.ok:
+            log.info("bank reload %d in %s: %s", result.generation, who, result.detail)
+        else:
+            log.error("bank reload %d in %s FAILED, it keeps matching with its previous banks: %s",
+                      result.generation, who, result.detail)
 
     async def reload_banks(self, stamps: dict[str, tuple[float, int] | None] | None = None) -> bool:
         t0 = time.perf_counter()

@@ -8,6 +8,10 @@ Accepted, one entry per line (blank lines and `#` comments ignored):
 `entry_id` is the list's id column when it has one, else the 1-based line number. A known video is several rows
 with one id and a `frame_s` column (CSV with a header) or key (JSON lines): its frame hashes, about one a second.
 A malformed line rejects the whole file, naming file and line: half a list is worse than a clear error.
+
+A bank file is read only when it is a regular file of at most `max_bytes` (default 256 MiB), and neither it nor
+its folder is a symbolic link unless `follow_symlinks` is on: a bank path that someone swapped for a link to a
+secret file, a FIFO or /dev/zero is refused with its reason before a byte of it is parsed (or quoted in an error).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import csv
 import io
 import json
 import logging
+import os
+import stat
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +38,7 @@ from pipelines.mih import MultiIndexHashIndex
 log = logging.getLogger(__name__)
 
 CSV_COLUMNS = ("hash", "indicator_id", "descriptor_id", "added_on", "tags")
+DEFAULT_MAX_BYTES = 256 * 2**20  # ~2.5M CSV rows with labels, ~4M bare hex lines; BankConfig.max_bytes changes it
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,25 +159,62 @@ class Bank:
 
 
 def load_bank(path: Path, name: str, signal_type: str = "pdq", threshold: int | None = None,
-              previous: Bank | None = None) -> Bank:
+              previous: Bank | None = None, *, max_bytes: int = DEFAULT_MAX_BYTES,
+              follow_symlinks: bool = False) -> Bank:
     """Parse a hash-list file; raises BankFormatError naming the file and line.
 
     With `previous` (the same bank as loaded before), a small change becomes an overlay on its index.
     """
-    codes, entries = read_bank_file(path, name, signal_type)
+    codes, entries = read_bank_file(path, name, signal_type, max_bytes=max_bytes, follow_symlinks=follow_symlinks)
     if previous is not None and previous.signal_type == signal_type and previous.threshold == (
             DEFAULT_THRESHOLDS[signal_type] if threshold is None else threshold):
         return previous.updated(codes, entries)
     return Bank(name, signal_type, codes, entries, threshold)
 
 
-def read_bank_file(path: Path, name: str, signal_type: str) -> tuple[Codes, list[Entry]]:
+def _symlink_in(path: Path) -> Path | None:
+    """The bank's folder or the file itself when it is a symbolic link (the file is also opened O_NOFOLLOW)."""
+    current = Path(os.path.abspath(path))
+    for part in (current.parent, current):
+        if part.is_symlink():
+            return part
+    return None
+
+
+def read_bank_text(path: Path, *, max_bytes: int = DEFAULT_MAX_BYTES, follow_symlinks: bool = False) -> str:
+    """The file's text, read with the bank rules (regular file, size cap, no links); BankFormatError otherwise."""
+    where = str(path)
+    if not follow_symlinks:
+        link = _symlink_in(path)
+        if link is not None:
+            raise BankFormatError(where, None, f"{link} is a symbolic link; bank files are not read through links "
+                                               "(set follow_symlinks: true on this bank to allow it)")
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (0 if follow_symlinks else os.O_NOFOLLOW)
     try:
-        text = path.read_text(encoding="utf-8")
+        fd = os.open(path, flags)  # O_NONBLOCK: a FIFO must not hang the open; O_NOFOLLOW: no race on the check
     except OSError as exc:
-        raise BankFormatError(str(path), None, f"cannot read: {exc.strerror or exc}") from None
+        raise BankFormatError(where, None, f"cannot read: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise BankFormatError(where, None, "not a regular file")
+        if st.st_size > max_bytes:
+            raise BankFormatError(where, None, f"{st.st_size} bytes, more than this bank's max_bytes ({max_bytes})")
+        try:
+            raw = fh.read(max_bytes + 1)  # files that report no size (/proc) are capped here
+        except OSError as exc:
+            raise BankFormatError(where, None, f"cannot read: {exc.strerror or exc}") from None
+    if len(raw) > max_bytes:
+        raise BankFormatError(where, None, f"more than this bank's max_bytes ({max_bytes}) bytes")
+    try:
+        return raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise BankFormatError(str(path), None, "not a UTF-8 text file") from None
+        raise BankFormatError(where, None, "not a UTF-8 text file") from None
+
+
+def read_bank_file(path: Path, name: str, signal_type: str, *, max_bytes: int = DEFAULT_MAX_BYTES,
+                   follow_symlinks: bool = False) -> tuple[Codes, list[Entry]]:
+    text = read_bank_text(path, max_bytes=max_bytes, follow_symlinks=follow_symlinks)
     codes, entries, skipped = parse_bank_text(text, str(path), signal_type)
     if skipped:
         log.warning("bank %s: %s: skipped entries of other signal types: %s", name, path, dict(skipped))

@@ -110,3 +110,140 @@ def test_video_entries_share_an_id_and_carry_frame_times(tmp_path: Path) -> None
         assert bank.entries == entries
     with pytest.raises(BankFormatError, match="frame_s 'x' is not a number"):
         load_bank(write(tmp_path, "bad.csv", f"hash,indicator_id,frame_s\n{A},1,x\n"), "b")
+
+
+# -- finding 4 (issue 19): size caps, symbolic links, serialised reloads reported back ---------------------
+
+import logging  # noqa: E402
+import os  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from typing import Any  # noqa: E402
+
+from monitor.bank_reload import BankReloader, ReloadResult, load_banks  # noqa: E402
+from monitor.config import BankConfig  # noqa: E402
+from pipelines.banks import DEFAULT_MAX_BYTES, Bank  # noqa: E402
+from pipelines.known_content import KnownContentMatcher  # noqa: E402
+
+
+def test_finding4_bank_larger_than_its_cap_is_refused(tmp_path: Path) -> None:
+    p = write(tmp_path, "big.txt", f"{A}\n" * 100)  # 6500 bytes
+    with pytest.raises(BankFormatError, match=r"big.txt: 6500 bytes, more than this bank's max_bytes \(1000\)"):
+        load_banks([BankConfig(name="big", path=p, max_bytes=1000)])
+    assert len(load_banks([BankConfig(name="big", path=p, max_bytes=6500)])[0]) == 100
+    assert BankConfig(name="x", path=p).max_bytes == DEFAULT_MAX_BYTES
+
+
+def test_finding4_bank_through_a_symbolic_link_is_refused_unless_allowed(tmp_path: Path) -> None:
+    secret = write(tmp_path, "secret.txt", "Name:\tsshd\nPassword:\thunter2\n")
+    link = tmp_path / "bank.txt"
+    link.symlink_to(secret)
+    with pytest.raises(BankFormatError) as err:
+        load_banks([BankConfig(name="b", path=link)])
+    assert "is a symbolic link" in str(err.value) and "follow_symlinks" in str(err.value)
+    assert "hunter2" not in str(err.value) and "sshd" not in str(err.value)  # nothing of it was read
+    proc = tmp_path / "proc.txt"
+    proc.symlink_to("/proc/self/status")  # the review's probe
+    with pytest.raises(BankFormatError, match="is a symbolic link"):
+        load_banks([BankConfig(name="p", path=proc)])
+    good = write(tmp_path, "real.txt", f"{A}\n")
+    (tmp_path / "linked.txt").symlink_to(good)
+    assert len(load_banks([BankConfig(name="l", path=tmp_path / "linked.txt", follow_symlinks=True)])[0]) == 1
+    linked_dir = tmp_path / "banks"
+    linked_dir.symlink_to(tmp_path)  # the folder swapped for a link
+    with pytest.raises(BankFormatError, match="is a symbolic link"):
+        load_banks([BankConfig(name="d", path=linked_dir / "real.txt")])
+
+
+def test_finding4_fifo_and_devices_are_not_read(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    t0 = time.monotonic()
+    with pytest.raises(BankFormatError, match="not a regular file"):
+        load_bank(fifo, "f")  # no writer: an open without O_NONBLOCK would hang here
+    assert time.monotonic() - t0 < 5
+    with pytest.raises(BankFormatError, match="not a regular file"):
+        load_bank(Path("/dev/zero"), "z")
+
+
+def test_finding4_files_that_report_no_size_are_capped_while_read(tmp_path: Path) -> None:
+    from pipelines.banks import read_bank_text
+
+    with pytest.raises(BankFormatError, match=r"more than this bank's max_bytes \(16\) bytes"):
+        read_bank_text(Path(f"/proc/{os.getpid()}/status"), max_bytes=16)  # st_size 0, content longer
+
+
+class _Recorder(KnownContentMatcher):
+    def __init__(self) -> None:
+        super().__init__([])
+        self.swaps: list[str] = []
+
+    def set_banks(self, banks: Sequence[Bank]) -> None:
+        self.swaps.append(banks[0].name if banks else "-")
+        super().set_banks(banks)
+
+
+def test_finding4_an_older_slower_reload_never_replaces_a_newer_one(tmp_path: Path) -> None:
+    """Three reloads in quick succession, the first one slow: its banks never come back after the newest."""
+    paths = {n: write(tmp_path, f"{n}.txt", f"{A}\n") for n in ("old", "mid", "new")}
+    started = threading.Event()
+
+    def slow_loader(banks: Sequence[BankConfig], previous: Sequence[Bank]) -> list[Bank]:
+        if banks[0].name == "old":
+            started.set()
+            time.sleep(0.5)  # before the fix this load, in its own thread, finished after "new"
+        return load_banks(banks, previous)
+
+    matcher = _Recorder()
+    results: list[ReloadResult] = []
+    reloader = BankReloader([matcher], results.append, loader=slow_loader)
+    reloader.request([BankConfig(name="old", path=paths["old"])])
+    assert started.wait(5)
+    reloader.request([BankConfig(name="mid", path=paths["mid"])])
+    last = reloader.request([BankConfig(name="new", path=paths["new"])])
+    assert reloader.wait(last, 10)
+    time.sleep(0.6)  # anything still running would have swapped by now
+    assert matcher.swaps == ["old", "new"]  # in order; "mid" was folded into "new"
+    assert matcher.banks[0].name == "new"
+    assert [(r.generation, r.ok, r.skipped) for r in results] == [(1, True, 0), (3, True, 1)]
+
+
+def test_finding4_a_failed_reload_is_reported_with_its_reason(tmp_path: Path) -> None:
+    good = write(tmp_path, "b.txt", f"{A}\n")
+    matcher = _Recorder()
+    results: list[ReloadResult] = []
+    reloader = BankReloader([matcher], results.append)
+    reloader.wait(reloader.request([BankConfig(name="b", path=good)]))
+    good.write_text(f"{A}\nnot-a-hash\n")
+    reloader.wait(reloader.request([BankConfig(name="b", path=good)]))
+    assert [r.ok for r in results] == [True, False]
+    assert "b.txt:2:" in results[1].detail and "stay in use" in results[1].detail
+    assert len(matcher.banks[0]) == 1  # the loaded bank stays
+
+
+def test_finding4_engine_logs_a_workers_reload_failure(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import asyncio
+
+    from monitor.config import build_config
+    from monitor.engine import Engine
+
+    engine: Any = Engine(build_config({"state_dir": str(tmp_path / "state"), "workers": 0}), [])
+    failed = ReloadResult(4, False, "bank reload failed, the loaded banks stay in use: x.csv:3: bad", worker=1)
+
+    async def go() -> None:
+        engine._loop = asyncio.get_running_loop()
+        threading.Thread(target=engine.on_bank_reload, args=(failed,)).start()  # from the events thread
+        for _ in range(100):
+            if engine.bank_reloads:
+                return
+            await asyncio.sleep(0.01)
+
+    try:
+        with caplog.at_level(logging.ERROR, logger="monitor.engine"):
+            asyncio.run(go())
+    finally:
+        engine.state_lock.release()
+    assert engine.bank_reloads["worker 1"] is failed
+    assert any("bank reload 4 in worker 1 FAILED" in r.getMessage() and "x.csv:3" in r.getMessage()
+               for r in caplog.records)
