@@ -134,12 +134,15 @@ async def _demo(folder: Path, duration_s: float) -> int:
             console = asyncio.create_task(run_console(cfg.broker, as_json=False, stop=console_stop,
                                                       on_alert=on_alert))
             runner = asyncio.create_task(engine.run(stop))
-            while any(g.poll() is None for g in gens):
-                if runner.done():
-                    break
-                await asyncio.sleep(0.25)
-            await asyncio.sleep(1.0)  # the last keyframes are still on their way
-            console_stop.set()  # the streams' reconnect attempts after the end are not news
+            watched = dict(zip(("demo-known", "demo-clean"), gens, strict=True))
+            while watched and not runner.done():
+                for sid, g in list(watched.items()):
+                    if g.poll() is not None:  # its publisher is done: stop watching it (no reconnect attempts)
+                        engine.unwatch(sid)  # what the reader had read is still analysed
+                        del watched[sid]
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1.0)  # the last samples are still being analysed and alerted
+            console_stop.set()
             stop.set()
             await runner
             await console
