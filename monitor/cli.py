@@ -139,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--output", "-o", type=Path, help="write here instead of stdout")
 
     # Listed for --help; main() hands them to their own parsers.
-    sub.add_parser("evidence", help="verify the evidence log or export an incident report", add_help=False)
+    sub.add_parser("evidence", help="verify the evidence log (--pubkey: its signed heads), export an incident "
+                   "report, make a signing key (keygen)", add_help=False)
     bench = sub.add_parser("bench", help="benchmarks that print JSON: `bench ingest|match|soak|evasion [--quick]`")
     bench.add_argument("which", choices=["ingest", "match", "soak", "evasion"])
 
