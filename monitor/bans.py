@@ -186,6 +186,16 @@ class BanList:
                     current[(ban.kind, ban.value)] = ban
         return bans
 
+    @staticmethod
+    def problem(kind: BanKind, value: str) -> str | None:
+        """Why (kind, value) cannot be a ban (too long, not an address, ...), or None: for callers that ban
+        several values at once and must not lose the good ones over one bad one."""
+        try:
+            Ban(kind=kind, value=value, created_at=datetime.now(UTC))
+        except ValidationError as exc:
+            return _first_error(exc)
+        return None
+
     def remove(self, kind: BanKind, value: str) -> bool:
         """Lift a ban; returns whether one was there."""
         if kind == "addr":

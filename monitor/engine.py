@@ -407,15 +407,25 @@ class Engine:
                 targets.append(("addr", origin.publisher_addr))
             expires = (datetime.now(UTC) + timedelta(hours=self.cfg.terminate.ban_hours)
                        if self.cfg.terminate.ban_hours else None)
+
+            def shown(kind: str, value: str) -> str:  # keys never reach logs or evidence as they are
+                digest = hashlib.sha256(value.encode("utf-8", "replace")).hexdigest()[:8]
+                return kind if kind == "addr" else f"key#{digest}"
+
+            # A value that cannot be a ban (a 5,000-character `key` argument) must not cost the others theirs.
+            unbannable = [f"{shown(k, v)} ({why})" for k, v in targets if (why := self.bans.problem(k, v))]
+            targets = [(k, v) for k, v in targets if self.bans.problem(k, v) is None]
             try:  # first: the publisher's client reconnects within seconds of the drop
                 await asyncio.to_thread(self.bans.add_many, targets, reason=reason or "terminated", author=by,
                                         expires_at=expires)
-                banned = [kind if kind == "addr" else "key#" + hashlib.sha256(v.encode()).hexdigest()[:8]
-                          for kind, v in targets]
-            except Exception as exc:  # BanListError (disk, permissions), a bad value: report it, drop anyway
+                banned = [shown(kind, v) for kind, v in targets]
+            except Exception as exc:  # BanListError (disk, permissions): report it, drop anyway
                 ban_error = str(exc)
                 log.error("terminate stream %s: ban NOT stored (the publisher's reconnect will not be refused): %s",
                           stream_id, exc)
+            if unbannable:
+                ban_error = "; ".join([*([ban_error] if ban_error else []), "not banned: " + ", ".join(unbannable)])
+                log.error("terminate stream %s: not banned: %s", stream_id, ", ".join(unbannable))
         if origin is None:
             result = DropResult(False, f"stream {stream_id} was not announced by a streaming server hook")
         elif origin.server not in self.servers:

@@ -269,14 +269,15 @@ def load_signing_key(path: Path, *, state_dir: Path | None = None) -> Ed25519Pri
     """The Ed25519 key in path; KeyFileError when it is unusable or kept where it protects nothing.
 
     Refused: a key inside state_dir (whoever copies or edits the state would take the key with it), a
-    key file that others may read or write, a symlink, anything but an unencrypted Ed25519 PEM key.
+    key file that others may read or write, anything but an unencrypted Ed25519 PEM key. (A symlink is
+    followed: secret stores mount keys that way; the mode checked is the target's.)
     """
     path = Path(path)
     if state_dir is not None and _inside(path, state_dir):
         raise KeyFileError(f"evidence.signing_key_file {path} is inside the state directory {state_dir}: "
                            "keep the key where a copy or edit of the state does not reach it")
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise KeyFileError(f"evidence.signing_key_file {path}: cannot read: {exc.strerror or exc}") from None
     with os.fdopen(fd, "rb") as fh:

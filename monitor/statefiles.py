@@ -56,6 +56,10 @@ def private_dir(path: Path) -> Path:
     if stat.S_IMODE(st.st_mode) & 0o077 and st.st_uid == os.geteuid():
         os.chmod(path, PRIVATE_DIR_MODE)
         log.info("state directory %s was readable by others: now 0700", path)
+    elif st.st_uid != os.geteuid() and stat.S_IMODE(st.st_mode) & 0o022:
+        # Its owner, or anyone, could swap the outbox or the evidence log under us.
+        raise UserError(f"state directory {path} belongs to uid {st.st_uid} and others may write to it: "
+                        "give the monitor a directory of its own")
     return path
 
 

@@ -322,3 +322,14 @@ def test_add_many_stores_all_or_nothing(path: Path) -> None:
         bans.add_many([("key", "k1"), ("addr", "not-an-address")], now=T0)
     assert bans.list(now=T0) == []
     assert len(bans.add_many([("key", "k1"), ("key", "k1"), ("addr", "10.0.0.1")], now=T0)) == 2
+
+
+def test_finding2_an_unbannable_key_argument_does_not_cost_the_name_its_ban(tmp_path: Path) -> None:
+    """A hostile publisher adds `?key=<5,000 characters>`: before, the whole ban failed on that one value."""
+    engine, server = _terminating_engine(tmp_path)
+    engine.origins["s1"] = _Origin("nginx-rtmp", "live", "cam-key", "127.0.0.1", ("k" * 5000, "url-key-1"))
+    result, records = _terminate(engine)
+    bans = BanList(tmp_path / "state" / "bans.json")
+    assert sorted(b.value for b in bans.list()) == ["cam-key", "url-key-1"]
+    assert result.ok and server.drops and "not banned: key#" in result.detail and "k" * 100 not in result.detail
+    assert "at most 1024 characters" in records[0]["ban_error"]

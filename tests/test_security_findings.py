@@ -314,3 +314,17 @@ def test_finding5_console_lines_escape_message_text() -> None:
              "node": "n1", "stream_url": "rtmp://h/live/s1", "alert_id": "a1"}
     text = format_alert(alert) + format_state({"stream_id": "s1", "state": "live", "detail": "d\x1b]0;t\x07"})
     assert "\x1b" not in text and "\x07" not in text and len(format_alert(alert).splitlines()) == 2
+
+
+def test_finding3_state_directory_others_may_write_is_refused(tmp_path: Path) -> None:
+    from monitor.errors import UserError
+    from monitor.statefiles import private_dir
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("needs root to make a folder owned by someone else")
+    os.chown(shared, 12345, 12345)
+    shared.chmod(0o777)
+    with pytest.raises(UserError, match="belongs to uid 12345 and others may write to it"):
+        private_dir(shared)
