@@ -18,7 +18,7 @@ from typing import Any
 
 from monitor import __version__
 from monitor.errors import ConfigError, UserError
-from monitor.safetext import EscapingFormatter, describe_char, forbidden_char
+from monitor.safetext import EscapingFormatter, describe_char, forbidden_char, printable
 
 log = logging.getLogger("monitor")
 
@@ -31,7 +31,7 @@ class JsonFormatter(logging.Formatter):
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": printable(record.getMessage()),  # bidi overrides too, which JSON would keep as they are
         }
         for key in ("stream_id", "incident_id"):
             if hasattr(record, key):

@@ -328,3 +328,14 @@ def test_finding3_state_directory_others_may_write_is_refused(tmp_path: Path) ->
     shared.chmod(0o777)
     with pytest.raises(UserError, match="belongs to uid 12345 and others may write to it"):
         private_dir(shared)
+
+
+def test_finding5_json_log_messages_are_escaped_too() -> None:
+    import json
+
+    from monitor.cli import JsonFormatter
+
+    record = logging.LogRecord("monitor.engine", logging.INFO, __file__, 1, "by %s", ("\u202eecila\x1b[2J",), None)
+    line = JsonFormatter().format(record)
+    assert "\u202e" not in line and "\x1b" not in line
+    assert json.loads(line)["msg"] == "by \\u202eecila\\x1b[2J"
