@@ -254,6 +254,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cfg = build_config(data, source)
     setup_logging(cfg.log_level, cfg.log_format)
     banks = load_banks(cfg)
+    if cfg.evidence.enabled and cfg.evidence.signing_key_file is not None:
+        from monitor.evidence import load_signing_key
+
+        load_signing_key(cfg.evidence.signing_key_file, state_dir=cfg.state_dir)  # KeyFileError: one line, exit 2
     if args.validate_config:
         print(f"{source}: OK ({len(cfg.streams)} streams, {len(banks)} banks, "
               f"{sum(len(b) for b in banks)} entries)")

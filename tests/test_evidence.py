@@ -799,3 +799,19 @@ def test_finding1_engine_signs_publishes_and_logs_heads(tmp_path: Path, caplog: 
     assert any("evidence head signed: 1 records up to seq 1" in r.getMessage() for r in caplog.records)
     assert verify(tmp_path / "state" / "evidence.sqlite", public_key=load_public_key(pub)).ok
     assert verify(tmp_path / "state" / "evidence.sqlite", anchors=[(body["last_seq"], body["last_hash"])]).ok
+
+
+def test_finding1_validate_config_checks_the_signing_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from monitor.cli import main as cli_main
+
+    state = tmp_path / "state"
+    state.mkdir()
+    key, _, _ = generate_signing_key(state / "evidence.key")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"state_dir: {state}\nevidence: {{signing_key_file: {key}}}\n")
+    assert cli_main(["run", "--config", str(config), "--validate-config"]) == 2
+    err = capsys.readouterr().err
+    assert "inside the state directory" in err and "Traceback" not in err
+    outside, _, _ = generate_signing_key(tmp_path / "evidence.key")
+    config.write_text(f"state_dir: {state}\nevidence: {{signing_key_file: {outside}}}\n")
+    assert cli_main(["run", "--config", str(config), "--validate-config"]) == 0
