@@ -28,8 +28,7 @@ here is a no-op until `install` was called in the process (the single-process su
 
 Fault injection, for tests only: with MONITOR_FAULT_CRASH_STREAM=<stream id> in the environment of a worker
 process, that stream's first "decode" call kills the process with SIGSEGV, delivered to the calling thread as a
-real fault would be. MONITOR_FAULT_WRAP_READER=1 marks each frame the reader produces as one "decode" call from
-outside the reader (for a reader that does not mark its own calls).
+real fault would be.
 """
 
 from __future__ import annotations
@@ -52,7 +51,6 @@ from typing import IO, Any
 log = logging.getLogger(__name__)
 
 FAULT_CRASH_ENV = "MONITOR_FAULT_CRASH_STREAM"
-FAULT_WRAP_READER_ENV = "MONITOR_FAULT_WRAP_READER"
 SLOTS = 512  # stream threads per worker process that can be told apart; more are not attributed
 CPU_KINDS = ("decode", "scale")  # kinds of call that work on the stream's data and never wait for the network
 KINDS = ("open", "demux", *CPU_KINDS, "close")
@@ -166,8 +164,6 @@ def install(table: CrashTable, dump_path: Path | None) -> None:
         dump = open(dump_path, "w")  # noqa: SIM115 (open for the life of the process)
         faulthandler.enable(file=dump, all_threads=True)
     _guard = _Guard(table.array, dump)
-    if os.environ.get(FAULT_WRAP_READER_ENV):
-        _wrap_reader_for_tests()
 
 
 def installed() -> bool:
@@ -246,22 +242,6 @@ def _crash_for_tests() -> None:
     # SIGSEGV to this thread, as a fault in the decoder would be: faulthandler names it the current thread.
     signal.pthread_kill(threading.get_ident(), signal.SIGSEGV)
     time.sleep(5)  # not reached: the default action ends the process
-
-
-def _wrap_reader_for_tests() -> None:
-    """Test scaffolding for a reader that marks none of its own calls: each frame it yields counts as one
-    "decode" call, open and demux included (see the module docstring)."""
-    from monitor import ingest
-
-    original = ingest.KeyframeReader.frames
-    if getattr(original, "_crashguard_wrapped", False):
-        return
-
-    def frames(self: ingest.KeyframeReader) -> Iterator[ingest.DecodedFrame]:
-        yield from native_iter(original(self), "decode")
-
-    frames._crashguard_wrapped = True  # type: ignore[attr-defined]
-    ingest.KeyframeReader.frames = frames  # type: ignore[method-assign]
 
 
 # -- in the parent, after the worker died ---------------------------------------------------------------------
