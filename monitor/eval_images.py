@@ -55,7 +55,7 @@ from pipelines.robust import (
     select_probes,
 )
 from test_streams.images import Background, known_image
-from test_streams.transforms import TRANSFORMS, composition, jpeg, letterbox
+from test_streams.transforms import LAYOUT_TRANSFORMS, TRANSFORMS, composition, jpeg, letterbox
 
 Image = npt.NDArray[np.uint8]
 Codes = npt.NDArray[np.uint8]
@@ -542,6 +542,11 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"ingest scale width (default {INGEST_WIDTH}, the monitor's ingest.scale_width)")
     ap.add_argument("--table", action="store_true", help="also print Markdown tables on stderr")
     ap.add_argument("--markdown", metavar="FILE", help="write the Markdown tables to FILE")
+    ap.add_argument("--corpus", choices=("generated", "natural"), default="generated",
+                    help="generated pictures (the original benchmark) or the natural corpus in a tuning and a "
+                         "held-out split with the streaming-layout transforms (docs/eval-images.md)")
+    ap.add_argument("--generated", type=int, default=60, help="natural corpus: generated pictures as one more class")
+    ap.add_argument("--bank-size", type=int, default=BANK_SIZE, help="natural corpus: codes in the false-alert bank")
     args = ap.parse_args(argv)
     if not 64 <= args.width <= 4096:
         ap.error("--width must be between 64 and 4096")
@@ -549,10 +554,26 @@ def main(argv: list[str] | None = None) -> int:
     n = args.images or (45 if args.quick else 300)
     if n < 3:
         ap.error("--images must be at least 3")
-    transforms = args.transforms.split(",") if args.transforms else list(TRANSFORMS)
-    unknown = [t for t in transforms if t not in TRANSFORMS]
+    known = list(TRANSFORMS) + (list(LAYOUT_TRANSFORMS) if args.corpus == "natural" else [])
+    transforms = args.transforms.split(",") if args.transforms else known
+    unknown = [t for t in transforms if t not in known]
     if unknown:
         ap.error(f"unknown transforms: {', '.join(unknown)}")
+    if args.corpus == "natural":
+        doc = run_natural(transforms, n_generated=min(args.generated, 12) if args.quick else args.generated,
+                          max_per_split=(args.images or 10) if args.quick else args.images,
+                          cost_frames=6 if args.quick else 24,
+                          bank_size=min(args.bank_size, 100_000) if args.quick else args.bank_size, seed=args.seed)
+        doc["mode"] = "quick" if args.quick else "full"
+        print(json.dumps(doc, indent=2))
+        if args.table or args.markdown:
+            md = markdown_natural(doc)
+            if args.table:
+                print(md, file=sys.stderr)
+            if args.markdown:
+                with open(args.markdown, "w", encoding="utf-8") as f:
+                    f.write(md)
+        return 0
     if args.quick:
         doc = run(n, transforms, cost_frames=8, cost_repeats=1, direct_probes=64, seed=args.seed)
     else:
@@ -568,6 +589,270 @@ def main(argv: list[str] | None = None) -> int:
             with open(args.markdown, "w", encoding="utf-8") as f:
                 f.write(md)
     return 0
+
+
+
+# -- natural corpus (issue 13) -----------------------------------------------------------------------------------
+#
+# The same method on natural pictures (test_streams/natural.py), with the streaming-layout transforms
+# (test_streams/transforms.LAYOUT_TRANSFORMS) beside the ones above, in two splits: `tuning` and `held_out` (30% of
+# the pictures by a fixed seed, and parameter draws from their own part of the seed space). Each split is scored
+# against a bank of its own originals only (plain PDQ, no crop windows, except the `default+bank-crops` row), so
+# the held-out split never meets the tuning one. Generated pictures are one more class, split the same way.
+# Decorations (layout backgrounds, webcam insets, stickers, PiP backgrounds) are other natural pictures of the same
+# split: a sample's nearest *unrelated* entry leaves out its own picture and every picture drawn into it.
+
+NATURAL_KEYS = ("pdq", "pipeline/none", "pipeline/strip_bars", "pipeline/dihedral", "pipeline/boxes",
+                "pipeline/tones", DEFAULT_KEY, "pipeline/all", BANK_CROPS_KEY)
+# Targets of issue 13 (held-out split, natural class, default switches, threshold 31, bank without crop windows).
+LAYOUT_CLASSES = ("window", "band", "webcam", "chat", "logo", "watermark", "letterbox", "pillarbox", "pad20", "inset")
+NATURAL_TARGETS: dict[str, float] = {**dict.fromkeys(LAYOUT_CLASSES, 0.97), "pip30_60": 0.95, "combo2": 0.90,
+                                     "crop5": 0.90, "crop10": 0.70}
+COST_TARGET_MS = 6.0
+
+
+class _Recorded(Sequence[Image]):
+    """A decoration pool that remembers which of its pictures a transform took."""
+
+    def __init__(self, images: list[Image], bank_rows: list[int]) -> None:
+        self._images, self._rows = images, bank_rows
+        self.used: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def __getitem__(self, i: int) -> Image:  # type: ignore[override]
+        self.used.add(self._rows[i])
+        return self._images[i]
+
+
+def _apply(name: str, img: Image, seed: int, pool: Sequence[Image]) -> Image:
+    if name in LAYOUT_TRANSFORMS:
+        return LAYOUT_TRANSFORMS[name](img, seed, pool)
+    return TRANSFORMS[name](img, seed)
+
+
+@dataclass
+class _SplitScores:
+    classes: list[str]  # per sample: picture class
+    transforms: list[str]  # per sample
+    pos: dict[str, list[int]]  # key -> per sample: distance to its own original
+    neg: dict[str, list[int]]  # key -> per sample: distance to the nearest unrelated original
+    decor: list[int]  # per sample (default switches): nearest decoration picture (257: none used)
+    default_codes: list[Codes]  # per sample: the usable default-switch probes (for the 1M scan)
+
+
+def _score_split(split_name: str, names: list[str], classes: list[str], originals: list[Image],
+                 transforms: Sequence[str], natural_rows: list[int]) -> tuple[_SplitScores, Codes]:
+    from test_streams.natural import draw_seed
+
+    scaled = [ingest_scale(o) for o in originals]
+    bank = np.stack([pdq(s)[0] for s in scaled])
+    with_crops = crop_bank(scaled)
+    n = len(originals)
+    out = _SplitScores([], [], {k: [] for k in NATURAL_KEYS}, {k: [] for k in NATURAL_KEYS}, [], [])
+    for ti, tr in enumerate(transforms):
+        _log(f"{split_name}: {tr} ({ti + 1}/{len(transforms)})")
+        for i, img in enumerate(originals):
+            others = [r for r in natural_rows if r != i]
+            pool = _Recorded([originals[r] for r in others], others)
+            sample = ingest_scale(jpeg(_apply(tr, img, draw_seed(split_name, names[i], tr), pool), 80))
+            excluded = np.zeros(n, bool)
+            excluded[i] = True
+            excluded[list(pool.used)] = True
+            probes = compute_probes(sample, RobustOptions.all())
+            usable = [p for p in probes if p.quality >= MIN_QUALITY]
+            d_all = _dist(bank, np.stack([p.codes["pdq"] for p in usable])) if usable else None
+            idx = {id(p): k for k, p in enumerate(usable)}
+            rows: dict[str, npt.NDArray[np.int32]] = {}
+            full = [p for p in usable if p.view == "full" and p.variant == "identity"]
+            rows["pdq"] = d_all[idx[id(full[0])]] if full and d_all is not None else np.full(n, NO_MATCH, np.int32)
+            for key in NATURAL_KEYS:
+                if key in ("pdq", BANK_CROPS_KEY):
+                    continue
+                sel = [idx[id(p)] for p in select_probes(usable, SWITCHES[key.split("/", 1)[1]])]
+                rows[key] = (d_all[sel].min(axis=0) if d_all is not None and sel
+                             else np.full(n, NO_MATCH, np.int32))
+            rows[BANK_CROPS_KEY] = _bank_crops_row(probes, with_crops, n, i, {})
+            for key, row in rows.items():
+                out.pos[key].append(int(row[i]))
+                out.neg[key].append(int(np.where(excluded, NO_MATCH, row).min()))
+            used = sorted(pool.used)
+            out.decor.append(int(rows[DEFAULT_KEY][used].min()) if used else NO_MATCH)
+            dflt = [p.codes["pdq"] for p in select_probes(usable, SWITCHES["default"])]
+            out.default_codes.append(np.stack(dflt) if dflt else np.zeros((0, CODE_BYTES), np.uint8))
+            out.classes.append(classes[i])
+            out.transforms.append(tr)
+    return out, bank
+
+
+def _summarise_split(sc: _SplitScores, transforms: Sequence[str], pictures: dict[str, int]) -> dict[str, Any]:
+    classes = sorted(set(sc.classes), key=lambda c: (c != "natural", c))
+    cls = np.array(sc.classes)
+    trs = np.array(sc.transforms)
+    keys: dict[str, Any] = {}
+    for key in NATURAL_KEYS:
+        pos, neg = np.array(sc.pos[key]), np.array(sc.neg[key])
+        per: dict[str, dict[str, float | None]] = {}
+        for c in classes:
+            per[c] = {tr: _recall(pos[(cls == c) & (trs == tr)], PDQ_DEFAULT_THRESHOLD)
+                      if np.any((cls == c) & (trs == tr)) else None for tr in transforms}
+        keys[key] = {
+            "recall_at_31": per,
+            "overall_at_31": {c: _recall(pos[cls == c], PDQ_DEFAULT_THRESHOLD) for c in classes},
+            "false_matches_at_31": int((neg <= PDQ_DEFAULT_THRESHOLD).sum()),
+            "min_unrelated_distance": int(neg.min()),
+            "threshold_no_false_match": int(neg.min()) - 1,
+            "recall_at_no_false_match": {c: _recall(pos[cls == c], int(neg.min()) - 1) for c in classes},
+        }
+    pos, neg = np.array(sc.pos[DEFAULT_KEY]), np.array(sc.neg[DEFAULT_KEY])
+    missed = {tr: sorted(int(v) for v in pos[(cls == "natural") & (trs == tr) & (pos > PDQ_DEFAULT_THRESHOLD)])
+              for tr in transforms}
+    decor = np.array(sc.decor)
+    return {
+        "pictures": pictures,
+        "samples": len(sc.classes),
+        "hashers": keys,
+        "default_missed_distances_natural": {tr: v for tr, v in missed.items() if v},
+        "default_positive_median_natural": {tr: float(np.median(pos[(cls == "natural") & (trs == tr)]))
+                                            for tr in transforms if np.any((cls == "natural") & (trs == tr))},
+        "default_unrelated_histogram": np.bincount(np.minimum(neg, 256), minlength=257)[:257].tolist(),
+        "default_unrelated_percentiles": {str(q): float(np.percentile(neg, q)) for q in (0, 0.1, 1, 5, 50)},
+        "default_decoration_matches_at_31": int((decor <= PDQ_DEFAULT_THRESHOLD).sum()),
+        "default_decoration_samples": int((decor < NO_MATCH).sum()),
+    }
+
+
+def _false_alerts_1m(held: _SplitScores, tuning_bank: Codes, bank_size: int, seed: int) -> dict[str, Any]:
+    """Held-out samples (their pictures are not in this bank) against the tuning split's real codes among random
+    ones, bank_size in all: hits within 31 by the MIH index, and the distance of each sample to the nearest real
+    entry (min over its default probes)."""
+    from pipelines.mih import MultiIndexHashIndex
+
+    rng = np.random.default_rng(seed)
+    n_rand = max(0, bank_size - len(tuning_bank))
+    bank = np.vstack([tuning_bank, rng.integers(0, 256, (n_rand, CODE_BYTES), dtype=np.uint8)])
+    t0 = time.perf_counter()
+    index = MultiIndexHashIndex(bank, np.arange(len(bank), dtype=np.int64))
+    build_s = time.perf_counter() - t0
+    hits_real = hits_random = probes = 0
+    nearest_real: list[int] = []
+    t0 = time.perf_counter()
+    for codes in held.default_codes:
+        if not len(codes):
+            continue
+        probes += len(codes)
+        sample_hits: set[int] = set()
+        for ids, _ in index.search_batch(codes, PDQ_DEFAULT_THRESHOLD):
+            sample_hits.update(int(v) for v in ids)
+        hits_real += any(v < len(tuning_bank) for v in sample_hits)
+        hits_random += any(v >= len(tuning_bank) for v in sample_hits)
+        nearest_real.append(int(_dist(tuning_bank, codes).min()))
+    search_s = time.perf_counter() - t0
+    nr = np.array(nearest_real)
+    return {
+        "bank_size": len(bank), "real_entries": len(tuning_bank), "random_entries": n_rand,
+        "samples": len(nr), "probes": probes, "threshold": PDQ_DEFAULT_THRESHOLD,
+        "samples_with_a_hit_real": hits_real, "samples_with_a_hit_random": hits_random,
+        "stream_hours_at_1_per_2s": round(len(nr) / SAMPLES_PER_HOUR, 3),
+        "nearest_real_min": int(nr.min()) if len(nr) else None,
+        "nearest_real_percentiles": {str(q): float(np.percentile(nr, q)) for q in (0, 1, 5, 50)} if len(nr) else {},
+        "nearest_real_histogram": np.bincount(nr, minlength=257)[:257].tolist() if len(nr) else [],
+        "index_build_s": round(build_s, 1), "search_ms_per_sample": round(1000 * search_s / max(1, len(nr)), 2),
+    }
+
+
+def run_natural(transforms: Sequence[str], n_generated: int, max_per_split: int | None, cost_frames: int,
+                bank_size: int, seed: int) -> dict[str, Any]:
+    from test_streams.natural import corpus_report, load_corpus, split
+
+    started = time.perf_counter()
+    corpus = load_corpus()
+    if len(corpus.pictures) < 6:
+        raise SystemExit(f"natural corpus has {len(corpus.pictures)} pictures: install the packages of "
+                         "docs/natural-corpus.md (scripts/test does)")
+    nat_names = [p.name for p in corpus.pictures]
+    gen_styles, gen_images = make_originals(n_generated)
+    gen_names = [f"generated/{s}/{i}" for i, s in enumerate(gen_styles)]
+    nat_split, gen_split = split(nat_names), split(gen_names)
+    doc: dict[str, Any] = {"benchmark": "eval_images", "corpus": "natural", "natural_corpus": corpus_report(corpus),
+                           "generated_pictures": n_generated, "transforms": list(transforms),
+                           "reencode_after_transform": "JPEG q80", "ingest_width": _width[0],
+                           "threshold": PDQ_DEFAULT_THRESHOLD, "min_quality": MIN_QUALITY, "splits": {}}
+    scores: dict[str, _SplitScores] = {}
+    banks: dict[str, Codes] = {}
+    for k, split_name in enumerate(("tuning", "held_out")):
+        nat_idx, gen_idx = nat_split[k], gen_split[k]
+        if max_per_split:
+            nat_idx, gen_idx = nat_idx[:max_per_split], gen_idx[: max(1, max_per_split // 4)]
+        names = [nat_names[i] for i in nat_idx] + [gen_names[i] for i in gen_idx]
+        classes = ["natural"] * len(nat_idx) + ["generated"] * len(gen_idx)
+        originals = [corpus.pictures[i].image for i in nat_idx] + [gen_images[i] for i in gen_idx]
+        sc, bank = _score_split(split_name, names, classes, originals, transforms, list(range(len(nat_idx))))
+        scores[split_name], banks[split_name] = sc, bank
+        doc["splits"][split_name] = _summarise_split(sc, transforms,
+                                                     {"natural": len(nat_idx), "generated": len(gen_idx)})
+        doc["splits"][split_name]["picture_names"] = names
+    _log("cost per sample (default switches) on held-out natural pictures")
+    held_nat = [corpus.pictures[i].image for i in nat_split[1]][:cost_frames]
+    frames = [ingest_scale(im) for im in held_nat] + [ingest_scale(_apply("window", im, 7, ())) for im in held_nat]
+    times = []
+    for f in frames:
+        t0 = time.thread_time()
+        compute_probes(f, RobustOptions())
+        times.append(time.thread_time() - t0)
+    doc["cost"] = {"ms_per_sample_median": round(1000 * statistics.median(times), 2),
+                   "ms_per_sample_mean": round(1000 * statistics.fmean(times), 2),
+                   "ms_per_sample_p90": round(1000 * float(np.percentile(times, 90)), 2),
+                   "frames": len(frames), "size": list(frames[0].shape[1::-1]), "target_ms": COST_TARGET_MS}
+    _log(f"false alerts: held-out samples against {bank_size} codes")
+    doc["false_alerts_1m"] = _false_alerts_1m(scores["held_out"], banks["tuning"], bank_size, seed)
+    held = doc["splits"]["held_out"]["hashers"][DEFAULT_KEY]
+    targets = []
+    for tr, goal in NATURAL_TARGETS.items():
+        if tr in transforms:
+            r = held["recall_at_31"]["natural"][tr]
+            targets.append({"transform": tr, "target": goal, "recall": r, "met": r is not None and r >= goal})
+    fa = doc["false_alerts_1m"]
+    targets.append({"transform": "false matches (held-out samples, own bank)", "target": 0,
+                    "recall": held["false_matches_at_31"], "met": held["false_matches_at_31"] == 0})
+    targets.append({"transform": f"false alerts, {fa['bank_size']} codes", "target": 0,
+                    "recall": fa["samples_with_a_hit_real"] + fa["samples_with_a_hit_random"],
+                    "met": fa["samples_with_a_hit_real"] + fa["samples_with_a_hit_random"] == 0})
+    targets.append({"transform": "cost ms per 512-px sample", "target": COST_TARGET_MS,
+                    "recall": doc["cost"]["ms_per_sample_median"],
+                    "met": doc["cost"]["ms_per_sample_median"] <= COST_TARGET_MS})
+    doc["targets_held_out"] = targets
+    doc["elapsed_s"] = round(time.perf_counter() - started, 1)
+    return doc
+
+
+def markdown_natural(doc: dict[str, Any]) -> str:
+    transforms = doc["transforms"]
+    c = doc["natural_corpus"]
+    lines = [f"Natural corpus: {c['pictures']} pictures from {len(c['packages'])} packages; generated: "
+             f"{doc['generated_pictures']}; threshold {doc['threshold']}; each sample also JPEG q80 and scaled to "
+             f"{doc['ingest_width']} px.", ""]
+    for split_name, s in doc["splits"].items():
+        p = s["pictures"]
+        lines += [f"**{split_name}** ({p['natural']} natural + {p['generated']} generated pictures, {s['samples']} "
+                  "samples): recall (%) at 31", "",
+                  "| hasher | class | false matches | overall | " + " | ".join(transforms) + " |",
+                  "|---" * (len(transforms) + 4) + "|"]
+        for key, h in s["hashers"].items():
+            for cl, per in h["recall_at_31"].items():
+                cells = [_pct(per[tr]) for tr in transforms]
+                lines.append(f"| {key} | {cl} | {h['false_matches_at_31']} | {_pct(h['overall_at_31'][cl])} | "
+                             + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["Targets (held-out split, natural class, default switches, at 31, bank without crop windows):", "",
+              "| what | target | measured | met |", "|---|---|---|---|"]
+    for t in doc["targets_held_out"]:
+        v = t["recall"]
+        shown = _pct(v) if isinstance(v, float) and v <= 1 and "cost" not in t["transform"] else str(v)
+        goal = _pct(t["target"]) if isinstance(t["target"], float) and t["target"] <= 1 else str(t["target"])
+        lines.append(f"| {t['transform']} | {goal} | {shown} | {'yes' if t['met'] else 'NO'} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
