@@ -828,32 +828,45 @@ def run_natural(transforms: Sequence[str], n_generated: int, max_per_split: int 
 
 
 def markdown_natural(doc: dict[str, Any]) -> str:
+    """Per split, one row per transform: recall (%) at 31 of plain PDQ, the default switches (natural and generated
+    pictures) and the default switches against a bank with crop windows; then the targets and the distances."""
     transforms = doc["transforms"]
     c = doc["natural_corpus"]
     lines = [f"Natural corpus: {c['pictures']} pictures from {len(c['packages'])} packages; generated: "
              f"{doc['generated_pictures']}; threshold {doc['threshold']}; each sample also JPEG q80 and scaled to "
              f"{doc['ingest_width']} px.", ""]
+    cols = [("pdq", "natural"), (DEFAULT_KEY, "natural"), (DEFAULT_KEY, "generated"), (BANK_CROPS_KEY, "natural")]
     for split_name, s in doc["splits"].items():
         p = s["pictures"]
+        hs = s["hashers"]
         lines += [f"**{split_name}** ({p['natural']} natural + {p['generated']} generated pictures, {s['samples']} "
-                  "samples): recall (%) at 31", "",
-                  "| hasher | class | false matches | overall | " + " | ".join(transforms) + " |",
-                  "|---" * (len(transforms) + 4) + "|"]
-        for key, h in s["hashers"].items():
-            for cl, per in h["recall_at_31"].items():
-                cells = [_pct(per[tr]) for tr in transforms]
-                lines.append(f"| {key} | {cl} | {h['false_matches_at_31']} | {_pct(h['overall_at_31'][cl])} | "
-                             + " | ".join(cells) + " |")
+                  "samples), recall (%) at 31:", "",
+                  "| transform | PDQ, natural | default, natural | default, generated | default + bank crop windows, "
+                  "natural |", "|---|---|---|---|---|"]
+        for tr in transforms:
+            lines.append(f"| {tr} | " + " | ".join(_pct(hs[k]["recall_at_31"][cl][tr]) for k, cl in cols) + " |")
+        lines.append("| **overall** | " + " | ".join(_pct(hs[k]["overall_at_31"][cl]) for k, cl in cols) + " |")
+        lines.append("| false matches | " + " | ".join(str(hs[k]["false_matches_at_31"]) for k, _ in cols) + " |")
+        lines.append("| nearest unrelated | " + " | ".join(str(hs[k]["min_unrelated_distance"]) for k, _ in cols)
+                     + " |")
         lines.append("")
     lines += ["Targets (held-out split, natural class, default switches, at 31, bank without crop windows):", "",
               "| what | target | measured | met |", "|---|---|---|---|"]
     for t in doc["targets_held_out"]:
-        v = t["recall"]
-        shown = _pct(v) if isinstance(v, float) and v <= 1 and "cost" not in t["transform"] else str(v)
-        goal = _pct(t["target"]) if isinstance(t["target"], float) and t["target"] <= 1 else str(t["target"])
-        lines.append(f"| {t['transform']} | {goal} | {shown} | {'yes' if t['met'] else 'NO'} |")
+        v, goal = t["recall"], t["target"]
+        ratio = isinstance(goal, float) and goal <= 1
+        lines.append(f"| {t['transform']} | {_pct(goal) if ratio else goal} | {_pct(v) if ratio else v} | "
+                     f"{'yes' if t['met'] else 'NO'} |")
+    fa = doc["false_alerts_1m"]
+    lines += ["", f"Held-out samples against {fa['bank_size']} codes ({fa['real_entries']} real tuning-split codes, "
+              f"the rest uniform random): {fa['samples']} samples ({fa['stream_hours_at_1_per_2s']} stream-hours at "
+              f"one sample per 2 s), {fa['probes']} probes; samples with a match within {fa['threshold']}: "
+              f"{fa['samples_with_a_hit_real']} on real codes, {fa['samples_with_a_hit_random']} on random ones; "
+              f"nearest real code {fa['nearest_real_min']} bits (percentiles: {fa['nearest_real_percentiles']})."]
+    cost = doc["cost"]
+    lines += ["", f"Cost of the default switches: {cost['ms_per_sample_median']} ms per {cost['size'][0]}x"
+              f"{cost['size'][1]} sample (median; p90 {cost['ms_per_sample_p90']}), {cost['frames']} frames."]
     return "\n".join(lines) + "\n"
-
 
 if __name__ == "__main__":
     sys.exit(main())
