@@ -19,13 +19,15 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from monitor.bank_reload import BankReloader
+from monitor.bank_reload import load_banks as load_configured_banks
 from monitor.config import BankConfig, IngestConfig, MatchingConfig, SamplingConfig, StreamConfig
 from monitor.coverage import CoveragePolicy
 from monitor.ingest import IngestError, KeyframeReader, is_hls_url, is_live_url
 from monitor.packets import KeyInfo
 from monitor.scheduler import QueueClosed, SampleQueue, Scheduler, StreamPolicy
 from monitor.urls import redact_url
-from pipelines.banks import Bank, load_bank
+from pipelines.banks import Bank
 from pipelines.base import Finding, Pipeline, Sample
 from pipelines.known_content import KnownContentMatcher
 
@@ -82,10 +84,9 @@ class EngineSink(Protocol):
 
 
 def load_banks(banks: Sequence[BankConfig], previous: Sequence[Bank] = ()) -> list[Bank]:
-    """The enabled banks, parsed; raises BankFormatError naming file and line. Banks in `previous` with the
-    same name are updated in place of a rebuild when the change is small."""
-    old = {b.name: b for b in previous}
-    return [load_bank(b.path, b.name, b.signal_type, b.threshold, old.get(b.name)) for b in banks if b.enabled]
+    """The enabled banks with their size caps and link rules (monitor/bank_reload.py); raises BankFormatError
+    naming file and line."""
+    return load_configured_banks(banks, previous)
 
 
 def make_matcher(banks: Sequence[Bank], m: MatchingConfig) -> KnownContentMatcher:
@@ -244,6 +245,7 @@ class Supervisor:
         self.sampling = sampling
         self.pipelines = tuple(pipelines)
         self.sink = sink
+        self.bank_reloader = BankReloader(self.pipelines, getattr(sink, "on_bank_reload", None))
         self.workers: dict[str, StreamWorker] = {}
         self.urls: dict[str, str] = {}
         budget = sampling.budget_per_s * budget_share if sampling.budget_per_s else None
@@ -311,23 +313,9 @@ class Supervisor:
         """Threads start with each stream; nothing to do (the sharded supervisor starts processes here)."""
 
     def reload_banks(self, banks: Sequence[BankConfig]) -> None:
-        """Build the new banks in the background, then swap them in whole (samples never wait for a load)."""
-
-        def build() -> None:
-            for p in self.pipelines:
-                if not isinstance(p, KnownContentMatcher):
-                    continue
-                try:
-                    loaded = load_banks(banks, p.banks)
-                except Exception as exc:  # validated by the caller; a file changed again meanwhile
-                    log.error("bank reload failed, keeping the loaded banks: %s", exc)
-                    return
-                p.set_banks(loaded)
-                log.info("banks swapped in: %s", ", ".join(
-                    f"{b.name} {len(b)} entries ({'overlay ' + str(b.overlay_size) if b.overlay_size else 'built'})"
-                    for b in loaded))
-
-        threading.Thread(target=build, name="bank-reload", daemon=True).start()
+        """Build the new banks in the background, then swap them in whole (samples never wait for a load); one
+        reload at a time, the newest wins, each result reported to the sink (monitor/bank_reload.py)."""
+        self.bank_reloader.request(banks)
 
     def stop_all(self, timeout_s: float = 10.0) -> None:
         for w in self.workers.values():

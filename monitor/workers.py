@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from monitor import crashguard
+from monitor.bank_reload import ReloadResult
 from monitor.config import BankConfig, IngestConfig, MatchingConfig, SamplingConfig, StreamConfig
 from monitor.crashguard import CrashTable, Suspects
 from monitor.supervisor import (
@@ -106,8 +107,13 @@ class _EventSender:
 
 
 class _QueueSink:
-    def __init__(self, events: _EventSender) -> None:
+    def __init__(self, events: _EventSender, index: int) -> None:
         self.events = events
+        self.index = index
+
+    def on_bank_reload(self, result: ReloadResult) -> None:
+        """A reload's outcome in this worker, for the main process's log (a failure is seen where one looks)."""
+        self.events.put(("bank_reload", replace(result, worker=self.index)))
 
     def on_state(self, change: StateChange) -> None:
         # A stream thread reports a state before it opens its input: from then on its FFmpeg calls carry its id.
@@ -131,8 +137,8 @@ def _worker_main(index: int, spec: WorkerSpec, commands: Any, conn: multiprocess
     logging.getLogger("monitor").setLevel(spec.log_level)  # as quiet as the parent's "monitor" loggers
     banks = load_banks([BankConfig.model_validate(d) for d in spec.banks])
     supervisor = Supervisor(IngestConfig.model_validate(spec.ingest), SamplingConfig.model_validate(spec.sampling),
-                            [make_matcher(banks, MatchingConfig.model_validate(spec.matching))], _QueueSink(events),
-                            spec.budget_share)
+                            [make_matcher(banks, MatchingConfig.model_validate(spec.matching))],
+                            _QueueSink(events, index), spec.budget_share)
     events.put(("ready", index))
     while True:
         try:
@@ -219,6 +225,10 @@ class ShardedSupervisor:
             self.sink.on_sample(msg[1], msg[2], msg[3])
         elif msg[0] == "stats":
             self.worker_stats[msg[1]] = msg[2]
+        elif msg[0] == "bank_reload":
+            report = getattr(self.sink, "on_bank_reload", None)
+            if report is not None:
+                report(msg[1])
 
     def _receive(self, i: int, conn: multiprocessing.connection.Connection) -> bool:
         """One message from worker i handed over; False once its pipe has ended (after its last message)."""

@@ -63,3 +63,42 @@ def test_a_killed_worker_process_is_restarted_with_its_streams(
     # A kill from outside blames no stream (only a process's own fault does: tests/test_faults_quarantine.py).
     assert "died (killed by SIGKILL); restarting it with its 1 streams" in log, log
     assert "quarantined" not in log
+
+
+def test_a_worker_reports_its_bank_reload_to_the_main_process(bank_csv: Path, tmp_path: Path) -> None:
+    """Issue 19: a worker's reload failure used to be logged only in that worker. Now each worker sends its result
+    back: the engine logs it where the operator looks."""
+    import threading
+
+    from monitor.bank_reload import ReloadResult
+    from monitor.config import BankConfig, IngestConfig, MatchingConfig, SamplingConfig
+    from monitor.workers import ShardedSupervisor
+
+    class Sink:
+        def __init__(self) -> None:
+            self.results: list[ReloadResult] = []
+            self.got = threading.Event()
+
+        def on_state(self, change: object) -> None:
+            pass
+
+        def on_sample(self, *args: object) -> None:
+            pass
+
+        def on_bank_reload(self, result: ReloadResult) -> None:
+            self.results.append(result)
+            self.got.set()
+
+    good = BankConfig(name="known", path=bank_csv)
+    sink = Sink()
+    sup = ShardedSupervisor(1, IngestConfig(), SamplingConfig(), [good], MatchingConfig(), sink)  # type: ignore[arg-type]
+    sup.start()
+    try:
+        broken = tmp_path / "broken.csv"
+        broken.write_text(bank_csv.read_text() + "not-a-hash,x\n")  # changed again after the engine validated it
+        sup.reload_banks([BankConfig(name="known", path=broken)])
+        assert sink.got.wait(60), "no reload result reached the main process"
+        result = sink.results[-1]
+        assert not result.ok and result.worker == 0 and "broken.csv" in result.detail, result
+    finally:
+        sup.stop_all()
