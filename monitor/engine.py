@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -409,8 +408,7 @@ class Engine:
                        if self.cfg.terminate.ban_hours else None)
 
             def shown(kind: str, value: str) -> str:  # keys never reach logs or evidence as they are
-                digest = hashlib.sha256(value.encode("utf-8", "replace")).hexdigest()[:8]
-                return kind if kind == "addr" else f"key#{digest}"
+                return kind if kind == "addr" else self.namer.mask(value)  # keyed: no dictionary attack
 
             # A value that cannot be a ban (a 5,000-character `key` argument) must not cost the others theirs.
             unbannable = [f"{shown(k, v)} ({why})" for k, v in targets if (why := self.bans.problem(k, v))]
