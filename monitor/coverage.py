@@ -66,7 +66,8 @@ HEAVY_B_MIN = 9  # B-frames in a GOP (and a third as many P-frames) before their
 DRIFT_WINDOW_S = 10.0  # wall seconds over which a live stream's timestamp pace is compared to the wall clock
 
 
-def _finite(name: str, v: float) -> None:
+def require_finite(name: str, v: float) -> None:
+    """Policies refuse NaN and infinities with the setting's name (shared by monitor/scheduler.py)."""
     if not math.isfinite(v):
         raise ValueError(f"{name} must be a finite number, got {v!r}")
 
@@ -93,7 +94,7 @@ class CoveragePolicy:
                      "after_key_s", "jump_s", "wall_max_interval_s", "escalate_score", "score_tau_s",
                      "escalation_s", "escalated_interval_s"):
             v = getattr(self, name)
-            _finite(name, v)
+            require_finite(name, v)
             if v < 0 or (v == 0 and name in ("max_interval_s", "change_ratio", "score_tau_s",
                                                "escalated_interval_s", "wall_max_interval_s")):
                 raise ValueError(f"{name} must be > 0" if v == 0 else f"{name} must be >= 0")

@@ -77,7 +77,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from monitor.coverage import CoveragePolicy, StreamCoverage
+from monitor.coverage import CoveragePolicy, StreamCoverage, require_finite
 from monitor.packets import KeyInfo
 
 Clock = Callable[[], float]
@@ -86,11 +86,6 @@ T = TypeVar("T")
 # Extra samples are not asked for when the next keyframe is expected within this margin of the target:
 # the keyframe will serve, and forward decoding for a few frames would be wasted CPU.
 EXTRA_MARGIN_MAX_S = 0.5
-
-
-def _finite(name: str, value: float) -> None:
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,9 +98,9 @@ class StreamPolicy:
     priority: float = 1.0
 
     def __post_init__(self) -> None:
-        _finite("min_interval_s", self.min_interval_s)
-        _finite("jitter_s", self.jitter_s)
-        _finite("priority", self.priority)
+        require_finite("min_interval_s", self.min_interval_s)
+        require_finite("jitter_s", self.jitter_s)
+        require_finite("priority", self.priority)
         if self.min_interval_s < 0:
             raise ValueError("min_interval_s must be >= 0")
         if self.jitter_s < 0:
@@ -113,7 +108,7 @@ class StreamPolicy:
         if self.priority <= 0:
             raise ValueError("priority must be > 0")
         if self.max_interval_s is not None:
-            _finite("max_interval_s", self.max_interval_s)
+            require_finite("max_interval_s", self.max_interval_s)
             if self.max_interval_s <= 0:
                 raise ValueError("max_interval_s must be > 0")
             if self.jitter_s >= self.max_interval_s:
@@ -295,7 +290,7 @@ class SampleBudget:
     def __init__(self, rate_per_s: float | None, *, clock: Clock = time.monotonic, burst_s: float = 2.0,
                  demand_tau_s: float = 10.0, rebalance_s: float = 1.0, rng: random.Random | None = None) -> None:
         if rate_per_s is not None:
-            _finite("budget_per_s", rate_per_s)
+            require_finite("budget_per_s", rate_per_s)
             if rate_per_s <= 0:
                 raise ValueError("budget_per_s must be > 0 (or None for no budget)")
         self.rate = rate_per_s
@@ -430,7 +425,7 @@ class Scheduler:
                  forward_budget_per_s: float | None = None) -> None:
         for name, v in (("warmup_s", warmup_s), ("warmup_boost", warmup_boost), ("boost_factor", boost_factor),
                         ("dense_min_interval_s", dense_min_interval_s)):
-            _finite(name, v)
+            require_finite(name, v)
             if v < 0:
                 raise ValueError(f"{name} must be >= 0")
         if warmup_boost < 1 or boost_factor < 1:
@@ -622,7 +617,7 @@ class Scheduler:
 
     def boost(self, stream_id: str, seconds: float) -> None:
         """A recent near-match: sample this stream densely and with `boost_factor` weight for `seconds`."""
-        _finite("seconds", seconds)
+        require_finite("seconds", seconds)
         with self._lock:
             st = self._get(stream_id)
             now = self.clock()
