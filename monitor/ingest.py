@@ -23,6 +23,7 @@ import av
 import av.error
 import numpy as np
 import numpy.typing as npt
+from av.video.reformatter import VideoReformatter
 
 from monitor.config import IngestConfig
 from monitor.coverage import StreamClock, thumbnail
@@ -169,16 +170,20 @@ def hls_target_duration(url: str, timeout_s: float) -> float | None:
     return None
 
 
-def scaled_rgb(frame: Any, target_width: int) -> npt.NDArray[np.uint8]:
+def scaled_rgb(frame: Any, target_width: int, reformatter: VideoReformatter | None = None) -> npt.NDArray[np.uint8]:
     """The frame as RGB at `target_width` (aspect kept), converted and scaled in one libswscale pass.
 
     Live keyframes, bank images (`monitor hash`) and benchmarks all go through this, so a bank entry and a
-    sample differ only by what the stream did to the picture.
+    sample differ only by what the stream did to the picture. A reader passes its own `reformatter`: one
+    SwsContext per stream, reused while the picture size stays (`frame.to_ndarray(width=...)` builds one per
+    frame). One thread: libswscale's automatic threads start and join a thread per core on every frame.
     """
     w, h = scaled_size(frame.width, frame.height, target_width)
     # Area averaging: the right filter for a large reduction (no aliasing), and cheaper than libswscale's default
     # bilinear here (measured 0.91 against 1.17 ms for 720p -> 512x288).
-    rgb: npt.NDArray[np.uint8] = frame.to_ndarray(format="rgb24", width=w, height=h, interpolation="AREA")
+    fmt = reformatter if reformatter is not None else VideoReformatter()
+    out = fmt.reformat(frame, format="rgb24", width=w, height=h, interpolation="AREA", threads=1)
+    rgb: npt.NDArray[np.uint8] = np.asarray(out.to_ndarray(), dtype=np.uint8)
     return rgb
 
 
@@ -245,6 +250,10 @@ class KeyframeReader:
         """Raises IngestError on failure; returns normally at end of stream."""
         opened = False
         self.effective_read_timeout_s = self.read_timeout_s()
+        # PyAV's read timeout, not FFmpeg's `rw_timeout`: PyAV's interrupt callback takes the GIL on each poll, but
+        # with nginx's 64 KB chunks (configs/nginx-rtmp.conf) rw_timeout measured no gain (docs/bench-ingest.md),
+        # and as a per-read bound it also cuts the open's wait for the first packet, which nginx-rtmp holds back
+        # until the next keyframe: a stream whose GOP is longer than the read timeout could never be opened.
         try:
             with native_section("open"):
                 container = av.open(
@@ -319,6 +328,7 @@ class KeyframeReader:
         received_at = 0.0
         last_key: float | None = None
         opened_at = last_key_wall = time.monotonic()
+        reformatter = VideoReformatter()  # one SwsContext for the stream's samples
         bad_packets = 0  # packets in a row the decoder rejected
         blind_keyframes = 0  # taken keyframes in a row that the decoder accepted but made no picture of
 
@@ -326,7 +336,7 @@ class KeyframeReader:
             if frame.width * frame.height > self.cfg.max_pixels:
                 self._check_size(frame.width, frame.height)
             with native_section("scale"):
-                rgb = scaled_rgb(frame, self.cfg.scale_width)
+                rgb = scaled_rgb(frame, self.cfg.scale_width, reformatter)
             now = time.time()
             reason = sampler.sampled(t, keyframe, thumbnail(rgb), now)
             return DecodedFrame(t, received_at, rgb, now, keyframe, reason)

@@ -11,6 +11,10 @@ from PIL import Image
 
 from pipelines.hamming import Codes
 
+# One thread: every image OpenCV sees here is small (a 512-px sample, its views), and a stream already has a
+# thread of its own. OpenCV's pool threads spin in sched_yield between calls (about 5 % of a live stream's CPU).
+cv2.setNumThreads(1)
+
 PDQ_DEFAULT_THRESHOLD = 31  # the reference "confident match" distance
 PHASH_DEFAULT_THRESHOLD = 40  # pHash 256-bit; unrelated images sit near 128 as with PDQ
 
