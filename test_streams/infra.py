@@ -115,6 +115,8 @@ class NginxRtmp:
     app: str = "live"
     hls_fragment_s: int = 2
     notify: str = ""  # extra lines in the application block, e.g. on_publish URLs
+    # RTMP chunk size nginx sends with: at the default 4096 a reader makes ~10 poll/recv calls per video packet
+    chunk_size: int = 65536
     folder: Path = field(default_factory=lambda: _private_dir("nginx-rtmp-"))
     proc: subprocess.Popen[bytes] | None = None
 
@@ -146,7 +148,7 @@ events {{ worker_connections 1024; }}
 rtmp {{
     server {{
         listen 127.0.0.1:{self.rtmp_port};
-        chunk_size 4096;
+        chunk_size {self.chunk_size};
         application {self.app} {{
             live on;
             record off;
