@@ -311,6 +311,9 @@ class KeyframeReader:
         tb = video.time_base
         if tb is None:
             raise IngestError(self.url, "video stream without a time base", retryable=is_live_url(self.url))
+        # Seconds as int arithmetic: pts * num / den is the same correctly rounded float as float(pts * tb), without
+        # building two Fractions per packet.
+        tb_num, tb_den = tb.numerator, tb.denominator
         h264 = ctx.name == "h264"
         length_size = avcc_length_size(bytes(ctx.extradata)) if h264 and ctx.extradata else None
         sampler = self.sampler
@@ -419,7 +422,7 @@ class KeyframeReader:
             if packet.stream.index != video.index or packet.dts is None or packet.pts is None:
                 continue  # audio, data, flush packets
             wall = time.time()
-            t = float(packet.pts * tb) + clock.offset(float(packet.dts * tb))
+            t = packet.pts * tb_num / tb_den + clock.offset(packet.dts * tb_num / tb_den)
             if packet.is_keyframe or packet.pts > max_pts:
                 max_pts = packet.pts
             size = packet.size
