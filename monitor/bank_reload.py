@@ -102,11 +102,11 @@ class BankReloader:
                 generation = self.generation
                 skipped = generation - self.done - 1
             result = self._load(generation, banks, max(0, skipped))
+            self._report(result)  # before waiters wake: whoever waited for this load sees its report
             with self._cond:
                 self.done = max(self.done, generation)
                 self.last = result
                 self._cond.notify_all()
-            self._report(result)
 
     def _load(self, generation: int, banks: Sequence[BankConfig], skipped: int) -> ReloadResult:
         t0 = time.perf_counter()
