@@ -1,4 +1,10 @@
-"""The alert JSON (see schemas/alert.schema.json)."""
+"""The alert JSON (see schemas/alert.schema.json).
+
+Schema version 2 (was 1): every alert says its `kind`, "match" (a bank entry; every field of version 1, with the
+same meaning) or "classification" (a classifier's label: `label`, `score`, `score_threshold`, `model_id`,
+`severity`; `bank` is the analysis, `entry_id` the label, `signal_type` "classifier", `distance` and `threshold`
+null, `sample_hash` the sample's PDQ hash). Match alerts carry the new keys as null.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ from typing import Any
 
 from pipelines.base import Finding
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def utc_iso(ts: float) -> str:
@@ -26,6 +32,7 @@ def alert_schema() -> dict[str, Any]:
 def build_alert(finding: Finding, *, node: str, stream_url: str, observed_at: float,
                 alert_id: str | None = None, incident_id: str | None = None) -> dict[str, Any]:
     """The alert for one finding. `alert_id` is made once and travels with every retry (outbox included)."""
+    classified = finding.kind == "classification"
     return {
         "schema_version": SCHEMA_VERSION,
         "type": "alert",
@@ -45,8 +52,14 @@ def build_alert(finding: Finding, *, node: str, stream_url: str, observed_at: fl
         "entry_frame_s": finding.entry_frame_s,
         "variant": finding.variant,
         "signal_type": finding.signal_type,
-        "distance": finding.distance,
-        "threshold": finding.threshold,
+        "distance": None if classified else finding.distance,
+        "threshold": None if classified else finding.threshold,
         "quality": finding.quality,
         "sample_hash": finding.sample_hash,
+        "kind": finding.kind,
+        "label": finding.label,
+        "score": finding.score,
+        "score_threshold": finding.score_threshold,
+        "model_id": finding.model_id,
+        "severity": finding.severity,
     }

@@ -34,6 +34,7 @@ from monitor.errors import UserError
 from monitor.evidence import EvidenceError, EvidenceLog, EvidenceRecord, KeyFileError, key_id, load_signing_key
 from monitor.hooks import ID_KEY_FILE, ORIGIN_REPLACE_AFTER_S, Origin, OriginTable, StreamNamer
 from monitor.incidents import (
+    ClassifierPolicy,
     CommandError,
     Event,
     Incident,
@@ -51,11 +52,11 @@ from monitor.outbox import Outbox, OutboxError
 from monitor.sampling_report import Escalation, SamplingReport
 from monitor.servers import DropResult, MediaMTXAPI, NginxRtmpAPI, ServerAPI, SrsAPI
 from monitor.statefiles import StateLock, private_dir
-from monitor.supervisor import SampleReport, SampleTiming, StateChange, StreamState, Supervisor, make_matcher
+from monitor.supervisor import SampleReport, SampleTiming, StateChange, StreamState, Supervisor, make_analyses
 from monitor.urls import redact_url
 from monitor.workers import ShardedSupervisor
 from pipelines.banks import Bank
-from pipelines.base import Finding
+from pipelines.base import BatchedPipeline, Finding, SampleInfo
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,9 @@ class Engine:
             raise UserError(f"cannot open the monitor's state: {exc}") from None
         self.bans = BanList(cfg.state_dir / "bans.json")
         self.publisher = MqttPublisher(cfg.broker, cfg.node, self.outbox, on_command=self._on_command)
-        self.incidents = IncidentBook(IncidentPolicy(**cfg.incidents.model_dump()), self.severity)
+        self.incidents = IncidentBook(IncidentPolicy(**cfg.incidents.model_dump()), self.severity, classifiers={
+            a.name: ClassifierPolicy(a.incidents.confirm_k, a.incidents.confirm_n, a.incidents.window_s)
+            for a in cfg.analyses if a.kind != "known_content"})
         self.suppressed: dict[str, int] = {}
         self.metrics = Metrics()
         self.sampling_report = SamplingReport(self.metrics.sampling)
@@ -120,12 +123,18 @@ class Engine:
         for b in banks:
             self.metrics.bank_entries.labels(b.name).set(len(b))
         n_workers = (os.cpu_count() or 1) if cfg.workers is None else cfg.workers
+        if n_workers:  # a classifier that cannot run as configured is refused here, before workers start
+            for p in make_analyses([a for a in cfg.analyses if a.kind != "known_content"], banks, cfg.matching):
+                if isinstance(p, BatchedPipeline):
+                    p.stop()
         self.supervisor: Supervisor | ShardedSupervisor = (
             # Worker processes load their own banks; the main process keeps none of them.
-            Supervisor(cfg.ingest, cfg.sampling, [make_matcher(banks, cfg.matching)], self)
+            Supervisor(cfg.ingest, cfg.sampling,
+                       make_analyses(cfg.analyses, banks, cfg.matching, cfg.evidence.store_images), self)
             if n_workers == 0 else
             ShardedSupervisor(n_workers, cfg.ingest, cfg.sampling, cfg.banks, cfg.matching, self,
-                              cfg.log_format == "json"))
+                              cfg.log_format == "json", analyses=cfg.analyses,
+                              store_images=cfg.evidence.store_images))
         self.samples = 0
         self.servers = {s.kind: make_server_api(s.kind, s.api_url) for s in cfg.servers}
         # Announced streams (hooks, discovery): each bound to the publisher that registered it, within caps.
@@ -161,7 +170,29 @@ class Engine:
         self.last_sample[sample.stream_id] = timing.done_at
         self.samples += 1
 
+    def on_classified(self, sample: SampleInfo, analysis: str, findings: list[Finding], done_at: float) -> None:
+        """Every sample a classifier scored (its own thread or a worker's events): on to the loop."""
+        assert self._loop is not None
+        for f in findings:
+            self.metrics.matches.labels(f.bank).inc()
+        self._loop.call_soon_threadsafe(self._handle_classified, sample, analysis, findings, done_at)
+
     # -- on the loop ----------------------------------------------------------------------------------
+    def _handle_classified(self, sample: SampleInfo, analysis: str, findings: list[Finding],
+                           observed_at: float) -> None:
+        origin = self.origins.get(sample.stream_id)
+        for f in findings:
+            self.record("match", f.stream_id, {
+                "kind": f.kind, "media_time_s": f.media_time_s, "received_at": f.received_at, "bank": f.bank,
+                "entry_id": f.entry_id, "entry_label": f.entry_label, "signal_type": f.signal_type,
+                "sample_hash": f.sample_hash, "quality": f.quality, "label": f.label, "score": f.score,
+                "score_threshold": f.score_threshold, "model_id": f.model_id, "severity": f.severity,
+                "stream_url": self.supervisor.urls.get(f.stream_id, ""),
+                "publisher_addr": origin.publisher_addr if origin else None,
+            })
+        self._emit(self.incidents.on_classified(sample.stream_id, analysis, sample.media_time_s, findings),
+                   observed_at)
+
     def record(self, kind: str, stream_id: str, body: dict[str, Any], incident_id: str | None = None) -> None:
         """Append to the evidence log in the background, in call order; failures are logged, never raised."""
         if self.evidence is None:
@@ -290,7 +321,7 @@ class Engine:
                 self.metrics.alerts.labels(ev.incident.bank).inc()
                 self._send_alert(ev.finding, observed_at, ev.alert_id, ev.incident.incident_id)
                 self._send_incident(ev.incident, "opened")
-                if self.incidents.severity(ev.incident.bank) in self.cfg.terminate.auto_severities:
+                if ev.incident.severity in self.cfg.terminate.auto_severities:
                     self.spawn(self.terminate(ev.incident.stream_id, by="auto",
                                               reason=f"bank {ev.incident.bank} entry {ev.incident.entry_id}",
                                               incident_id=ev.incident.incident_id))
@@ -322,9 +353,14 @@ class Engine:
     def _send_alert(self, f: Finding, observed_at: float, alert_id: str, incident_id: str) -> dict[str, Any]:
         alert = build_alert(f, node=self.cfg.node, stream_url=self.supervisor.urls.get(f.stream_id, ""),
                             observed_at=observed_at, alert_id=alert_id, incident_id=incident_id)
-        log.warning("ALERT stream=%s t=%.2fs bank=%s entry=%s distance=%d/%d quality=%d incident=%s",
-                    f.stream_id, f.media_time_s, f.bank, f.entry_id, f.distance, f.threshold, f.quality,
-                    incident_id, extra={"stream_id": f.stream_id, "incident_id": incident_id})
+        if f.kind == "classification":
+            log.warning("ALERT stream=%s t=%.2fs classifier=%s label=%s score=%.3f/%.3f model=%s incident=%s",
+                        f.stream_id, f.media_time_s, f.bank, f.label, f.score or 0.0, f.score_threshold or 0.0,
+                        f.model_id, incident_id, extra={"stream_id": f.stream_id, "incident_id": incident_id})
+        else:
+            log.warning("ALERT stream=%s t=%.2fs bank=%s entry=%s distance=%d/%d quality=%d incident=%s",
+                        f.stream_id, f.media_time_s, f.bank, f.entry_id, f.distance, f.threshold, f.quality,
+                        incident_id, extra={"stream_id": f.stream_id, "incident_id": incident_id})
         topic = topics.alerts(self.cfg.broker.topic_prefix, self.cfg.node, f.stream_id)
         self.publisher.send_durable(alert_id, topic, alert,
                                     user_properties=(("stream_id", f.stream_id), ("bank", f.bank)))
@@ -363,6 +399,8 @@ class Engine:
         log.info("incident %s: %s by %r (%r)", inc.incident_id, action, cmd["moderator"], outcome.message)
         if outcome.changed:
             self._send_incident(inc, f"{action} by {cmd['moderator']}")
+        if action == "dismiss" and outcome.changed and inc.kind == "classification":
+            self._write_feedback(inc, cmd)
         if outcome.proposed_negative_entry is not None:
             bank, entry_id = outcome.proposed_negative_entry
             proposal = {"bank": bank, "entry_id": entry_id, "incident_id": inc.incident_id,
@@ -385,6 +423,25 @@ class Engine:
                     log.warning("terminate result for incident %s not published: %s", inc.incident_id, exc)
 
             self.spawn(run())
+
+    def _write_feedback(self, inc: Incident, cmd: dict[str, Any]) -> None:
+        """A dismissed classification, for the operator's model vendor: what was scored and what the moderator
+        decided. No image (the pixels never leave the worker)."""
+        record = {"incident_id": inc.incident_id, "analysis": inc.bank, "model_id": inc.model_id,
+                  "label": inc.entry_id, "score": inc.best_score, "score_threshold": inc.score_threshold,
+                  "sample_hash": inc.sample_hash, "decision": "false_positive", "moderator": cmd["moderator"],
+                  "reason": cmd.get("reason") or "", "samples": inc.samples,
+                  "at": datetime.now(UTC).isoformat()}
+        try:
+            fd = os.open(self.cfg.state_dir / "classifier-feedback.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                         0o600)
+            with open(fd, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as exc:
+            log.error("classifier feedback for incident %s not written: %s", inc.incident_id, exc)
+            return
+        log.info("classifier feedback: %s %s scored %.2f dismissed by %r", inc.bank, inc.entry_id,
+                 inc.best_score or 0.0, cmd["moderator"])
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)

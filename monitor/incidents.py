@@ -14,6 +14,10 @@ Choices worth knowing:
     mistaken dismissal or a kick that did not work is alerted again once the shadow ends.
   - An entry is quarantined right after it opens its `quarantine_streams`-th incident in the window (that
     incident is still alerted); incidents already open keep absorbing matches.
+  - Classifications (findings of kind "classification", `on_classified`) form incidents keyed by (stream,
+    analysis, label): k of the last n *classified* samples of the stream over the label's threshold within a
+    window of media time (per analysis: ClassifierPolicy), severity from the label; the commands, shadows and
+    closing are those of matches; entries of classifiers are not quarantined (a label is not a list entry).
   - System closures appear in `history` with action "close" and moderator None, so consoles can show why.
   - Closed, dismissed and terminated incidents leave the live table at once and stay only in a bounded LRU
     (for late commands, `get` and `record_result`); `terminate` is still accepted on a *closed* incident a
@@ -81,6 +85,17 @@ class IncidentPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class ClassifierPolicy:
+    confirm_k: int = 3  # k of the last n classified samples over the threshold ...
+    confirm_n: int = 5
+    window_s: float = 20.0  # ... within this much media time
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.confirm_k <= self.confirm_n:
+            raise ValueError("need 1 <= confirm_k <= confirm_n")
+
+
+@dataclass(frozen=True, slots=True)
 class HistoryEntry:
     action: str  # a command action, or "close" for the monitor's own closures
     moderator: str | None  # None: the monitor itself
@@ -115,6 +130,11 @@ class Incident:
     alert_ids: tuple[str, ...]
     history: tuple[HistoryEntry, ...]
     updated_at: float
+    kind: str = "match"  # or "classification": bank is the analysis, entry_id the label
+    best_score: float | None = None  # classifications: the highest score so far ...
+    score_threshold: float | None = None
+    model_id: str | None = None
+    sample_hash: str | None = None  # ... and the PDQ hash of that sample
 
     @property
     def key(self) -> Key:
@@ -125,6 +145,13 @@ class Incident:
         return self.status in OPEN_STATUSES
 
     def to_message(self, node: str, stream_url: str) -> dict[str, Any]:
+        msg = self._match_message(node, stream_url)
+        if self.kind == "classification":  # match incidents keep exactly their fields
+            msg.update(best_distance=None, threshold=None, kind=self.kind, label=self.entry_id,
+                       best_score=self.best_score, score_threshold=self.score_threshold, model_id=self.model_id)
+        return msg
+
+    def _match_message(self, node: str, stream_url: str) -> dict[str, Any]:
         return {
             "schema_version": SCHEMA_VERSION,
             "type": "incident",
@@ -258,7 +285,8 @@ class IncidentBook:
     """All incidents of one monitor node."""
 
     def __init__(self, policy: IncidentPolicy, bank_severity: Mapping[str, str],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 classifiers: Mapping[str, ClassifierPolicy] | None = None) -> None:
         bad = {b: s for b, s in bank_severity.items() if s not in SEVERITIES}
         if bad:
             raise ValueError(f"unknown severities {bad}; expected one of {sorted(SEVERITIES)}")
@@ -273,6 +301,8 @@ class IncidentBook:
         self._shadows: dict[Key, _Shadow] = {}
         self._openings: dict[EntryKey, deque[tuple[float, str]]] = {}
         self._quarantine: dict[EntryKey, float] = {}
+        self.classifiers: dict[str, ClassifierPolicy] = dict(classifiers or {})
+        self._class_windows: dict[tuple[str, str], deque[_Seen]] = {}  # (stream, analysis) -> classified samples
 
     # -- queries -------------------------------------------------------------------------------------------
     def open_incidents(self) -> list[Incident]:
@@ -312,6 +342,44 @@ class IncidentBook:
             events.extend(self._on_match(f, media_time_s, seen, window, now))
         return events
 
+    def on_classified(self, stream_id: str, analysis: str, media_time_s: float,
+                      findings: Sequence[Finding]) -> list[Event]:
+        """Every sample a classifier scored, with its labels over threshold (none: a miss, counted for k of n)."""
+        now = self.clock()
+        p = self.classifiers.get(analysis) or ClassifierPolicy()
+        best: dict[str, Finding] = {}
+        for f in findings:
+            if f.stream_id != stream_id or f.bank != analysis or f.kind != "classification":
+                raise ValueError(f"finding {f.kind} {f.bank}/{f.entry_id} on {f.stream_id!r} passed as a "
+                                 f"classification of {analysis!r} on {stream_id!r}")
+            prev = best.get(f.entry_id)
+            if prev is None or (f.score or 0.0) > (prev.score or 0.0):
+                best[f.entry_id] = f
+        wkey = (stream_id, analysis)
+        window = self._class_windows.get(wkey)
+        if window is None or window.maxlen != p.confirm_n or (window and media_time_s < window[-1].media_time_s):
+            window = self._class_windows[wkey] = deque(maxlen=p.confirm_n)
+        seen = _Seen(media_time_s, now, {(analysis, label): 0 for label in best})
+        window.append(seen)
+        events: list[Event] = []
+        for label, f in best.items():
+            key = (stream_id, analysis, label)
+            live = self._live.get(key)
+            if live is not None:
+                events.extend(self._absorb(live, f, media_time_s, now))
+                continue
+            shadow = self._shadows.get(key)
+            if shadow is not None and now < shadow.until:
+                events.append(Suppressed(f, shadow.why))
+                continue
+            since = media_time_s - p.window_s
+            hits = [s for s in window if (analysis, label) in s.matches and s.media_time_s >= since]
+            if len(hits) < p.confirm_k:
+                events.append(Suppressed(f, "unconfirmed"))
+                continue
+            events.extend(self._open(f, hits, now))
+        return events
+
     def _on_match(self, f: Finding, media_time_s: float, seen: _Seen, window: deque[_Seen],
                   now: float) -> list[Event]:
         key = (f.stream_id, f.bank, f.entry_id)
@@ -336,18 +404,25 @@ class IncidentBook:
 
     def _open(self, f: Finding, hits: list[_Seen], now: float) -> list[Event]:
         alert_id = str(uuid.uuid4())
+        classified = f.kind == "classification"
+        severity = (cast(Severity, f.severity) if classified and f.severity in SEVERITIES
+                    else self.severity(f.bank))
         inc = Incident(
             incident_id=str(uuid.uuid4()), stream_id=f.stream_id, bank=f.bank, entry_id=f.entry_id,
-            entry_label=f.entry_label, severity=self.severity(f.bank), status="open",
+            entry_label=f.entry_label, severity=severity, status="open",
             first_seen=hits[0].wall_time, last_seen=now,
             first_media_time_s=hits[0].media_time_s, last_media_time_s=hits[-1].media_time_s,
             samples=len(hits), best_distance=min(s.matches[(f.bank, f.entry_id)] for s in hits),
             threshold=f.threshold, alert_ids=(alert_id,), history=(), updated_at=now,
+            kind=f.kind, best_score=f.score, score_threshold=f.score_threshold, model_id=f.model_id,
+            sample_hash=f.sample_hash if classified else None,
         )
         self._live[inc.key] = _Live(inc, inc, now)
         self._live_ids[inc.incident_id] = inc.key
         self._shadows.pop(inc.key, None)
         events: list[Event] = [NewIncident(inc, f, alert_id)]
+        if classified:
+            return events
         q = self._note_opening(f.bank, f.entry_id, f.stream_id, now)
         if q is not None:
             events.append(q)
@@ -355,6 +430,18 @@ class IncidentBook:
 
     def _absorb(self, live: _Live, f: Finding, media_time_s: float, now: float) -> list[Event]:
         inc = live.incident
+        if inc.kind == "classification":
+            better = f.score is not None and (inc.best_score is None or f.score > inc.best_score)
+            live.incident = inc = replace(
+                inc, last_seen=now, last_media_time_s=media_time_s, samples=inc.samples + 1, updated_at=now,
+                best_score=f.score if better else inc.best_score,
+                sample_hash=f.sample_hash if better else inc.sample_hash)
+            published = live.published.best_score
+            if inc.best_score is not None and published is not None and inc.best_score >= published + 0.05:
+                return self._publish(live, now, "better match")
+            if now - live.published_at >= self.policy.update_interval_s:
+                return self._publish(live, now, "activity")
+            return []
         live.incident = inc = replace(
             inc, last_seen=now, last_media_time_s=media_time_s, samples=inc.samples + 1,
             best_distance=min(inc.best_distance, f.distance), updated_at=now,
@@ -409,12 +496,15 @@ class IncidentBook:
         # A stream that stopped sampling without stream_ended: its window can no longer confirm anything useful.
         idle = max(p.close_after_s, p.confirm_window_s)
         self._windows = {s: w for s, w in self._windows.items() if w and now - w[-1].wall_time < idle}
+        self._class_windows = {k: w for k, w in self._class_windows.items() if w and now - w[-1].wall_time < idle}
         return events
 
     def stream_ended(self, stream_id: str) -> list[Event]:
         """Close the stream's incidents now rather than leave them open until the quiet period ends."""
         now = self.clock()
         self._windows.pop(stream_id, None)
+        for k in [k for k in self._class_windows if k[0] == stream_id]:
+            del self._class_windows[k]
         ending = [live for key, live in self._live.items() if key[0] == stream_id]
         return [self._close(live, now, "stream ended", "stream ended") for live in ending]
 
@@ -456,7 +546,7 @@ class IncidentBook:
             raise CommandError("stream_id", f"incident {c.incident_id!r} is on stream {inc.stream_id!r}, "
                                             f"not {c.stream_id!r}")
         target = ACTION_STATUS[c.action]
-        proposed = (inc.bank, inc.entry_id) if c.action == "dismiss" else None
+        proposed = (inc.bank, inc.entry_id) if c.action == "dismiss" and inc.kind == "match" else None
         if inc.status == target:
             outcome = CommandOutcome(inc, False, False, proposed, f"incident already {target}")
         elif inc.is_open or (c.action == "terminate" and inc.status == "closed" and any(
@@ -553,6 +643,7 @@ def _parse_command(cmd: object) -> _Command:
 
 
 __all__ = [
-    "CommandError", "CommandOutcome", "Event", "HistoryEntry", "Incident", "IncidentBook", "IncidentPolicy",
-    "IncidentUpdate", "NewIncident", "QuarantineLifted", "Quarantined", "Severity", "Status", "Suppressed",
+    "ClassifierPolicy", "CommandError", "CommandOutcome", "Event", "HistoryEntry", "Incident", "IncidentBook",
+    "IncidentPolicy", "IncidentUpdate", "NewIncident", "QuarantineLifted", "Quarantined", "Severity", "Status",
+    "Suppressed",
 ]

@@ -21,15 +21,28 @@ import numpy.typing as npt
 
 from monitor.bank_reload import BankReloader
 from monitor.bank_reload import load_banks as load_configured_banks
-from monitor.config import BankConfig, IngestConfig, MatchingConfig, SamplingConfig, StreamConfig
+from monitor.config import (
+    AnalysisConfig,
+    BankConfig,
+    IngestConfig,
+    MatchingConfig,
+    OnnxClassifierConfig,
+    SamplingConfig,
+    ServiceClassifierConfig,
+    StreamConfig,
+)
 from monitor.coverage import CoveragePolicy
+from monitor.errors import ConfigError
 from monitor.ingest import IngestError, KeyframeReader, is_hls_url, is_live_url
 from monitor.packets import KeyInfo
 from monitor.scheduler import QueueClosed, SampleQueue, Scheduler, StreamPolicy
 from monitor.urls import redact_url
+from pipelines import registry
 from pipelines.banks import Bank
-from pipelines.base import Finding, Pipeline, Sample
+from pipelines.base import BatchedPipeline, Finding, Pipeline, Sample, SampleInfo
+from pipelines.classifier import BatchSettings, BudgetSettings, ClassifierPipeline, LabelRule, ModelError
 from pipelines.known_content import KnownContentMatcher
+from pipelines.registry import AnyPipeline, BuildContext
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +105,56 @@ def load_banks(banks: Sequence[BankConfig], previous: Sequence[Bank] = ()) -> li
 def make_matcher(banks: Sequence[Bank], m: MatchingConfig) -> KnownContentMatcher:
     return KnownContentMatcher(banks, m.min_quality, strip_bars=m.strip_bars, dihedral=m.dihedral, boxes=m.boxes,
                                crops=m.crops, pip=m.pip, tones=m.tones)
+
+
+@registry.register("known_content")
+def _build_known_content(spec: AnalysisConfig, ctx: BuildContext) -> AnyPipeline:
+    assert isinstance(ctx.matching, MatchingConfig)
+    return make_matcher(ctx.banks, ctx.matching)
+
+
+def _classifier_parts(spec: OnnxClassifierConfig | ServiceClassifierConfig) -> tuple[
+        list[LabelRule], BudgetSettings, BatchSettings]:
+    s = spec.sampling
+    return ([LabelRule(x.name, x.threshold, x.severity) for x in spec.labels],
+            BudgetSettings(s.every_k, s.dense_every, s.new_stream_s, s.near_match_s, s.near_fraction),
+            BatchSettings(s.batch_size, s.batch_wait_ms / 1000, s.queue_size, s.max_sample_age_s))
+
+
+@registry.register("onnx_classifier")
+def _build_onnx(spec: OnnxClassifierConfig, ctx: BuildContext) -> AnyPipeline:
+    from pipelines.classifier import OnnxScorer, OnnxSettings
+
+    rules, budget, batch = _classifier_parts(spec)
+    scorer = OnnxScorer(OnnxSettings(
+        spec.model, tuple(r.name for r in rules), spec.input_size, spec.colour_order, spec.layout, spec.scale,
+        spec.mean, spec.std, spec.output, spec.providers, spec.threads, batch.batch_size))
+    return ClassifierPipeline(spec.name, scorer, rules, budget, batch)
+
+
+@registry.register("service_classifier")
+def _build_service(spec: ServiceClassifierConfig, ctx: BuildContext) -> AnyPipeline:
+    from monitor.classify_service import ServiceScorer
+
+    rules, budget, batch = _classifier_parts(spec)
+    return ClassifierPipeline(spec.name, ServiceScorer(spec), rules, budget, batch)
+
+
+def make_analyses(analyses: Sequence[AnalysisConfig], banks: Sequence[Bank], matching: MatchingConfig,
+                  store_images: bool = False) -> list[AnyPipeline]:
+    """The configured analyses, built by kind; a classifier that cannot run as configured is a ConfigError
+    naming the field (`analyses[1] (testcard).labels: ...`)."""
+    ctx = BuildContext(banks, matching, store_images)
+    out: list[AnyPipeline] = []
+    for i, spec in enumerate(analyses):
+        try:
+            out.append(registry.build(spec, ctx))
+        except ModelError as exc:
+            for p in out:
+                if isinstance(p, BatchedPipeline):
+                    p.stop()
+            raise ConfigError(f"analyses[{i}] ({spec.name}).{exc.field}: {exc.problem}") from None
+    return out
 
 
 def backoff_delay(attempt: int, initial: float, maximum: float, rng: random.Random) -> float:
@@ -205,11 +268,12 @@ class StreamWorker(threading.Thread):
 class Analysis(threading.Thread):
     """Runs the pipelines on queued samples, oldest first; samples older than the queue's limit are dropped."""
 
-    def __init__(self, samples: SampleQueue[_Queued], pipelines: Sequence[Pipeline], sink: EngineSink,
+    def __init__(self, samples: SampleQueue[_Queued], pipelines: Sequence[AnyPipeline], sink: EngineSink,
                  index: int) -> None:
         super().__init__(name=f"analysis-{index}", daemon=True)
         self.queue = samples
-        self.pipelines = tuple(pipelines)
+        self.batched = tuple(p for p in pipelines if isinstance(p, BatchedPipeline))
+        self.pipelines: tuple[Pipeline, ...] = tuple(p for p in pipelines if not isinstance(p, BatchedPipeline))
         self.sink = sink
 
     def run(self) -> None:
@@ -225,6 +289,11 @@ class Analysis(threading.Thread):
     def process(self, sample: Sample, decode_s: float) -> None:
         findings: list[Finding] = []
         stages: list[tuple[str, float]] = []
+        for batched in self.batched:  # a queue put each: classifiers never delay the hash path
+            try:
+                batched.offer(sample)
+            except Exception:
+                log.exception("stream %s: offering a sample to %s failed", sample.stream_id, batched.name)
         for pipeline in self.pipelines:
             t0 = time.perf_counter()
             try:
@@ -236,15 +305,25 @@ class Analysis(threading.Thread):
         self.sink.on_sample(report, findings, SampleTiming(decode_s, tuple(stages), time.time()))
 
 
+def _no_classified_sink(sample: SampleInfo, analysis: str, findings: list[Finding], done_at: float) -> None:
+    if findings:
+        log.warning("stream %s: %d %s findings dropped (the sink takes no classifications)", sample.stream_id,
+                    len(findings), analysis)
+
+
 class Supervisor:
     """Starts and stops stream worker threads in this process; streams can be added and removed while running."""
 
-    def __init__(self, ingest: IngestConfig, sampling: SamplingConfig, pipelines: Sequence[Pipeline],
+    def __init__(self, ingest: IngestConfig, sampling: SamplingConfig, pipelines: Sequence[AnyPipeline],
                  sink: EngineSink, budget_share: float = 1.0) -> None:
         self.ingest = ingest
         self.sampling = sampling
         self.pipelines = tuple(pipelines)
         self.sink = sink
+        self.batched = [p for p in self.pipelines if isinstance(p, BatchedPipeline)]
+        on_classified = getattr(sink, "on_classified", None)
+        for b in self.batched:
+            b.start(on_classified if on_classified is not None else _no_classified_sink)
         self.bank_reloader = BankReloader(self.pipelines, getattr(sink, "on_bank_reload", None))
         self.workers: dict[str, StreamWorker] = {}
         self.urls: dict[str, str] = {}
@@ -288,15 +367,20 @@ class Supervisor:
         if worker is not None:
             worker.stop_event.set()
         self.scheduler.remove_stream(stream_id)
+        for b in self.batched:
+            b.forget(stream_id)
 
     def boost(self, stream_id: str, seconds: float) -> None:
         """A recent near-match: sample this stream densely for a while."""
         with contextlib.suppress(KeyError):
             self.scheduler.boost(stream_id, seconds)
+        for b in self.batched:  # a near match on the hash path: the classifiers look closer too
+            b.boost(stream_id, seconds)
 
     def stats(self) -> list[dict[str, Any]]:
         """Sampling counters (one entry: this process), the same shape as the sharded supervisor's."""
-        return [{"scheduler": self.scheduler.stats(), "queue": self.queue.stats()}]
+        return [{"scheduler": self.scheduler.stats(), "queue": self.queue.stats(),
+                 "classifiers": {b.name: b.stats() for b in self.batched}}]
 
     def has_stream(self, stream_id: str) -> bool:
         """Added and not removed (its thread may have ended: see dead_streams)."""
@@ -326,3 +410,5 @@ class Supervisor:
         self.queue.close()  # the analysis threads finish what is queued, then end
         for a in self.analysis:
             a.join(max(0.0, deadline - time.monotonic()))
+        for b in self.batched:  # classifies what it holds, then ends
+            b.stop()

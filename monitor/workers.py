@@ -36,9 +36,19 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
+from pydantic import TypeAdapter
+
 from monitor import crashguard
 from monitor.bank_reload import ReloadResult
-from monitor.config import BankConfig, IngestConfig, MatchingConfig, SamplingConfig, StreamConfig
+from monitor.config import (
+    AnalysisConfig,
+    BankConfig,
+    IngestConfig,
+    KnownContentAnalysisConfig,
+    MatchingConfig,
+    SamplingConfig,
+    StreamConfig,
+)
 from monitor.crashguard import CrashTable, Suspects
 from monitor.supervisor import (
     EngineSink,
@@ -48,10 +58,10 @@ from monitor.supervisor import (
     StreamState,
     Supervisor,
     load_banks,
-    make_matcher,
+    make_analyses,
 )
 from monitor.urls import redact_url
-from pipelines.base import Finding
+from pipelines.base import Finding, SampleInfo
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +86,11 @@ class WorkerSpec:
     log_level: int
     log_json: bool
     budget_share: float  # each worker holds its part of the global sample budget
+    analyses: list[dict[str, Any]] | None = None  # None: the hash matcher alone
+    store_images: bool = False
+
+
+_ANALYSES: TypeAdapter[list[AnalysisConfig]] = TypeAdapter(list[AnalysisConfig])
 
 
 class _EventSender:
@@ -124,6 +139,9 @@ class _QueueSink:
     def on_sample(self, sample: SampleReport, findings: list[Finding], timing: SampleTiming) -> None:
         self.events.put(("sample", sample, findings, timing))
 
+    def on_classified(self, sample: SampleInfo, analysis: str, findings: list[Finding], done_at: float) -> None:
+        self.events.put(("classified", sample, analysis, findings, done_at))
+
 
 def _worker_main(index: int, spec: WorkerSpec, commands: Any, conn: multiprocessing.connection.Connection,
                  table: CrashTable, crash_dump: str) -> None:
@@ -136,8 +154,11 @@ def _worker_main(index: int, spec: WorkerSpec, commands: Any, conn: multiprocess
     setup_logging("info", "json" if spec.log_json else "text")
     logging.getLogger("monitor").setLevel(spec.log_level)  # as quiet as the parent's "monitor" loggers
     banks = load_banks([BankConfig.model_validate(d) for d in spec.banks])
+    analyses = (_ANALYSES.validate_python(spec.analyses) if spec.analyses is not None
+                else [KnownContentAnalysisConfig(kind="known_content")])
     supervisor = Supervisor(IngestConfig.model_validate(spec.ingest), SamplingConfig.model_validate(spec.sampling),
-                            [make_matcher(banks, MatchingConfig.model_validate(spec.matching))],
+                            make_analyses(analyses, banks, MatchingConfig.model_validate(spec.matching),
+                                          spec.store_images),
                             _QueueSink(events, index), spec.budget_share)
     events.put(("ready", index))
     while True:
@@ -172,11 +193,14 @@ class ShardedSupervisor:
 
     def __init__(self, n_workers: int, ingest: IngestConfig, sampling: SamplingConfig,
                  banks: Sequence[BankConfig], matching: MatchingConfig, sink: EngineSink,
-                 log_json: bool = False, quarantine_cooldown_s: float = QUARANTINE_COOLDOWN_S) -> None:
+                 log_json: bool = False, quarantine_cooldown_s: float = QUARANTINE_COOLDOWN_S,
+                 analyses: Sequence[AnalysisConfig] | None = None, store_images: bool = False) -> None:
         self.n = max(1, n_workers)
         self.spec = WorkerSpec(ingest.model_dump(mode="json"), sampling.model_dump(mode="json"),
                                [b.model_dump(mode="json") for b in banks], matching.model_dump(mode="json"),
-                               logging.getLogger("monitor").getEffectiveLevel(), log_json, 1.0 / self.n)
+                               logging.getLogger("monitor").getEffectiveLevel(), log_json, 1.0 / self.n,
+                               None if analyses is None else [a.model_dump(mode="json") for a in analyses],
+                               store_images)
         self.sink = sink
         self.quarantine_cooldown_s = quarantine_cooldown_s
         self.ctx = mp.get_context("spawn")
@@ -223,6 +247,10 @@ class ShardedSupervisor:
             self.sink.on_state(msg[1])
         elif msg[0] == "sample":
             self.sink.on_sample(msg[1], msg[2], msg[3])
+        elif msg[0] == "classified":
+            on_classified = getattr(self.sink, "on_classified", None)
+            if on_classified is not None:
+                on_classified(msg[1], msg[2], msg[3], msg[4])
         elif msg[0] == "stats":
             self.worker_stats[msg[1]] = msg[2]
         elif msg[0] == "bank_reload":
