@@ -7,12 +7,15 @@ and model id. A stream that never shows it: none.
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import jsonschema
 import numpy as np
+import paho.mqtt.publish as mqtt_publish
 import pytest
 from PIL import Image
 
@@ -20,7 +23,7 @@ from monitor.alerts import alert_schema
 from pipelines.classifier_models import TESTCARD_LABELS, build_testcard_model, colour_bar_card
 from test_streams.infra import Mosquitto, NginxRtmp, ffmpeg_publish_cmd
 
-from .conftest import MonitorProcess, MqttCollector
+from .conftest import MonitorProcess, MqttCollector, run_cli
 
 SHOW = (8.0, 14.0)
 DURATION_S = 24.0
@@ -70,17 +73,27 @@ def test_test_card_for_six_seconds_gives_one_classification_incident_and_alert(
                                             show=SHOW)),
         subprocess.Popen(ffmpeg_publish_cmd(nginx_rtmp.rtmp_url("clean"), duration_s=DURATION_S)),
     ]
+    state = tmp_path / "state"
     mon = monitor_factory({
-        "node": "clf", "broker": {"url": mosquitto.url, "topic_prefix": "t"}, "workers": 2,
+        "node": "clf", "broker": {"url": mosquitto.url, "topic_prefix": "t"}, "workers": 2, "state_dir": str(state),
         "streams": [{"id": "card", "url": nginx_rtmp.rtmp_url("card")},
                     {"id": "clean", "url": nginx_rtmp.rtmp_url("clean")}],
         "analyses": [{"kind": "known_content"}, classifier_entry(model)],
         "ingest": {"backoff_initial_s": 0.3, "backoff_max_s": 2.0},
     })
     try:
+        first = collector.wait_for(lambda m: m.topic == "t/clf/alerts/card", DURATION_S + 20)
+        assert first, mon.log()
+        incident_id = first[0].json()["incident_id"]
+        # A moderator dismisses it: the same command as for matches; a feedback record for the vendor follows.
+        mqtt_publish.single("t/clf/commands", json.dumps({
+            "schema_version": 1, "type": "command", "command_id": str(uuid.uuid4()), "action": "dismiss",
+            "incident_id": incident_id, "stream_id": "card", "moderator": "carol", "reason": "a test card"}),
+            qos=1, hostname="127.0.0.1", port=mosquitto.port)
+        assert collector.wait_for(lambda m: m.topic == f"t/clf/incidents/{incident_id}"
+                                  and m.json()["status"] == "dismissed", 10), mon.log()
         for p in publishers:
             assert p.wait(DURATION_S + 30) == 0, "ffmpeg publisher failed"
-        collector.wait_for(lambda m: m.topic == "t/clf/alerts/card", 10)
     finally:
         for p in publishers:
             p.kill()
@@ -104,3 +117,19 @@ def test_test_card_for_six_seconds_gives_one_classification_incident_and_alert(
     assert inc["kind"] == "classification" and inc["label"] == "testcard" and inc["stream_id"] == "card"
     assert inc["alert_ids"] == [a["alert_id"]] and inc["samples"] >= 2
     assert TESTCARD_LABELS == ("testcard", "other")
+
+    (line,) = (state / "classifier-feedback.jsonl").read_text().splitlines()
+    feedback = json.loads(line)
+    assert {k: feedback[k] for k in ("incident_id", "analysis", "label", "decision", "moderator", "model_id")} == {
+        "incident_id": a["incident_id"], "analysis": "testcard", "label": "testcard", "decision": "false_positive",
+        "moderator": "carol", "model_id": a["model_id"]}
+    assert feedback["score"] >= a["score"] and len(feedback["sample_hash"]) == 64
+    assert "image" not in line  # evidence.store_images is off
+    assert not (state / "negative-proposals.jsonl").exists()  # a label is no bank entry
+    evidence = state / "evidence.sqlite"
+    verify = run_cli("evidence", "verify", str(evidence))
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    report_path = tmp_path / "report.json"
+    assert run_cli("evidence", "export", str(evidence), a["incident_id"], "--out", str(report_path)).returncode == 0
+    report = report_path.read_text()
+    assert a["model_id"] in report and "carol" in report and a["sample_hash"] in report
