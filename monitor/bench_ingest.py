@@ -1,27 +1,28 @@
-"""Benchmark: ingest cost (keyframe-only vs full decode) and live capacity on real nginx-rtmp + ffmpeg publishers.
+"""Benchmark: ingest cost offline (keyframe path vs full decode) and the real engine live over nginx-rtmp.
 
-    monitor bench ingest [--quick] [--streams N] [--seconds S]     (also python -m monitor.bench_ingest)
+    monitor bench ingest [--quick] [--streams N] [--seconds S] [--keyframes-monitor]   (python -m monitor.bench_ingest)
 
-1. Pipeline throughput, in process CPU seconds, on a prepared 720p30 H.264 file with a 2 s GOP (cached in a
-   temp folder): (a) the project's path: `KeyframeReader` (keyframe-only decode, drain, scale in libswscale)
-   + `KnownContentMatcher` as built by default (PDQ probes looked up with `Bank.lookup` in a 100k-entry bank:
-   random codes plus some of the file's own keyframe hashes, so matches happen) + `build_alert` for every
-   match; (b) the same input decoded in full (`container.decode`, every frame) with a frame-interval sampler
-   taking one frame per 2 s of media time, then the same scale + matcher + alerts. Both with one decoder thread.
-   Reported as media-seconds per CPU-second and their ratio, for the default matcher and for a single-probe
-   matcher (robustness switches off); a per-stage breakdown of (a) says where the time goes.
-2. Live capacity: nginx-rtmp and N `ffmpeg -re -stream_loop -1 -c copy` publishers of a prepared 720p file;
-   N reader threads, each the shape of `monitor.supervisor.StreamWorker` (KeyframeReader, sampling policy, the
-   known-content matcher, alert bookkeeping, reconnect on error) for `--seconds`, sharded over one reader
-   process per core as the monitor's `workers` shards its streams (`--reader-processes 1`: all in one process).
-   Reported: sample lag (keyframe packet read -> fingerprint matched) p50/p95/p99 overall and per stream,
-   the end-to-end lag (also counting time a packet waited before it was read, measured against the best
-   keyframe of the same connection), keyframes received vs expected, dropped samples, CPU of this process,
-   of nginx, of the publishers and of the whole machine, RSS and RSS per stream. Each N runs in a fresh child
-   process. In full mode, when N streams miss the lag target (sample lag p95 and end-to-end lag p95 <= 1 s, no
-   keyframe missing), 3N/4, N/2 and N/4 are tried in turn and the largest N meeting it is reported.
+1. Offline throughput, in process CPU seconds, on a prepared 720p30 H.264 file with a 2 s GOP (cached in a
+   temp folder): (a) `KeyframeReader` (keyframe-only decode, drain, scale in libswscale) + `KnownContentMatcher`
+   as built by default (PDQ probes looked up in a 100k-entry bank: random codes plus some of the file's own
+   keyframe hashes, so matches happen) + `build_alert` for every match; (b) the same input decoded in full
+   (`container.decode`, every frame) with a frame-interval sampler taking one frame per 2 s of media time, then
+   the same scale + matcher + alerts. Both with one decoder thread. Reported as media-seconds per CPU-second and
+   their ratio, for the default matcher and a single-probe matcher; a per-stage breakdown says where (a) goes.
+2. Live, the real engine: Mosquitto, nginx-rtmp and N `ffmpeg -re -stream_loop -1 -c copy` publishers of a
+   prepared textured slow pan (720p30, 2 s GOP, 2.5 Mbit/s: camera-like, not testsrc2, which decodes almost for
+   free), watched by `monitor run` (a real YAML config: default ingest, sampling and matching, its own worker
+   processes; a 100k-entry bank holding one keyframe of the clip, so each stream alerts once per loop) and, in
+   the same run on the same streams, by the floor: one process, one thread per stream, receiving every packet and
+   decoding the keyframes, nothing else. Optionally also a `sampling.mode: keyframes` monitor
+   (`--keyframes-monitor`) and the monitor of another checkout (`--compare-tree`, before/after in one run).
+   Reported for each: CPU seconds per media second per stream of the whole process tree (/proc/<pid>/stat of it
+   and its children), the ratios engine/floor and adaptive/keyframes, RSS of the tree (idle, at N, per stream),
+   sample lag p50/p95/p99 (the engine's own histogram), keyframe packet read to alert arrival at an MQTT
+   subscriber p50/p95/p99 (the alerts' `received_at`), keyframes and samples in the window, dropped samples and
+   reconnects (the engine's metrics), and the CPU of nginx, the publishers and the machine.
 
-One JSON document goes to stdout; progress goes to stderr. --quick (CI) takes well under 90 s and never fails
+One JSON document goes to stdout; progress goes to stderr. --quick (CI) takes about two minutes and never fails
 on a slow machine: it only prints figures. Every process started here is stopped, also on errors and Ctrl-C.
 """
 
@@ -30,12 +31,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import gc
-import itertools
 import json
 import math
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -43,19 +43,23 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import av
+import av.error
 import numpy as np
+import yaml
+from av.video.reformatter import VideoReformatter
 
 from monitor.alerts import build_alert
 from monitor.config import IngestConfig
-from monitor.ingest import IngestError, KeyframeReader, scaled_rgb
-from monitor.scheduler import SamplingPolicy
+from monitor.ingest import KeyframeReader, scaled_rgb
 from pipelines.banks import Bank, Entry
 from pipelines.base import Finding, Sample
 from pipelines.fingerprint import pdq
@@ -63,7 +67,7 @@ from pipelines.hamming import CODE_BYTES
 from pipelines.known_content import KnownContentMatcher
 from pipelines.robust import SWITCH_NAMES
 from test_streams.images import Background
-from test_streams.infra import stop_process
+from test_streams.infra import free_port, stop_process
 
 INPUT_VERSION = 1  # bump when the encoding settings change (the cache key)
 WIDTH, HEIGHT, FPS, GOP_S = 1280, 720, 30, 2.0
@@ -71,17 +75,16 @@ BITRATE = "2500k"
 X264 = ["-preset", "veryfast", "-tune", "zerolatency", "-bf", "0"]  # like test_streams.infra's publishers
 BANK_SIZE = 100_000
 SAMPLE_EVERY_S = 2.0  # the frame-interval sampler of the full-decode baseline
-TARGETS = {"throughput_media_s_per_cpu_s": 200.0, "ratio_vs_full_decode": 15.0, "streams": 100,
-           "lag_p95_s": 1.0, "dropped": 0, "rss_per_stream_mb": 15.0}
+LIVE_CLIP_S, LIVE_CLIP_S_QUICK = 30, 12  # the live clip, looped by each publisher
+PLANTED_AT_S = 14.0  # the clip's keyframe nearest this is in the live bank
+KEPT_UP = 0.95  # a monitor kept up when it took at least this part of the keyframes' worth of samples in the window
+INCIDENT_CLOSE_S = 8.0  # live: an incident closes this long after its last match (default 120): an alert per loop
+TARGETS = {"throughput_media_s_per_cpu_s": 200.0, "ratio_vs_full_decode": 15.0, "engine_vs_floor": 1.5,
+           "streams": 100, "alert_p95_s": 0.5, "dropped": 0, "rss_per_stream_mb": 10.0}
 
 
 def _log(msg: str) -> None:
     print(f"[bench ingest] {msg}", file=sys.stderr, flush=True)
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -195,6 +198,7 @@ def run_full_decode_path(path: Path, cfg: IngestConfig, matcher: KnownContentMat
     book = AlertBook()
     samples = matches = decoded = 0
     next_t: float | None = None
+    fmt = VideoReformatter()  # one per stream, as the reader's
     with av.open(str(path)) as container:
         video = container.streams.video[0]
         video.codec_context.thread_count = cfg.decoder_threads
@@ -207,7 +211,7 @@ def run_full_decode_path(path: Path, cfg: IngestConfig, matcher: KnownContentMat
             if next_t is not None and t < next_t:
                 continue
             next_t = (t if next_t is None else next_t) + SAMPLE_EVERY_S
-            rgb = scaled_rgb(frame, cfg.scale_width)
+            rgb = scaled_rgb(frame, cfg.scale_width, fmt)
             findings = matcher.process(Sample("bench", t, time.time(), rgb))
             samples += 1
             matches += len(findings)
@@ -220,6 +224,7 @@ def stage_breakdown(path: Path, cfg: IngestConfig, bank: Bank) -> dict[str, floa
     cpu = time.process_time
     totals = {"demux_and_decode": 0.0, "scale_to_rgb": 0.0, "pdq": 0.0, "bank_lookup": 0.0}
     n = 0
+    fmt = VideoReformatter()
     with av.open(str(path)) as container:
         video = container.streams.video[0]
         ctx = video.codec_context
@@ -234,7 +239,7 @@ def stage_breakdown(path: Path, cfg: IngestConfig, bank: Bank) -> dict[str, floa
             t1 = cpu()
             totals["demux_and_decode"] += t1 - t
             for frame in frames:
-                rgb = scaled_rgb(frame, cfg.scale_width)
+                rgb = scaled_rgb(frame, cfg.scale_width, fmt)
                 t2 = cpu()
                 code, _ = pdq(rgb)
                 t3 = cpu()
@@ -330,7 +335,7 @@ def bench_throughput(path: Path, cfg: IngestConfig, bank: Bank, planted: int, mi
     }
 
 
-# -- 2. live capacity -----------------------------------------------------------------------------------------
+# -- 2. live: the real engine ---------------------------------------------------------------------------------
 try:  # looked up here, not in the forked child, where loading a library could deadlock
     _PRCTL: Any = ctypes.CDLL(None, use_errno=True).prctl
 except (OSError, AttributeError):
@@ -338,57 +343,13 @@ except (OSError, AttributeError):
 
 
 def _die_with_parent() -> None:
-    """Runs in the child before exec: if this benchmark is killed outright, the publisher gets SIGTERM."""
+    """Runs in the child before exec: if this benchmark is killed outright, the child gets SIGTERM."""
     if _PRCTL is not None:
         _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-@dataclass
-class StreamStats:
-    sid: str
-    keyframes: int = 0
-    samples: list[tuple[int, float, float, float]] = field(default_factory=list)  # (conn, media, received, done)
-    skipped: int = 0
-    connects: int = 0
-    errors: list[str] = field(default_factory=list)
-
-
-class BenchWorker(threading.Thread):
-    """The shape of supervisor.StreamWorker, recording the timing of every sample."""
-
-    def __init__(self, sid: str, url: str, cfg: IngestConfig, matcher: KnownContentMatcher, book: AlertBook,
-                 stop: threading.Event) -> None:
-        super().__init__(name=f"bench-{sid}", daemon=True)
-        self.url, self.cfg, self.matcher, self.book, self.stop = url, cfg, matcher, book, stop
-        self.stats = StreamStats(sid)
-        self.policy = SamplingPolicy(0.0)
-
-    def run(self) -> None:
-        st = self.stats
-        while not self.stop.is_set():
-            st.connects += 1
-            conn = st.connects
-            try:
-                for frame in KeyframeReader(self.url, self.cfg, self.stop).frames():
-                    st.keyframes += 1
-                    if not self.policy.admit(frame.media_time_s):
-                        st.skipped += 1
-                        continue
-                    findings = self.matcher.process(
-                        Sample(st.sid, frame.media_time_s, frame.received_at, frame.rgb))
-                    done = time.time()
-                    st.samples.append((conn, frame.media_time_s, frame.received_at, done))
-                    if findings:
-                        self.book.add(findings)
-            except IngestError as exc:
-                if len(st.errors) < 5:
-                    st.errors.append(exc.reason)
-            except Exception as exc:  # a benchmark bug must not hang the run
-                st.errors.append(f"{type(exc).__name__}: {exc}")
-            self.stop.wait(0.5)
-
-
 _TICK = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -400,8 +361,7 @@ def _stat_fields(pid: int) -> list[str] | None:
 
 
 def _proc_cpu(pids: list[int]) -> float:
-    """User + system CPU seconds of these processes, from /proc: one small read each, no process-table scan
-    (a scan per process, as psutil's children() does, holds the GIL long enough to starve the readers)."""
+    """User + system CPU seconds of these processes, from /proc."""
     total = 0.0
     for pid in pids:
         fields = _stat_fields(pid)
@@ -410,15 +370,38 @@ def _proc_cpu(pids: list[int]) -> float:
     return total
 
 
-def _children_of(pid: int) -> list[int]:
-    """Direct children, by one scan of /proc (done once, before the measuring window)."""
-    out = []
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of `pid`, by one scan of /proc."""
+    parents: dict[int, list[int]] = {}
     for d in os.listdir("/proc"):
         if d.isdigit():
             fields = _stat_fields(int(d))
-            if fields is not None and fields[1] == str(pid):
-                out.append(int(d))
+            if fields is not None:
+                parents.setdefault(int(fields[1]), []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        for c in parents.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
     return out
+
+
+def tree_cpu_s(pid: int) -> float:
+    """utime + stime of a process and its live descendants, plus what its reaped children used."""
+    root = _stat_fields(pid)
+    total = sum(int(x) for x in root[11:15]) / _TICK if root is not None else 0.0  # utime stime cutime cstime
+    return total + _proc_cpu(descendants(pid))
+
+
+def tree_rss_bytes(pid: int) -> int:
+    total = 0
+    for p in [pid, *descendants(pid)]:
+        try:
+            with open(f"/proc/{p}/statm") as f:
+                total += int(f.read().split()[1]) * _PAGE
+        except OSError:
+            pass
+    return total
 
 
 def _sys_busy() -> tuple[float, float]:
@@ -430,23 +413,273 @@ def _sys_busy() -> tuple[float, float]:
     return (total - idle) / _TICK, total / _TICK
 
 
-@contextlib.contextmanager
-def live_infra(n: int, source: Path, duration_s: float, log_dir: Path) -> Iterator[tuple[Any, list[Any]]]:
-    from test_streams.infra import NginxRtmp, ffmpeg_publish_cmd
+# Prometheus text: name -> [(labels, value)]
+Scrape = dict[str, list[tuple[dict[str, str], float]]]
 
-    nginx = NginxRtmp()
-    pubs: list[subprocess.Popen[bytes]] = []
-    logs: list[Any] = []
+
+def scrape(port: int) -> Scrape | None:
     try:
-        nginx.start()
-        for i in range(n):
-            cmd = ffmpeg_publish_cmd(nginx.rtmp_url(f"s{i:03d}"), duration_s=duration_s, source=str(source))
-            log = open(log_dir / f"pub-{i:03d}.log", "wb")  # noqa: SIM115 - closed below
-            logs.append(log)
-            pubs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
-                                         preexec_fn=_die_with_parent))
-            time.sleep(0.03)  # no thundering herd of ffmpeg start-ups
-        yield nginx, pubs
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    out: Scrape = {}
+    for line in text.splitlines():
+        m = re.match(r"([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$", line)
+        if m is None or line.startswith("#"):
+            continue
+        labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
+        out.setdefault(m.group(1), []).append((labels, float(m.group(3))))
+    return out
+
+
+def metric_sum(s: Scrape | None, name: str, **match: str) -> float:
+    if s is None:
+        return 0.0
+    return sum(v for labels, v in s.get(name, []) if all(labels.get(k) == x for k, x in match.items()))
+
+
+def metric_by_stream(s: Scrape | None, name: str, **match: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for labels, v in (s or {}).get(name, []):
+        if all(labels.get(k) == x for k, x in match.items()) and "stream" in labels:
+            out[labels["stream"]] = out.get(labels["stream"], 0.0) + v
+    return out
+
+
+def histogram_quantiles(before: Scrape | None, after: Scrape | None, name: str,
+                        qs: tuple[float, ...] = (50, 95, 99)) -> dict[str, Any]:
+    """Quantiles of a histogram's observations between two scrapes, interpolated linearly inside buckets."""
+    def buckets(s: Scrape | None) -> dict[float, float]:
+        return {float(labels["le"]): v for labels, v in (s or {}).get(f"{name}_bucket", [])}
+
+    b0, b1 = buckets(before), buckets(after)
+    edges = sorted(b1)
+    cum = [b1[e] - b0.get(e, 0.0) for e in edges]
+    total = cum[-1] if cum else 0.0
+    out: dict[str, Any] = {"n": int(total), "from": "the engine's histogram, interpolated inside its buckets"}
+    for q in qs:
+        key = f"p{q:g}_ms"
+        if total <= 0:
+            out[key] = None
+            continue
+        want = total * q / 100
+        lo, prev = 0.0, 0.0
+        for e, c in zip(edges, cum, strict=True):
+            if c >= want:
+                if math.isinf(e):
+                    out[key] = f"> {lo * 1e3:g}"
+                else:
+                    frac = (want - prev) / (c - prev) if c > prev else 1.0
+                    out[key] = round((lo + frac * (e - lo)) * 1e3, 1)
+                break
+            lo, prev = e, c
+    return out
+
+
+@dataclass
+class AlertLog:
+    """Alerts as a subscriber gets them: (arrival, node, stream, alert)."""
+
+    port: int
+    got: list[tuple[float, str, str, dict[str, Any]]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    client: Any = None
+
+    def start(self) -> AlertLog:
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-ingest-{os.getpid()}")
+        ready = threading.Event()
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe("bench/+/alerts/#", qos=1)
+        self.client.on_subscribe = lambda *a: ready.set()
+        self.client.on_message = self._message
+        self.client.connect("127.0.0.1", self.port)
+        self.client.loop_start()
+        if not ready.wait(10):
+            raise RuntimeError("could not subscribe to the broker")
+        return self
+
+    def _message(self, client: Any, userdata: Any, msg: Any) -> None:
+        now = time.time()
+        parts = msg.topic.split("/")
+        with contextlib.suppress(ValueError, IndexError):
+            body = json.loads(msg.payload)
+            with self.lock:
+                self.got.append((now, parts[1], parts[3], body))
+
+    def latencies(self, node: str, since: float) -> list[float]:
+        """Keyframe packet read (the alert's received_at) to the alert's arrival here."""
+        out = []
+        with self.lock:
+            for arrival, n, _, body in self.got:
+                if n != node or arrival < since:
+                    continue
+                with contextlib.suppress(KeyError, ValueError):
+                    read = datetime.fromisoformat(body["received_at"].replace("Z", "+00:00")).timestamp()
+                    out.append(arrival - read)
+        return out
+
+    def stop(self) -> None:
+        if self.client is not None:
+            self.client.loop_stop()
+            self.client.disconnect()
+
+
+def _summary(values: list[float]) -> dict[str, Any]:
+    return {"p50_ms": _ms(_pct(values, 50)), "p95_ms": _ms(_pct(values, 95)), "p99_ms": _ms(_pct(values, 99)),
+            "max_ms": _ms(max(values) if values else None), "n": len(values)}
+
+
+def live_clip(folder: Path, quick: bool) -> Path:
+    """Camera-like content: a slow pan over a generated texture, 720p30, 2 s GOP, 2.5 Mbit/s (as offline)."""
+    return prepare_input(folder, "pan", LIVE_CLIP_S_QUICK if quick else LIVE_CLIP_S)
+
+
+def write_bank(path: Path, clip: Path, size: int) -> int:
+    """`size` random PDQ codes plus the hash of one keyframe of the clip (PLANTED_AT_S): each stream matches it
+    once per loop of the clip, and alerts on it once per loop (incidents close after INCIDENT_CLOSE_S)."""
+    from pipelines.banks import format_bank
+
+    cfg = IngestConfig()
+    frames = list(KeyframeReader(str(clip), cfg, threading.Event()).frames())
+    key = min(frames, key=lambda f: abs(f.media_time_s - PLANTED_AT_S))
+    planted = pdq(key.rgb)[0]
+    rng = np.random.default_rng(3)
+    codes = rng.integers(0, 256, (size, CODE_BYTES), dtype=np.uint8)
+    codes[size // 2] = planted
+    path.write_text(format_bank([bytes(c).hex() for c in codes], "csv", "pdq"))
+    return size // 2 + 1
+
+
+@dataclass
+class MonitorRun:
+    """One `monitor run` process over the benchmark's streams."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    metrics_port: int
+    log_path: Path
+    log_file: Any
+
+    def tail(self, lines: int = 8) -> list[str]:
+        try:
+            return self.log_path.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            return []
+
+    def close(self) -> None:
+        stop_process(self.proc, 30)
+        self.log_file.close()
+
+
+def start_monitor(work: Path, name: str, sampling: dict[str, Any], streams: list[tuple[str, str]], bank: Path,
+                  broker_url: str, tree: Path | None = None) -> MonitorRun:
+    """`monitor run` with a real YAML config: default ingest, sampling and matching, except what is said here.
+    `tree`: another checkout whose `monitor run` this is (a before/after comparison in one run)."""
+    port = free_port()
+    config: dict[str, Any] = {
+        "node": name,
+        "state_dir": str(work / f"state-{name}"),
+        "broker": {"url": broker_url, "topic_prefix": "bench"},
+        "streams": [{"id": sid, "url": url} for sid, url in streams],
+        "banks": [{"name": "bench", "path": str(bank)}],
+        # Reconnects within 2 s: the readers start before the publishers (the idle cost is measured first).
+        "ingest": {"backoff_initial_s": 0.5, "backoff_max_s": 2.0},
+        "metrics": {"enabled": True, "port": port},
+        # One alert per stream per loop of the clip (an incident per loop), and the same entry on every stream is
+        # the point here, not a noisy list entry.
+        "incidents": {"close_after_s": INCIDENT_CLOSE_S, "quarantine_streams": 1_000_000},
+        "log_level": "warning",
+    }
+    if sampling:
+        config["sampling"] = sampling
+    path = work / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    log_path = work / f"{name}.log"
+    root = tree if tree is not None else Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    log_file = open(log_path, "wb")  # noqa: SIM115 - closed in close()
+    proc = subprocess.Popen([sys.executable, "-m", "monitor", "run", "--config", str(path)], cwd=root, env=env,
+                            stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                            preexec_fn=_die_with_parent)
+    return MonitorRun(name, proc, port, log_path, log_file)
+
+
+def _floor_main() -> int:
+    """The floor (`--floor-child`): the least any live keyframe monitor must do. One process, one thread per
+    stream: receive and demux every packet, decode each keyframe (drained out of the decoder at once, as the
+    monitor does), nothing else: no scaling, hashing, timeouts or Python per packet beyond the loop. Streams on
+    stdin (one JSON line), keyframe counts on stdout when stdin closes."""
+    urls: list[tuple[str, str]] = json.loads(sys.stdin.readline())["streams"]
+    stop = threading.Event()
+    counts = dict.fromkeys((sid for sid, _ in urls), 0)
+
+    def read(sid: str, url: str) -> None:
+        while not stop.is_set():
+            try:
+                with av.open(url, options={"probesize": "65536", "analyzeduration": "1000000",
+                                           "rw_timeout": "5000000"}) as c:
+                    video = c.streams.video[0]
+                    ctx = video.codec_context
+                    ctx.thread_count = 1
+                    for packet in c.demux():
+                        if stop.is_set():
+                            return
+                        if packet.stream is not video or not packet.is_keyframe:
+                            continue
+                        frames = list(ctx.decode(packet))
+                        with contextlib.suppress(av.error.EOFError):
+                            frames += ctx.decode(None)
+                        ctx.flush_buffers()
+                        counts[sid] += len(frames)
+            except Exception:  # reconnect, as a monitor would
+                stop.wait(0.5)
+
+    threads = [threading.Thread(target=read, args=u, daemon=True) for u in urls]
+    for t in threads:
+        t.start()
+    sys.stdin.readline()  # EOF or a line: stop
+    stop.set()
+    print(json.dumps({"keyframes": counts}), flush=True)
+    return 0
+
+
+def start_floor(urls: list[tuple[str, str]]) -> subprocess.Popen[str]:
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([sys.executable, "-m", "monitor.bench_ingest", "--floor-child"], cwd=root, env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, preexec_fn=_die_with_parent)
+    assert proc.stdin is not None
+    proc.stdin.write(json.dumps({"streams": urls}) + "\n")
+    proc.stdin.flush()
+    return proc
+
+
+def finish_floor(proc: subprocess.Popen[str]) -> dict[str, int]:
+    try:
+        out, _ = proc.communicate("stop\n", timeout=30)
+        result: dict[str, int] = json.loads(out)["keyframes"]
+        return result
+    except (subprocess.TimeoutExpired, ValueError, KeyError):
+        return {}
+    finally:
+        stop_process(proc, 5)
+
+
+@contextlib.contextmanager
+def publishers(nginx: Any, names: list[str], clip: Path, duration_s: float) -> Iterator[list[Any]]:
+    from test_streams.infra import ffmpeg_publish_cmd
+
+    pubs: list[subprocess.Popen[bytes]] = []
+    try:
+        for name in names:
+            cmd = ffmpeg_publish_cmd(nginx.rtmp_url(name), duration_s=duration_s, source=str(clip))
+            pubs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent))
+            time.sleep(0.02)  # no thundering herd of ffmpeg start-ups
+        yield pubs
     finally:
         for p in pubs:
             if p.poll() is None:
@@ -458,354 +691,266 @@ def live_infra(n: int, source: Path, duration_s: float, log_dir: Path) -> Iterat
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(5)
-        for log in logs:
-            log.close()
-        nginx.close()
 
 
-def _summary(values: list[float]) -> dict[str, Any]:
-    return {"p50_ms": _ms(_pct(values, 50)), "p95_ms": _ms(_pct(values, 95)), "p99_ms": _ms(_pct(values, 99)),
-            "max_ms": _ms(max(values) if values else None), "n": len(values)}
+def perf_start(name: str, pids: list[int], seconds: float, work: Path) -> tuple[str, Path, subprocess.Popen[bytes]]:
+    """`perf record` of these processes (every thread) for `seconds`, at 499 Hz."""
+    data = work / f"perf-{name}.data"
+    cmd = ["perf", "record", "-q", "-F", "499", "-o", str(data), "-p", ",".join(map(str, pids)), "--",
+           "sleep", f"{seconds:g}"]
+    return name, data, subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
 
 
-Measuring = Callable[[], contextlib.AbstractContextManager[None]]  # the measuring window (CPU of the helpers)
+def perf_report(data: Path, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
+    """Shares of the samples by shared object and the top symbols (`perf report --sort dso` / `sym`)."""
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        stop_process(proc, 5)
+    out: dict[str, Any] = {}
+    for key, sort, limit in (("by_dso_pct", "dso", 0.5), ("top_symbols_pct", "dso,sym", 1.0)):
+        try:
+            text = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "-q", "--sort", sort,
+                                   "--percent-limit", str(limit)], capture_output=True, text=True, timeout=120,
+                                  check=False).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            return {"error": "perf report failed"}
+        rows = {}
+        for line in text.splitlines():
+            m = re.match(r"\s*([\d.]+)%\s+(.+?)\s*$", line)
+            if m:
+                rows[re.sub(r"\s+", " ", m.group(2))] = float(m.group(1))
+        out[key] = rows
+    return out
 
 
-@dataclass
-class ReaderRun:
-    """What the readers of one live level recorded, in whichever process(es) they ran."""
-
-    stats: list[StreamStats]
-    t0: float  # the measuring window, time.time()
-    t1: float
-    cpu_s: float  # CPU seconds of the reader process(es) within the window
-    rss_before: int  # summed over reader processes, before any stream was opened
-    rss_at_n: int  # ... and with N streams, at the end of the window
-    alerts: int
-    processes: int
+def _wait_metrics(m: MonitorRun, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if m.proc.poll() is not None:
+            break
+        if scrape(m.metrics_port) is not None:
+            return
+        time.sleep(0.3)
+    raise RuntimeError(f"monitor {m.name} did not start (exit {m.proc.poll()}): " + " | ".join(m.tail()))
 
 
-def _settle(live_count: Callable[[], int], n: int, settle_timeout_s: float) -> int:
-    """Wait until every stream has delivered a sample (or the timeout), then one GOP more."""
-    deadline = time.monotonic() + settle_timeout_s
-    while time.monotonic() < deadline and live_count() < n:
-        time.sleep(0.2)
-    live_now = int(live_count())
-    _log(f"  {live_now}/{n} streams delivering samples; measuring")
+def _settle(monitors: list[MonitorRun], n: int, timeout_s: float) -> dict[str, int]:
+    """Until every monitor has every stream live (or the timeout), then one GOP more."""
+    deadline = time.monotonic() + timeout_s
+    live: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        live = {m.name: int(metric_sum(scrape(m.metrics_port), "monitor_streams", state="live")) for m in monitors}
+        if all(v >= n for v in live.values()):
+            break
+        time.sleep(0.5)
+    _log(f"  streams live: {live}; measuring")
     time.sleep(GOP_S)
-    return live_now
+    return live
 
 
-def _readers_in_threads(urls: list[tuple[str, str]], seconds: float, cfg: IngestConfig, bank: Bank,
-                        settle_timeout_s: float, out: dict[str, Any], measuring: Measuring) -> ReaderRun:
-    """Every reader a thread of this process."""
-    matcher = KnownContentMatcher([bank])
-    book = AlertBook()
-    stop = threading.Event()
-    workers: list[BenchWorker] = []
+def _monitor_report(m: MonitorRun, n: int, window_s: float, cpu_s: float, idle: dict[str, float],
+                    rss: int, s0: Scrape | None, s1: Scrape | None, s_end: Scrape | None, alerts: AlertLog,
+                    alerts_since: float) -> dict[str, Any]:
+    expected = window_s / GOP_S
+    samples = {k: v - metric_by_stream(s0, "monitor_samples_total").get(k, 0.0)
+               for k, v in metric_by_stream(s1, "monitor_samples_total").items()}
+    keys = {k: v - metric_by_stream(s0, "monitor_decoded_frames_total", kind="key").get(k, 0.0)
+            for k, v in metric_by_stream(s1, "monitor_decoded_frames_total", kind="key").items()}
+    forward = (metric_sum(s1, "monitor_decoded_frames_total", kind="forward")
+               - metric_sum(s0, "monitor_decoded_frames_total", kind="forward"))
+    taken_by: dict[str, float] = {}
+    for labels, v in (s1 or {}).get("monitor_samples_taken_total", []):
+        taken_by[labels.get("reason", "?")] = taken_by.get(labels.get("reason", "?"), 0.0) + v
+    for labels, v in (s0 or {}).get("monitor_samples_taken_total", []):
+        taken_by[labels.get("reason", "?")] = taken_by.get(labels.get("reason", "?"), 0.0) - v
+    lat = alerts.latencies(m.name, alerts_since)
+    dropped = {labels.get("reason", "?"): v for labels, v in (s_end or {}).get("monitor_dropped_samples_total", [])}
+    per = cpu_s / window_s / n
+    return {
+        "cpu_s": round(cpu_s, 2),
+        "cpu_pct_of_one_core": round(100 * cpu_s / window_s, 1),
+        "cpu_s_per_media_s_per_stream": round(per, 5),
+        "cpu_ms_per_keyframe": round(per * GOP_S * 1e3, 2),
+        "idle_cpu_pct_of_one_core": round(100 * idle["cpu_per_s"], 1),
+        "rss_mb": {"idle": round(idle["rss"] / 2**20, 1), "at_n_streams": round(rss / 2**20, 1),
+                   "per_stream": round(rss / n / 2**20, 2),
+                   "per_stream_above_idle": round((rss - idle["rss"]) / n / 2**20, 2)},
+        "sample_lag_ms": histogram_quantiles(s0, s1, "monitor_sample_lag_seconds"),
+        "keyframe_read_to_alert_ms": {**_summary(lat), "from": "alert received_at (keyframe packet read) to its "
+                                      "arrival at an MQTT subscriber, every alert after the publishers started"},
+        "samples_in_window": int(sum(samples.values())),
+        # A starved monitor does less work per stream and reads cheaper: its ratios are no figures. An audit just
+        # before a keyframe makes the keyframe redundant (min_interval_s), so samples are counted, not keyframes.
+        "kept_up": sum(samples.values()) >= KEPT_UP * expected * n,
+        "samples_by_reason_in_window": {k: int(v) for k, v in sorted(taken_by.items()) if v},
+        "keyframes_decoded_in_window": int(sum(keys.values())),
+        "keyframes_expected_in_window": round(expected * n),
+        "streams_short_of_keyframes": sorted(k for k, v in keys.items() if v < math.floor(expected) - 1),
+        "frames_decoded_forward_in_window": int(forward),
+        "dropped_samples": {"total": int(sum(dropped.values())), "by_reason": {k: int(v) for k, v in dropped.items()},
+                            "over": "the whole run (the workers report them every 5 s)"},
+        "reconnects": int(metric_sum(s_end, "monitor_reconnects_total") - metric_sum(s0, "monitor_reconnects_total")),
+        "alerts": len(lat),
+    }
+
+
+def bench_live(n: int, seconds: float, clip: Path, work: Path, *, floor: bool = True, keyframes: bool = False,
+               chunk_size: int = 65536, compare_tree: Path | None = None, perf: bool = False) -> dict[str, Any]:
+    """N streams through nginx-rtmp into `monitor run` (and the floor, and optionally a keyframe-only monitor
+    and the monitor of another checkout) at the same time: CPU, latency, memory and drops of each."""
+    from test_streams.infra import Mosquitto, NginxRtmp
+
+    _log(f"live: {n} streams for {seconds:g} s (floor {floor}, keyframes monitor {keyframes})")
+    out: dict[str, Any] = {"streams": n, "seconds": seconds, "nginx_chunk_size": chunk_size}
+    bank = work / "bank.csv"
+    out["bank_entries"] = write_bank(bank, clip, BANK_SIZE)
+    names = [f"s{i:03d}" for i in range(n)]
+    monitors: list[MonitorRun] = []
+    broker = Mosquitto().start()
+    nginx = NginxRtmp(chunk_size=chunk_size)
+    alerts: AlertLog | None = None
+    floor_proc: subprocess.Popen[str] | None = None
     try:
-        gc.collect()
-        rss_before = _rss_bytes()
-        for sid, url in urls:
-            w = BenchWorker(sid, url, cfg, matcher, book, stop)
-            workers.append(w)
-            w.start()
-            time.sleep(0.01)
-        out["streams_live_at_start"] = _settle(lambda: sum(1 for w in workers if w.stats.samples), len(urls),
-                                               settle_timeout_s)
-        with measuring():
-            c0, t0 = time.process_time(), time.time()
-            stop.wait(seconds)
-            cpu, t1 = time.process_time() - c0, time.time()
-        gc.collect()
-        rss_at_n = _rss_bytes()
-    finally:
-        stop.set()
-        for w in workers:
-            w.join(15)
-    out["matcher"] = describe_matcher(matcher)
-    return ReaderRun([w.stats for w in workers], t0, t1, cpu, rss_before, rss_at_n, book.alerts, 1)
-
-
-class _Shard:
-    """A reader process (`--reader-shard`): its streams go in on stdin, JSON lines come back on stdout."""
-
-    def __init__(self, urls: list[tuple[str, str]], folder: Path, quick: bool) -> None:
-        root = Path(__file__).resolve().parent.parent
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
-        cmd = [sys.executable, "-m", "monitor.bench_ingest", "--reader-shard", "--cache-dir", str(folder),
-               *(["--quick"] if quick else [])]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=root,
-                                     env=env, preexec_fn=_die_with_parent)
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps({"streams": urls}) + "\n")
-        self.proc.stdin.flush()
-        self.ready_rss: int | None = None
-        self.live = 0
-        self.done: dict[str, Any] | None = None
-        self._reader = threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True)
-        self._reader.start()
-
-    def _read(self, stdout: Any) -> None:
-        for line in stdout:
-            msg = json.loads(line)
-            if msg["event"] == "ready":
-                self.ready_rss = int(msg["rss"])
-            elif msg["event"] == "live":
-                self.live = int(msg["count"])
-            elif msg["event"] == "done":
-                self.done = msg
-
-    def finish(self, timeout_s: float) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        with contextlib.suppress(OSError):
-            self.proc.stdin.write("stop\n")
-            self.proc.stdin.close()
-        self._reader.join(timeout_s)
-        if self.done is None:
-            raise RuntimeError(f"reader process {self.proc.pid} gave no result (exit {self.proc.poll()})")
-        return self.done
-
-    def close(self) -> None:
-        stop_process(self.proc, 15)
-
-
-def _readers_in_processes(urls: list[tuple[str, str]], seconds: float, processes: int, folder: Path, quick: bool,
-                          settle_timeout_s: float, out: dict[str, Any], measuring: Measuring) -> ReaderRun:
-    """The readers sharded over `processes` reader processes, as `workers` shards a monitor's streams."""
-    shards = [_Shard(urls[k::processes], folder, quick) for k in range(processes)]
-    try:
-        deadline = time.monotonic() + 120
-        while any(s.ready_rss is None for s in shards) and time.monotonic() < deadline:
-            if any(s.proc.poll() is not None for s in shards):
-                raise RuntimeError("a reader process exited before it was ready")
-            time.sleep(0.1)
-        if any(s.ready_rss is None for s in shards):
-            raise RuntimeError("reader processes not ready within 120 s")
-        out["streams_live_at_start"] = _settle(lambda: sum(s.live for s in shards), len(urls), settle_timeout_s)
-        pids = [s.proc.pid for s in shards]
-        with measuring():
-            c0, t0 = _proc_cpu(pids), time.time()
+        nginx.start()
+        alerts = AlertLog(broker.port).start()
+        streams = [(s, nginx.rtmp_url(s)) for s in names]
+        plan: list[tuple[str, dict[str, Any], Path | None]] = [("engine", {}, None)]
+        if keyframes:
+            plan.append(("keyframes", {"mode": "keyframes"}, None))
+        if compare_tree is not None:
+            plan.append(("compare", {}, compare_tree))
+        monitors = [start_monitor(work, name, sampling, streams, bank, broker.url, tree)
+                    for name, sampling, tree in plan]
+        for m in monitors:
+            _wait_metrics(m, 120 + n)
+        time.sleep(2.0)
+        idle_s = 4.0
+        c0 = {m.name: tree_cpu_s(m.proc.pid) for m in monitors}
+        time.sleep(idle_s)
+        idle = {m.name: {"cpu_per_s": (tree_cpu_s(m.proc.pid) - c0[m.name]) / idle_s,
+                         "rss": float(tree_rss_bytes(m.proc.pid))} for m in monitors}
+        started = time.time()
+        with publishers(nginx, names, clip, seconds + 300 + 2 * n) as pubs:
+            if floor:
+                floor_proc = start_floor(streams)
+            out["streams_live_at_start"] = _settle(monitors, n, 30 + 0.5 * n)
+            helpers = [nginx.proc.pid, *descendants(nginx.proc.pid)] if nginx.proc else []
+            pub_pids = [p.pid for p in pubs]
+            s0 = {m.name: scrape(m.metrics_port) for m in monitors}
+            cpu0 = {m.name: tree_cpu_s(m.proc.pid) for m in monitors}
+            f0 = tree_cpu_s(floor_proc.pid) if floor_proc else 0.0
+            profiles = []
+            if perf:
+                targets = {m.name: [m.proc.pid, *descendants(m.proc.pid)] for m in monitors}
+                if floor_proc is not None:
+                    targets["floor"] = [floor_proc.pid]
+                profiles = [perf_start(name, pids, seconds, work) for name, pids in targets.items()]
+            n0, p0, (busy0, all0), t0 = _proc_cpu(helpers), _proc_cpu(pub_pids), _sys_busy(), time.monotonic()
             time.sleep(seconds)
-            cpu, t1 = _proc_cpu(pids) - c0, time.time()
-        results = [s.finish(30 + len(urls) * 0.2) for s in shards]
-    finally:
-        for s in shards:
-            s.close()
-    stats = [StreamStats(st["sid"], st["keyframes"], [(int(c), m, r, d) for c, m, r, d in st["samples"]],
-                         st["skipped"], st["connects"], st["errors"]) for res in results for st in res["streams"]]
-    out["matcher"] = results[0]["matcher"]
-    return ReaderRun(stats, t0, t1, cpu, sum(s.ready_rss or 0 for s in shards), sum(r["rss_at_stop"] for r in results),
-                     sum(r["alerts"] for r in results), processes)
-
-
-def _reader_shard_main(folder: Path, quick: bool) -> int:
-    """One reader process of a sharded live level (see _Shard for the protocol)."""
-    def emit(**msg: Any) -> None:
-        print(json.dumps(msg), flush=True)
-
-    cfg = IngestConfig(decoder_threads=1)
-    urls = json.loads(sys.stdin.readline())["streams"]
-    src = prepare_input(folder, "testsrc2", 12 if quick else 60)  # prepared by the parent: a cache hit
-    bank, _ = make_bank(keyframe_hashes(src, cfg), BANK_SIZE)  # same seed: the same bank in every shard
-    matcher = KnownContentMatcher([bank])
-    book = AlertBook()
-    stop, finish = threading.Event(), threading.Event()
-    gc.collect()
-    emit(event="ready", rss=_rss_bytes())
-    workers = []
-    for sid, url in urls:
-        workers.append(BenchWorker(sid, url, cfg, matcher, book, stop))
-        workers[-1].start()
-        time.sleep(0.01)
-    def wait_for_stop() -> None:  # "stop" or EOF on stdin
-        sys.stdin.readline()
-        finish.set()
-
-    threading.Thread(target=wait_for_stop, daemon=True).start()
-    live = -1
-    while not finish.wait(0.2):
-        now = sum(1 for w in workers if w.stats.samples)
-        if now != live:
-            live = now
-            emit(event="live", count=now)
-    gc.collect()
-    rss = _rss_bytes()
-    stop.set()
-    for w in workers:
-        w.join(15)
-    emit(event="done", rss_at_stop=rss, alerts=book.alerts, matcher=describe_matcher(matcher),
-         streams=[{"sid": w.stats.sid, "keyframes": w.stats.keyframes, "samples": w.stats.samples,
-                   "skipped": w.stats.skipped, "connects": w.stats.connects, "errors": w.stats.errors}
-                  for w in workers])
-    return 0
-
-
-def bench_live(n: int, seconds: float, source: Path, cfg: IngestConfig, bank: Bank | None, log_dir: Path,
-               settle_timeout_s: float, processes: int = 1, folder: Path | None = None,
-               quick: bool = False) -> dict[str, Any]:
-    out: dict[str, Any] = {"streams": n, "seconds": seconds, "reader_processes": processes}
-    _log(f"live: {n} streams for {seconds:.0f} s, readers in {processes} process(es)")
-    with live_infra(n, source, seconds + settle_timeout_s + 600, log_dir) as (nginx, pubs):
-        time.sleep(1.0)  # publishers connect and send their first GOP
-        urls = [(f"s{i:03d}", nginx.rtmp_url(f"s{i:03d}")) for i in range(n)]
-        helpers = [nginx.proc.pid, *_children_of(nginx.proc.pid)] if nginx.proc else []
-        pub_pids = [p.pid for p in pubs]
-        cpu: dict[str, float] = {}
-
-        @contextlib.contextmanager
-        def measuring() -> Iterator[None]:
-            """The measuring window: CPU of nginx, publishers and the machine around it."""
-            c_nginx0, c_pub0 = _proc_cpu(helpers), _proc_cpu(pub_pids)
-            busy0, all0 = _sys_busy()
-            yield
+            window = time.monotonic() - t0
+            cpu = {m.name: tree_cpu_s(m.proc.pid) - cpu0[m.name] for m in monitors}
+            f_cpu = tree_cpu_s(floor_proc.pid) - f0 if floor_proc else 0.0
             busy1, all1 = _sys_busy()
-            cpu.update(nginx=_proc_cpu(helpers) - c_nginx0, pub=_proc_cpu(pub_pids) - c_pub0,
-                       busy=(busy1 - busy0) / max(1e-9, all1 - all0))
-
-        if processes > 1:
-            assert folder is not None
-            run = _readers_in_processes(urls, seconds, processes, folder, quick, settle_timeout_s, out, measuring)
-        else:
-            assert bank is not None
-            run = _readers_in_threads(urls, seconds, cfg, bank, settle_timeout_s, out, measuring)
-        pubs_exited = sum(1 for p in pubs if p.poll() is not None)
-    t0, t1, wall = run.t0, run.t1, run.t1 - run.t0
-    c_self, c_nginx, c_pub = run.cpu_s, cpu["nginx"], cpu["pub"]
-    rss_before, rss_at_n = run.rss_before, run.rss_at_n
-    ncpu = os.cpu_count() or 1
-    lags: list[float] = []
-    e2e: list[float] = []
-    per_stream: list[dict[str, Any]] = []
-    missing = 0
-    expected = seconds / GOP_S
-    for st in run.stats:
-        best: dict[int, float] = {}
-        for conn, media, received, _ in st.samples:
-            best[conn] = min(best.get(conn, math.inf), received - media)
-        window = [s for s in st.samples if t0 <= s[2] < t1]
-        sl = [done - received for _, _, received, done in window]
-        se = [done - (media + best[conn]) for conn, media, _, done in window]
-        lags += sl
-        e2e += se
-        # Missing keyframes: gaps in media time between consecutive samples of one connection (exact, unlike a
-        # count in a wall-clock window); a stream silent for the whole window misses all of it.
-        gaps = 0
-        for prev, cur in itertools.pairwise(st.samples):
-            if cur[0] == prev[0] and t0 <= cur[2] < t1:
-                gaps += max(0, round((cur[1] - prev[1]) / GOP_S) - 1)
-        if not window:
-            gaps = math.floor(expected)
-        missing += gaps
-        per_stream.append({
-            "id": st.sid, "keyframes_in_window": len(window), "expected": round(expected, 1), "missing": gaps,
-            "lag_p50_ms": _ms(_pct(sl, 50)), "lag_p95_ms": _ms(_pct(sl, 95)), "lag_p99_ms": _ms(_pct(sl, 99)),
-            "e2e_p95_ms": _ms(_pct(se, 95)), "connects": st.connects, "errors": st.errors[:3],
-        })
-    received_total = sum(p["keyframes_in_window"] for p in per_stream)
-    rss_per = (rss_at_n - rss_before) / n
-    out.update({
-        "window_s": round(wall, 2),
-        "lag_ms": _summary(lags),
-        "end_to_end_lag_ms": _summary(e2e),
-        "keyframes_received": received_total,
-        "keyframes_expected": round(expected * n),
-        "keyframes_missing": missing,
-        "keyframes_short_in_window": max(0, round(expected * n) - received_total),
-        "dropped_samples": sum(st.skipped for st in run.stats),
-        "reconnects": sum(max(0, st.connects - 1) for st in run.stats),
-        "alerts": run.alerts,
-        "cpu_pct_of_one_core": {
-            "monitor": round(100 * c_self / wall, 1),
-            "nginx": round(100 * c_nginx / wall, 1),
-            "publishers": round(100 * c_pub / wall, 1),
-            "publisher_avg": round(100 * c_pub / wall / n, 2),
-        },
-        "machine_cpu_busy_pct": round(100 * cpu["busy"], 1),
-        "machine_cores": ncpu,
-        "other_processes_pct_of_one_core": round(
-            100 * (cpu["busy"] * ncpu * wall - c_self - c_nginx - c_pub) / wall, 1),
-        "rss_mb": {"before_streams": round(rss_before / 2**20, 1), "at_n_streams": round(rss_at_n / 2**20, 1),
-                   "per_stream": round(rss_per / 2**20, 2)},
-        "publishers_exited_early": pubs_exited,
-        "per_stream": per_stream,
-    })
-    p95, e2e95 = out["lag_ms"]["p95_ms"], out["end_to_end_lag_ms"]["p95_ms"]
-    limit = TARGETS["lag_p95_s"] * 1e3
-    # Strict on purpose: a reader that falls behind reads its packets late, which the sample lag alone hides.
-    out["meets_lag_target"] = (p95 is not None and p95 <= limit and e2e95 is not None and e2e95 <= limit
-                               and missing == 0)
-    _log(f"  lag p95 {p95} ms, e2e p95 {out['end_to_end_lag_ms']['p95_ms']} ms, missing {missing}, "
-         f"cpu {out['cpu_pct_of_one_core']['monitor']} %, rss/stream {out['rss_mb']['per_stream']} MB")
+            c_nginx, c_pub = _proc_cpu(helpers) - n0, _proc_cpu(pub_pids) - p0
+            s1 = {m.name: scrape(m.metrics_port) for m in monitors}
+            rss = {m.name: tree_rss_bytes(m.proc.pid) for m in monitors}
+            if profiles:
+                out["perf"] = {name: perf_report(data, proc) for name, data, proc in profiles}
+            floor_keys = finish_floor(floor_proc) if floor_proc else {}
+            floor_proc = None
+            time.sleep(6.0)  # the workers' drop counters reach the metrics every 5 s
+            s_end = {m.name: scrape(m.metrics_port) for m in monitors}
+            pubs_exited = sum(1 for p in pubs if p.poll() is not None)
+        busy = (busy1 - busy0) / max(1e-9, all1 - all0)
+        for m in monitors:
+            out[m.name] = _monitor_report(m, n, window, cpu[m.name], idle[m.name], rss[m.name], s0[m.name],
+                                          s1[m.name], s_end[m.name], alerts, started)
+            out[m.name]["process_exit"] = m.proc.poll()
+        engine = out["engine"]
+        if floor:
+            per = f_cpu / window / n
+            out["floor"] = {
+                "what": "one process, one thread per stream: every packet received and demuxed, each keyframe "
+                        "decoded (drained), nothing else",
+                "cpu_s": round(f_cpu, 2), "cpu_s_per_media_s_per_stream": round(per, 5),
+                "cpu_ms_per_keyframe": round(per * GOP_S * 1e3, 2),
+                "keyframes_decoded": sum(floor_keys.values()), "streams_reporting": len(floor_keys),
+            }
+            out["engine_vs_floor"] = round(engine["cpu_s_per_media_s_per_stream"] / per, 2) if per > 0 else None
+            if keyframes:
+                k = out["keyframes"]["cpu_s_per_media_s_per_stream"]
+                out["keyframes_vs_floor"] = round(k / per, 2) if per > 0 else None
+        if keyframes:
+            k = out["keyframes"]["cpu_s_per_media_s_per_stream"]
+            out["adaptive_vs_keyframes"] = round(engine["cpu_s_per_media_s_per_stream"] / k, 3) if k > 0 else None
+        if compare_tree is not None:
+            c = out["compare"]["cpu_s_per_media_s_per_stream"]
+            out["engine_vs_compare"] = round(engine["cpu_s_per_media_s_per_stream"] / c, 3) if c > 0 else None
+        ncpu = os.cpu_count() or 1
+        others = busy * ncpu * window - sum(cpu.values()) - f_cpu - c_nginx - c_pub
+        out["window_s"] = round(window, 1)
+        out["machine"] = {"cores": ncpu, "busy_pct": round(100 * busy, 1),
+                          "nginx_pct_of_one_core": round(100 * c_nginx / window, 1),
+                          "publishers_pct_of_one_core": round(100 * c_pub / window, 1),
+                          "other_processes_pct_of_one_core": round(100 * others / window, 1),
+                          "publishers_exited_early": pubs_exited}
+        _log(f"  engine {engine['cpu_s_per_media_s_per_stream']} CPU-s per media-s per stream"
+             + (f", floor {out['floor']['cpu_s_per_media_s_per_stream']} ({out['engine_vs_floor']}x)" if floor
+                else "")
+             + (f", keyframes monitor {out['keyframes']['cpu_s_per_media_s_per_stream']} "
+                f"(adaptive {out['adaptive_vs_keyframes']}x)" if keyframes else "")
+             + f"; alert p95 {engine['keyframe_read_to_alert_ms']['p95_ms']} ms, "
+               f"rss/stream {engine['rss_mb']['per_stream']} MB, machine {out['machine']['busy_pct']} % busy")
+    finally:
+        if floor_proc is not None:
+            stop_process(floor_proc, 5)
+        for m in monitors:
+            m.close()
+        if alerts is not None:
+            alerts.stop()
+        nginx.close()
+        broker.close()
+    for m in monitors:
+        if m.proc.returncode not in (0, None, -signal.SIGTERM):
+            out.setdefault("monitor_log_tail", {})[m.name] = m.tail()
     return out
 
 
 # -- main -----------------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="monitor bench ingest", description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="CI mode: small inputs, 4 streams, < 90 s; figures only")
+    ap.add_argument("--quick", action="store_true", help="CI mode: small inputs, 4 streams for 8 s; figures only")
     ap.add_argument("--streams", type=int, help="live streams (default 100, quick 4)")
     ap.add_argument("--seconds", type=float, help="live measuring window (default 60, quick 8)")
-    ap.add_argument("--no-ladder", action="store_true", help="full mode: do not retry with N/2 and N/4")
-    ap.add_argument("--skip-live", action="store_true", help="throughput only")
+    ap.add_argument("--skip-live", action="store_true", help="throughput only (no nginx, publishers or monitor)")
+    ap.add_argument("--live-only", action="store_true", help="the live part only")
+    ap.add_argument("--no-floor", action="store_true", help="live: without the floor reader alongside")
+    ap.add_argument("--keyframes-monitor", action="store_true",
+                    help="live: also a `sampling.mode: keyframes` monitor on the same streams (adaptive vs keyframes)")
+    ap.add_argument("--compare-tree", type=Path,
+                    help="live: also the `monitor run` of another checkout of this project (before/after, one run)")
+    ap.add_argument("--perf", action="store_true", help="live: `perf record` each process tree during the window")
+    ap.add_argument("--chunk-size", type=int, default=65536, help="live: nginx-rtmp chunk_size (default 65536)")
     ap.add_argument("--cache-dir", type=Path, help="where prepared inputs are kept (default: a temp folder)")
-    ap.add_argument("--reader-processes", type=int,
-                    help="live: reader processes the streams are sharded over, as the monitor's `workers` "
-                         "(default: one per core, like `workers`; 1: threads of one process)")
-    ap.add_argument("--live-child", type=int, default=0, help=argparse.SUPPRESS)  # one live level, JSON out
-    ap.add_argument("--reader-shard", action="store_true", help=argparse.SUPPRESS)  # one reader process
+    ap.add_argument("--floor-child", action="store_true", help=argparse.SUPPRESS)  # the floor reader process
     args = ap.parse_args(argv)
     if args.streams is not None and args.streams < 1:
         ap.error("--streams must be >= 1")
     if args.seconds is not None and args.seconds <= 0:
         ap.error("--seconds must be > 0")
-    if args.reader_processes is not None and not 1 <= args.reader_processes <= 64:
-        ap.error("--reader-processes must be between 1 and 64")
+    if args.skip_live and args.live_only:
+        ap.error("--skip-live and --live-only exclude each other")
+    if not 128 <= args.chunk_size <= 1 << 24:
+        ap.error("--chunk-size must be between 128 and 16777216")
+    if args.compare_tree is not None and not (args.compare_tree / "monitor" / "__main__.py").is_file():
+        ap.error("--compare-tree must be the root of a checkout of this project")
     return args
 
 
 def _sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
-
-
-def live_in_child(count: int, seconds: float, folder: Path, quick: bool, processes: int) -> dict[str, Any]:
-    """Run one live level in a fresh Python process: RSS per stream and threads are not left from the last."""
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
-    cmd = [sys.executable, "-m", "monitor.bench_ingest", "--live-child", str(count), "--seconds", str(seconds),
-           "--cache-dir", str(folder), "--reader-processes", str(processes), *(["--quick"] if quick else [])]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, cwd=root, env=env,
-                            preexec_fn=_die_with_parent)
-    limit_s = seconds + 180 + 1.5 * count
-    try:
-        out, _ = proc.communicate(timeout=limit_s)
-    except BaseException as exc:  # timeout, Ctrl-C, SIGTERM: the child stops its publishers and nginx itself
-        stop_process(proc, 30)
-        if isinstance(exc, subprocess.TimeoutExpired):
-            return {"streams": count, "error": f"live run took more than {limit_s:.0f} s", "meets_lag_target": False}
-        raise
-    if proc.returncode != 0:
-        return {"streams": count, "error": f"live run exited with {proc.returncode}", "meets_lag_target": False}
-    result: dict[str, Any] = json.loads(out)
-    return result
-
-
-def _live_child_main(count: int, seconds: float, folder: Path, quick: bool, processes: int, old_term: Any) -> int:
-    cfg = IngestConfig(decoder_threads=1)
-    tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-    try:
-        src = prepare_input(folder, "testsrc2", 12 if quick else 60)
-        bank = make_bank(keyframe_hashes(src, cfg), BANK_SIZE)[0] if processes == 1 else None
-        run = bench_live(count, seconds, src, cfg, bank, tmp, settle_timeout_s=20 + count * 0.2,
-                         processes=processes, folder=folder, quick=quick)
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
-    print(json.dumps(run))
-    return 0
 
 
 def _targets(report: dict[str, Any]) -> dict[str, Any]:
@@ -818,27 +963,34 @@ def _targets(report: dict[str, Any]) -> dict[str, Any]:
         r = thr["ratio"]
         t["ratio_vs_full_decode"] = {"target": f">= {TARGETS['ratio_vs_full_decode']:g}", "measured": r,
                                      "met": r >= TARGETS["ratio_vs_full_decode"]}
-    runs = report.get("live", {}).get("runs", [])
-    if runs and "error" in runs[0]:
-        t["live"] = {"error": runs[0]["error"]}
-    elif runs:
-        first = runs[0]
-        t["streams"] = {"target": TARGETS["streams"], "measured": first["streams"],
-                        "largest_meeting_lag_target": report["live"].get("largest_n_meeting_lag_target")}
-        t["lag_p95_s"] = {"target": f"<= {TARGETS['lag_p95_s']:g}", "measured_ms": first["lag_ms"]["p95_ms"],
-                          "end_to_end_measured_ms": first["end_to_end_lag_ms"]["p95_ms"],
-                          "met": first["meets_lag_target"]}
-        dropped = first["dropped_samples"] + first["keyframes_missing"]
-        t["dropped"] = {"target": 0, "measured": dropped, "met": dropped == 0,
-                        "keyframes_short_in_window": first["keyframes_short_in_window"]}
-        rps = first["rss_mb"]["per_stream"]
-        t["rss_per_stream_mb"] = {"target": f"<= {TARGETS['rss_per_stream_mb']:g}", "measured": rps,
-                                  "met": rps <= TARGETS["rss_per_stream_mb"]}
+    live = report.get("live", {})
+    if "engine" in live:
+        e = live["engine"]
+        n = live["streams"]
+        at_n = n >= TARGETS["streams"]
+        t["streams"] = {"target": TARGETS["streams"], "measured": n}
+        if live.get("engine_vs_floor") is not None:
+            r = live["engine_vs_floor"]
+            t["engine_vs_floor"] = {"target": f"<= {TARGETS['engine_vs_floor']:g}", "measured": r,
+                                    "engine_kept_up": e["kept_up"],
+                                    "met": r <= TARGETS["engine_vs_floor"] and e["kept_up"]}
+        p95 = e["keyframe_read_to_alert_ms"]["p95_ms"]
+        t["alert_p95_s"] = {"target": f"<= {TARGETS['alert_p95_s']:g} at {TARGETS['streams']} streams",
+                            "measured_ms": p95, "met": p95 is not None and p95 <= TARGETS["alert_p95_s"] * 1e3 and at_n}
+        d = e["dropped_samples"]["total"]
+        t["dropped"] = {"target": 0, "measured": d, "met": d == 0 and at_n}
+        rps = e["rss_mb"]["per_stream"]
+        t["rss_per_stream_mb"] = {"target": f"<= {TARGETS['rss_per_stream_mb']:g} at {TARGETS['streams']} streams",
+                                  "measured": rps, "met": rps <= TARGETS["rss_per_stream_mb"] and at_n}
+    elif "error" in live:
+        t["live"] = {"error": live["error"]}
     return t
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.floor_child:
+        return _floor_main()
     quick = args.quick
     n = args.streams or (4 if quick else 100)
     seconds = args.seconds or (8.0 if quick else 60.0)
@@ -847,17 +999,16 @@ def main(argv: list[str] | None = None) -> int:
         old_term = signal.signal(signal.SIGTERM, _sigterm)
     cfg = IngestConfig(decoder_threads=1)
     started = time.perf_counter()
-    la0 = os.getloadavg()
     report: dict[str, Any] = {
-        "benchmark": "ingest: keyframe-only vs full decode, and live capacity",
+        "benchmark": "ingest: keyframe path vs full decode offline, and the real engine live",
         "mode": "quick" if quick else "full",
+        "command": "monitor bench ingest " + " ".join(argv if argv is not None else sys.argv[1:]),
         "config": {
             "input": f"{WIDTH}x{HEIGHT} {FPS} fps H.264, GOP {GOP_S:g} s, libx264 {' '.join(X264)}, {BITRATE}",
             "decoder_threads": cfg.decoder_threads,
-            "decoder_threads_note": "1 decoder thread for both paths, so they are comparable",
+            "decoder_threads_note": "1 decoder thread for both offline paths, so they are comparable",
             "scale_width": cfg.scale_width,
             "bank_entries": BANK_SIZE,
-            "alerts": "build_alert for every match (worst case: no cooldown or incident grouping)",
             "streams": n,
             "seconds": seconds,
         },
@@ -867,28 +1018,25 @@ def main(argv: list[str] | None = None) -> int:
             "numpy": np.__version__,
             "cpu_count": os.cpu_count(),
             "machine": platform.machine(),
-            "loadavg_at_start": [round(x, 2) for x in la0],
+            "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
         },
     }
     folder = cache_dir(args.cache_dir)
-    processes = args.reader_processes or min(64, os.cpu_count() or 1)
-    report["config"]["reader_processes"] = processes
-    if args.reader_shard:
-        return _reader_shard_main(folder, quick)
-    if args.live_child:
-        return _live_child_main(args.live_child, seconds, folder, quick, processes, old_term)
+    work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     try:
-        src = prepare_input(folder, "testsrc2", 12 if quick else 60)
-        _log("bank: hashing the input's keyframes, building 100k entries")
-        bank, planted = make_bank(keyframe_hashes(src, cfg), BANK_SIZE)
-        _log("throughput")
-        report["throughput"] = bench_throughput(src, cfg, bank, planted, min_cpu_s=0.5 if quick else 2.0)
-        if not quick:
-            pan = prepare_input(folder, "pan", 30)
-            _log("throughput on a second content (textured slow pan)")
-            pan_bank, pan_planted = make_bank(keyframe_hashes(pan, cfg), BANK_SIZE, seed=2)
-            report["throughput_pan_content"] = bench_throughput(pan, cfg, pan_bank, pan_planted, min_cpu_s=2.0)
-            del pan_bank
+        if not args.live_only:
+            src = prepare_input(folder, "testsrc2", 12 if quick else 60)
+            _log("bank: hashing the input's keyframes, building 100k entries")
+            bank, planted = make_bank(keyframe_hashes(src, cfg), BANK_SIZE)
+            _log("throughput")
+            report["throughput"] = bench_throughput(src, cfg, bank, planted, min_cpu_s=0.5 if quick else 2.0)
+            del bank
+            if not quick:
+                pan = prepare_input(folder, "pan", LIVE_CLIP_S)
+                _log("throughput on a second content (textured slow pan)")
+                pan_bank, pan_planted = make_bank(keyframe_hashes(pan, cfg), BANK_SIZE, seed=2)
+                report["throughput_pan_content"] = bench_throughput(pan, cfg, pan_bank, pan_planted, min_cpu_s=2.0)
+                del pan_bank
         if args.skip_live:
             report["live"] = {"skipped": "--skip-live"}
         else:
@@ -898,19 +1046,15 @@ def main(argv: list[str] | None = None) -> int:
             if missing_pkgs:
                 report["live"] = {"skipped": f"needs {' '.join(missing_pkgs)}"}
             else:
-                runs = []
-                ladder = [n] if quick or args.no_ladder else [n, n * 3 // 4, n // 2, n // 4]
-                for count in dict.fromkeys(c for c in ladder if c >= 1):
-                    run = live_in_child(count, seconds, folder, quick, processes)
-                    runs.append(run)
-                    if run["meets_lag_target"]:
-                        break
-                meeting = [r["streams"] for r in runs if r["meets_lag_target"]]
+                clip = live_clip(folder, quick)
                 report["live"] = {
-                    "process": f"each N in a fresh child process (clean RSS and threads); readers sharded over "
-                               f"{processes} process(es), as `workers` shards the monitor's streams",
-                    "runs": runs,
-                    "largest_n_meeting_lag_target": max(meeting) if meeting else None,
+                    "what": "`monitor run` (real YAML config, default sampling and matching, its worker processes) "
+                            "over N RTMP streams through nginx-rtmp, ffmpeg -re -stream_loop -1 -c copy publishers "
+                            "of a textured slow pan; CPU of each process tree from /proc/<pid>/stat",
+                    "clip": {"file": clip.name, "media_s": round(media_duration(clip), 2),
+                             "size_mb": round(clip.stat().st_size / 1e6, 2)},
+                    **bench_live(n, seconds, clip, work, floor=not args.no_floor, keyframes=args.keyframes_monitor,
+                                 chunk_size=args.chunk_size, compare_tree=args.compare_tree, perf=args.perf),
                 }
         report["targets"] = _targets(report)
     except KeyboardInterrupt:
@@ -921,6 +1065,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
+        shutil.rmtree(work, ignore_errors=True)
     report["environment"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     report["elapsed_s"] = round(time.perf_counter() - started, 1)
     print(json.dumps(report, indent=2))
