@@ -37,10 +37,13 @@ def _clock(iso: str) -> str:
 def format_alert(a: dict[str, Any]) -> str:
     """Two lines for a terminal; text from the message is escaped (a label cannot send terminal escapes)."""
     label = f" ({printable(str(a['entry_label']))})" if a.get("entry_label") else ""
+    what = (f"classifier {a['bank']} label {a['label']}  score {a['score']}/{a['score_threshold']}"
+            if a.get("kind") == "classification" else
+            f"bank {a['bank']} entry {a['entry_id']}{label}  distance {a['distance']}/{a['threshold']}  "
+            f"quality {a['quality']}")
     first = (
         f"{_clock(a['observed_at'])}  ALERT  stream {a['stream_id']} at {a['media_time_s']:.2f} s  "
-        f"bank {a['bank']} entry {a['entry_id']}{label}  distance {a['distance']}/{a['threshold']}  "
-        f"quality {a['quality']}  node {a['node']}"
+        f"{what}  node {a['node']}"
     )
     return f"{printable(first)}\n          {printable(str(a['stream_url']))}  alert {printable(str(a['alert_id']))}"
 

@@ -2,7 +2,9 @@
 
 PyAV encodes two live test streams (one shows three known images at known times, one never does) and serves
 them as MPEG-TS over TCP on 127.0.0.1; an embedded MQTT broker takes the alerts; the console prints them; the
-summary compares what was shown with what was detected. The generators run as subprocesses: in one process an
+summary compares what was shown with what was detected. With ONNX Runtime installed (the `onnx` extra), the
+known stream also shows a colour-bar test card, which the project's demonstration classifier
+(pipelines/classifier_models.py) alerts on beside the hash alerts. The generators run as subprocesses: in one process an
 encoding thread and a reading thread starve each other (seen with PyAV's blocking muxer).
 """
 
@@ -31,6 +33,32 @@ from test_streams.infra import stop_process
 log = logging.getLogger(__name__)
 
 SHOWS = [(0, 6.0, 12.0), (1, 18.0, 24.0), (2, 30.0, 34.0)]  # (image seed, start s, end s)
+CARD_SHOW = (24.5, 29.5)  # the test card on demo-known, for the classifier
+
+
+def _classifier_ready() -> bool:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _make_classifier(folder: Path) -> tuple[dict[str, Any], Path]:
+    """The demonstration model and the card picture; the analysis config entry."""
+    from PIL import Image
+
+    from pipelines.classifier_models import build_testcard_model, colour_bar_card
+
+    model = build_testcard_model(folder / "testcard.onnx")
+    card = folder / "testcard.png"
+    Image.fromarray(colour_bar_card()).save(card)
+    entry = {"kind": "onnx_classifier", "name": "testcard", "model": str(model), "input_size": [64, 64],
+             "labels": [{"name": "testcard", "threshold": 0.6, "severity": "low"},
+                        {"name": "other", "threshold": None}],
+             "sampling": {"every_k": 1}, "incidents": {"confirm_k": 2, "confirm_n": 3, "window_s": 10}}
+    return entry, card
 
 
 def _make_bank(folder: Path) -> Path:
@@ -49,11 +77,13 @@ def _make_bank(folder: Path) -> Path:
 
 
 def _start_generator(port: int, duration: float, shows: list[tuple[int, float, float]], seed: int,
-                     truth: Path) -> subprocess.Popen[bytes]:
+                     truth: Path, card: Path | None = None) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "test_streams.live", f"tcp://127.0.0.1:{port}?listen=1",
            "--duration", str(duration), "--seed", str(seed), "--truth", str(truth)]
     for img, start, end in shows:
         cmd += ["--show", f"{img}:{start}:{end}"]
+    if card is not None:
+        cmd += ["--show-file", f"{card}:{CARD_SHOW[0]}:{CARD_SHOW[1]}"]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
 
 
@@ -64,7 +94,9 @@ def summarize(truth: dict[str, Any], alerts: list[dict[str, Any]], received: dic
              f"{'from keyframe':<14}"]
     detected = 0
     matched_ids: set[str] = set()
-    for k, a in enumerate(truth["appearances"]):
+    alerts = [x for x in alerts if x.get("kind", "match") == "match"]  # classifications have their own line
+    known = [a for a in truth["appearances"] if a.get("source") is None]
+    for k, a in enumerate(known):
         hits = [x for x in alerts if x["stream_id"] == stream_id and x["entry_id"] == str(k + 1)
                 and a["start_s"] - 0.01 <= x["media_time_s"] <= a["end_s"] + gop_s]
         shown = f"{a['start_s']:.0f}-{a['end_s']:.0f}"
@@ -104,9 +136,17 @@ async def _demo(folder: Path, duration_s: float) -> int:
     shows = [s for s in SHOWS if s[2] <= duration_s]
     print(f"demo: generating {len(shows)} known images and their bank in {folder}", flush=True)
     bank = await asyncio.to_thread(_make_bank, folder)
+    classifier: dict[str, Any] | None = None
+    card: Path | None = None
+    if CARD_SHOW[1] <= duration_s and _classifier_ready():
+        classifier, card = await asyncio.to_thread(_make_classifier, folder)
+        print(f"demo: the known stream shows a test card at {CARD_SHOW[0]:g}-{CARD_SHOW[1]:g} s for the "
+              "demonstration classifier (an ONNX model built by the project)", flush=True)
+    elif CARD_SHOW[1] <= duration_s:
+        print("demo: no classifier (install the onnx extra: pip install -e '.[onnx]')", flush=True)
     known_port, clean_port = free_port(), free_port()
     truth_known, truth_clean = folder / "truth-known.json", folder / "truth-clean.json"
-    gens = [_start_generator(known_port, duration_s, shows, 1, truth_known),
+    gens = [_start_generator(known_port, duration_s, shows, 1, truth_known, card),
             _start_generator(clean_port, duration_s, [], 2, truth_clean)]
     received: dict[str, float] = {}
     alerts: list[dict[str, Any]] = []
@@ -125,6 +165,7 @@ async def _demo(folder: Path, duration_s: float) -> int:
                             {"id": "demo-clean", "url": f"tcp://127.0.0.1:{clean_port}"}],
                 "banks": [{"name": "demo-bank", "path": str(bank)}],
                 "ingest": {"backoff_initial_s": 0.2, "backoff_max_s": 1.0},
+                **({"analyses": [{"kind": "known_content"}, classifier]} if classifier is not None else {}),
             }, "demo")
             engine = Engine(cfg, load_banks(cfg))
             print(f"demo: embedded MQTT broker on {broker.url}; two {duration_s:.0f} s live streams "
@@ -155,6 +196,27 @@ async def _demo(folder: Path, duration_s: float) -> int:
     print("\nsummary (stream demo-known; demo-clean never shows a known image)")
     for ln in lines:
         print("  " + ln)
-    print(f"  expected {len(truth['appearances'])}, detected {detected}, false alerts {false_alerts}, "
+    expected = sum(1 for a in truth["appearances"] if a.get("source") is None)
+    print(f"  expected {expected}, detected {detected}, false alerts {false_alerts}, "
           f"alerts on demo-clean {sum(1 for a in alerts if a['stream_id'] == 'demo-clean')}")
-    return 0 if detected == len(truth["appearances"]) and false_alerts == 0 else 1
+    ok = detected == expected and false_alerts == 0
+    if classifier is not None:
+        line, classified_ok = _classifier_summary(alerts, received)
+        print("  " + line)
+        ok = ok and classified_ok
+    return 0 if ok else 1
+
+
+def _classifier_summary(alerts: list[dict[str, Any]], received: dict[str, float]) -> tuple[str, bool]:
+    """One line: the test card's classification alert (one expected, on demo-known, while it was shown)."""
+    cls = [a for a in alerts if a.get("kind") == "classification"]
+    good = [a for a in cls if a["stream_id"] == "demo-known" and CARD_SHOW[0] - 0.01 <= a["media_time_s"]
+            <= CARD_SHOW[1] + 2.0]
+    if not good:
+        return (f"classifier testcard: card shown {CARD_SHOW[0]:g}-{CARD_SHOW[1]:g} s, MISSED; "
+                f"{len(cls)} other classification alerts"), False
+    a = good[0]
+    from_key = received[a["alert_id"]] - _ts(a["received_at"])
+    return (f"classifier testcard: card shown {CARD_SHOW[0]:g}-{CARD_SHOW[1]:g} s, alerted at "
+            f"{a['media_time_s']:.2f} s (score {a['score']:.2f}, {from_key:.2f} s from its frame), "
+            f"{len(cls) - 1} other classification alerts"), len(cls) == 1
