@@ -729,6 +729,8 @@ class Engine:
         hooks_runner = None
         metrics_runner = None
         try:
+            # Workers first: a hook or discovery announcing a stream must find them started.
+            await asyncio.to_thread(self.supervisor.start)
             if self.cfg.hooks.enabled:
                 hooks_runner = await self._start_hooks()
             if self.cfg.metrics.enabled:
@@ -739,7 +741,6 @@ class Engine:
             discovery = self._discovery()
             if discovery is not None:
                 self.spawn(discovery.run(bg_stop))
-            await asyncio.to_thread(self.supervisor.start)
             for s in self.cfg.streams:
                 self.watch(s)
             waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
