@@ -141,8 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     # Listed for --help; main() hands them to their own parsers.
     sub.add_parser("evidence", help="verify the evidence log (--pubkey: its signed heads), export an incident "
                    "report, make a signing key (keygen)", add_help=False)
-    bench = sub.add_parser("bench", help="benchmarks that print JSON: `bench ingest|match|soak|evasion [--quick]`")
-    bench.add_argument("which", choices=["ingest", "match", "soak", "evasion"])
+    bench = sub.add_parser("bench", help="benchmarks that print JSON: `bench ingest|match|soak|evasion|classify "
+                           "[--quick]`")
+    bench.add_argument("which", choices=["ingest", "match", "soak", "evasion", "classify"])
 
     bans = sub.add_parser("bans", help="list, add or remove bans (stream keys, addresses)")
     bans.add_argument("--state-dir", type=Path, default=Path("state"))
@@ -218,8 +219,10 @@ def _delegate(argv: list[str]) -> int | None:
         from monitor.evidence import main as evidence_main
 
         return evidence_main(argv[1:])
-    if argv[:1] == ["bench"] and len(argv) > 1 and argv[1] in ("ingest", "match", "soak", "evasion"):
-        if argv[1] == "ingest":
+    if argv[:1] == ["bench"] and len(argv) > 1 and argv[1] in ("ingest", "match", "soak", "evasion", "classify"):
+        if argv[1] == "classify":
+            from monitor.bench_classify import main as bench_main
+        elif argv[1] == "ingest":
             from monitor.bench_ingest import main as bench_main
         elif argv[1] == "evasion":
             from monitor.bench_evasion import main as bench_main
@@ -258,6 +261,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from monitor.evidence import load_signing_key
 
         load_signing_key(cfg.evidence.signing_key_file, state_dir=cfg.state_dir)  # KeyFileError: one line, exit 2
+    from monitor.supervisor import check_classifiers
+
+    check_classifiers(cfg.analyses, cfg.matching)  # a model that cannot run as configured: one line, exit 2
     if args.validate_config:
         print(f"{source}: OK ({len(cfg.streams)} streams, {len(banks)} banks, "
               f"{sum(len(b) for b in banks)} entries)")

@@ -52,11 +52,19 @@ from monitor.outbox import Outbox, OutboxError
 from monitor.sampling_report import Escalation, SamplingReport
 from monitor.servers import DropResult, MediaMTXAPI, NginxRtmpAPI, ServerAPI, SrsAPI
 from monitor.statefiles import StateLock, private_dir
-from monitor.supervisor import SampleReport, SampleTiming, StateChange, StreamState, Supervisor, make_analyses
+from monitor.supervisor import (
+    SampleReport,
+    SampleTiming,
+    StateChange,
+    StreamState,
+    Supervisor,
+    check_classifiers,
+    make_analyses,
+)
 from monitor.urls import redact_url
 from monitor.workers import ShardedSupervisor
 from pipelines.banks import Bank
-from pipelines.base import BatchedPipeline, Finding, SampleInfo
+from pipelines.base import Finding, SampleInfo
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +100,8 @@ def make_server_api(kind: str, url: str) -> ServerAPI:
 class Engine:
     def __init__(self, cfg: MonitorConfig, banks: Sequence[Bank]) -> None:
         self.cfg = cfg
+        if cfg.workers != 0:  # worker processes build their own: a classifier that cannot run is refused here
+            check_classifiers(cfg.analyses, cfg.matching)
         private_dir(cfg.state_dir)  # 0700: it holds publisher addresses and moderator names
         self.state_lock = StateLock.acquire(cfg.state_dir)  # a second monitor on this state stops here
         self.severity = {b.name: b.severity for b in cfg.banks}
@@ -123,10 +133,6 @@ class Engine:
         for b in banks:
             self.metrics.bank_entries.labels(b.name).set(len(b))
         n_workers = (os.cpu_count() or 1) if cfg.workers is None else cfg.workers
-        if n_workers:  # a classifier that cannot run as configured is refused here, before workers start
-            for p in make_analyses([a for a in cfg.analyses if a.kind != "known_content"], banks, cfg.matching):
-                if isinstance(p, BatchedPipeline):
-                    p.stop()
         self.supervisor: Supervisor | ShardedSupervisor = (
             # Worker processes load their own banks; the main process keeps none of them.
             Supervisor(cfg.ingest, cfg.sampling,

@@ -157,6 +157,13 @@ def make_analyses(analyses: Sequence[AnalysisConfig], banks: Sequence[Bank], mat
     return out
 
 
+def check_classifiers(analyses: Sequence[AnalysisConfig], matching: MatchingConfig) -> None:
+    """Builds the configured classifiers once and closes them: ConfigError naming the field if one cannot run."""
+    for p in make_analyses([a for a in analyses if a.kind != "known_content"], [], matching):
+        if isinstance(p, BatchedPipeline):
+            p.stop()
+
+
 def backoff_delay(attempt: int, initial: float, maximum: float, rng: random.Random) -> float:
     """Exponential backoff with jitter: spread reconnects so a server restart is not hit by all at once."""
     base = min(maximum, initial * (2 ** max(0, attempt - 1)))

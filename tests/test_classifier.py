@@ -304,3 +304,23 @@ def test_classification_alert_validates_against_schema_v2() -> None:
     v.validate(match)
     assert match["kind"] == "match" and match["label"] is None
     assert list(v.iter_errors({**match, "distance": None}))  # a match keeps its distance
+
+
+def test_monitor_run_refuses_a_model_that_does_not_fit_in_one_line(testcard_model: Path, tmp_path: Path) -> None:
+    import yaml
+
+    from .conftest import run_cli
+
+    for over, field in (({"model": "missing.onnx"}, "model"), ({"input_size": [32, 32]}, "input_size"),
+                        ({"labels": [{"name": "a"}, {"name": "b"}, {"name": "c"}]}, "labels")):
+        entry = onnx_entry(testcard_model, **over)
+        cfg = tmp_path / "monitor.yaml"
+        cfg.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "state"), "analyses": [entry]}))
+        r = run_cli("run", "--config", str(cfg), "--validate-config")
+        assert r.returncode == 2, r.stdout + r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+        assert f"analyses[0] (testcard).{field}: " in lines[0], lines[0]
+    cfg.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "state"), "analyses": [onnx_entry(testcard_model)]}))
+    r = run_cli("run", "--config", str(cfg), "--validate-config")
+    assert r.returncode == 0, r.stderr
