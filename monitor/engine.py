@@ -8,6 +8,7 @@ Evidence records are written by one background thread, in order, so an fsync nev
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -31,7 +32,15 @@ from monitor.bans import BanList
 from monitor.config import MonitorConfig, StreamConfig
 from monitor.discovery import DiscoveredServer, Discovery
 from monitor.errors import UserError
-from monitor.evidence import EvidenceError, EvidenceLog, EvidenceRecord, KeyFileError, key_id, load_signing_key
+from monitor.evidence import (
+    IMAGE_KEY,
+    EvidenceError,
+    EvidenceLog,
+    EvidenceRecord,
+    KeyFileError,
+    key_id,
+    load_signing_key,
+)
 from monitor.hooks import ID_KEY_FILE, ORIGIN_REPLACE_AFTER_S, Origin, OriginTable, StreamNamer
 from monitor.incidents import (
     ClassifierPolicy,
@@ -154,6 +163,8 @@ class Engine:
         self._idle = asyncio.Event()
         self._evidence_writer = ThreadPoolExecutor(1, thread_name_prefix="evidence")
         self._tasks: set[asyncio.Task[Any]] = set()
+        # With evidence.store_images: the best-scoring sample of each (stream, analysis, label), as base64 PNG.
+        self._class_images: dict[tuple[str, str, str], tuple[float, str]] = {}
 
     # -- called from worker threads -------------------------------------------------------------------
     def on_state(self, change: StateChange) -> None:
@@ -188,8 +199,18 @@ class Engine:
                            observed_at: float) -> None:
         origin = self.origins.get(sample.stream_id)
         for f in findings:
+            image: dict[str, str] = {}
+            if f.image_png is not None and self.cfg.evidence.store_images:
+                image = {IMAGE_KEY: base64.b64encode(f.image_png).decode("ascii")}
+                key = (f.stream_id, f.bank, f.entry_id)
+                kept = self._class_images.get(key)
+                if kept is None or (f.score or 0.0) >= kept[0]:  # the best-scoring sample, for the feedback
+                    self._class_images.pop(key, None)
+                    self._class_images[key] = (f.score or 0.0, image[IMAGE_KEY])
+                    while len(self._class_images) > 1000:
+                        self._class_images.pop(next(iter(self._class_images)))
             self.record("match", f.stream_id, {
-                "kind": f.kind, "media_time_s": f.media_time_s, "received_at": f.received_at, "bank": f.bank,
+                **image, "kind": f.kind, "media_time_s": f.media_time_s, "received_at": f.received_at, "bank": f.bank,
                 "entry_id": f.entry_id, "entry_label": f.entry_label, "signal_type": f.signal_type,
                 "sample_hash": f.sample_hash, "quality": f.quality, "label": f.label, "score": f.score,
                 "score_threshold": f.score_threshold, "model_id": f.model_id, "severity": f.severity,
@@ -333,6 +354,8 @@ class Engine:
                                               incident_id=ev.incident.incident_id))
             elif isinstance(ev, IncidentUpdate):
                 self._send_incident(ev.incident, ev.reason)
+                if not ev.incident.is_open:
+                    self._class_images.pop(ev.incident.key, None)
             elif isinstance(ev, Suppressed):
                 self.suppressed[ev.why] = self.suppressed.get(ev.why, 0) + 1
                 self.metrics.suppressed.labels(ev.why).inc()
@@ -432,12 +455,15 @@ class Engine:
 
     def _write_feedback(self, inc: Incident, cmd: dict[str, Any]) -> None:
         """A dismissed classification, for the operator's model vendor: what was scored and what the moderator
-        decided. No image (the pixels never leave the worker)."""
-        record = {"incident_id": inc.incident_id, "analysis": inc.bank, "model_id": inc.model_id,
+        decided. No image unless evidence.store_images (then the best-scoring sample's PNG, base64)."""
+        kept = self._class_images.pop(inc.key, None)
+        record: dict[str, Any] = {"incident_id": inc.incident_id, "analysis": inc.bank, "model_id": inc.model_id,
                   "label": inc.entry_id, "score": inc.best_score, "score_threshold": inc.score_threshold,
                   "sample_hash": inc.sample_hash, "decision": "false_positive", "moderator": cmd["moderator"],
                   "reason": cmd.get("reason") or "", "samples": inc.samples,
                   "at": datetime.now(UTC).isoformat()}
+        if kept is not None and self.cfg.evidence.store_images:
+            record[IMAGE_KEY] = kept[1]
         try:
             fd = os.open(self.cfg.state_dir / "classifier-feedback.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT,
                          0o600)

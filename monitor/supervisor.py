@@ -129,7 +129,7 @@ def _build_onnx(spec: OnnxClassifierConfig, ctx: BuildContext) -> AnyPipeline:
     scorer = OnnxScorer(OnnxSettings(
         spec.model, tuple(r.name for r in rules), spec.input_size, spec.colour_order, spec.layout, spec.scale,
         spec.mean, spec.std, spec.output, spec.providers, spec.threads, batch.batch_size))
-    return ClassifierPipeline(spec.name, scorer, rules, budget, batch)
+    return ClassifierPipeline(spec.name, scorer, rules, budget, batch, keep_images=ctx.store_images)
 
 
 @registry.register("service_classifier")
@@ -137,7 +137,7 @@ def _build_service(spec: ServiceClassifierConfig, ctx: BuildContext) -> AnyPipel
     from monitor.classify_service import ServiceScorer
 
     rules, budget, batch = _classifier_parts(spec)
-    return ClassifierPipeline(spec.name, ServiceScorer(spec), rules, budget, batch)
+    return ClassifierPipeline(spec.name, ServiceScorer(spec), rules, budget, batch, keep_images=ctx.store_images)
 
 
 def make_analyses(analyses: Sequence[AnalysisConfig], banks: Sequence[Bank], matching: MatchingConfig,

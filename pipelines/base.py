@@ -52,6 +52,7 @@ class Finding:
     score_threshold: float | None = None  # ... the label's threshold
     model_id: str | None = None  # ... "sha256:<hex of the model file>" or the service's configured id
     severity: str | None = None  # ... the label's severity (matches take their bank's)
+    image_png: bytes | None = field(default=None, repr=False)  # ... the sample, only with evidence.store_images
 
 
 @dataclass(frozen=True, slots=True)

@@ -207,7 +207,8 @@ class ClassifierPipeline:
     """A BatchedPipeline over a Scorer (pipelines/base.py)."""
 
     def __init__(self, name: str, scorer: Scorer, rules: Sequence[LabelRule], budget: BudgetSettings,
-                 batch: BatchSettings, clock: Callable[[], float] = time.monotonic, nice: int = 10) -> None:
+                 batch: BatchSettings, clock: Callable[[], float] = time.monotonic, nice: int = 10,
+                 keep_images: bool = False) -> None:
         if tuple(r.name for r in rules) != scorer.labels:
             raise ModelError("labels", f"{len(rules)} labels configured, the scorer has {len(scorer.labels)}")
         self.name = name
@@ -219,6 +220,7 @@ class ClassifierPipeline:
         self.near_match_s = budget.near_match_s
         self.clock = clock
         self.nice = nice  # added to the classifier thread's niceness (0: as the hash path)
+        self.keep_images = keep_images  # evidence.store_images: findings carry the sample as PNG
         self.counts = ClassifierStats()
         self._queue: queue.Queue[_Waiting] = queue.Queue(batch.queue_size)
         self._lock = threading.Lock()
@@ -329,6 +331,7 @@ class ClassifierPipeline:
         out: list[Finding] = []
         near = False
         sample_hash: tuple[str, int] | None = None
+        image: bytes | None = None
         for rule, score in zip(self.rules, row.tolist(), strict=True):
             if rule.threshold is None:
                 continue
@@ -339,12 +342,16 @@ class ClassifierPipeline:
             if sample_hash is None:
                 code, quality = pdq(sample.rgb)
                 sample_hash = (code_to_hex(code), quality)
+                if self.keep_images:
+                    ok, png = cv2.imencode(".png", np.ascontiguousarray(sample.rgb[:, :, ::-1]))
+                    image = png.tobytes() if ok else None
             out.append(Finding(
                 pipeline=self.name, stream_id=sample.stream_id, media_time_s=sample.media_time_s,
                 received_at=sample.received_at, bank=self.name, entry_id=rule.name, signal_type="classifier",
                 distance=0, threshold=0, quality=sample_hash[1], sample_hash=sample_hash[0], entry_label=rule.name,
                 kind="classification", label=rule.name, score=round(float(score), 4),
-                score_threshold=rule.threshold, model_id=self.model_id, severity=rule.severity))
+                score_threshold=rule.threshold, model_id=self.model_id, severity=rule.severity,
+                image_png=image))
         if near and self.near_match_s:
             self.budget.boost(sample.stream_id, self.near_match_s)
         return out

@@ -324,3 +324,52 @@ def test_monitor_run_refuses_a_model_that_does_not_fit_in_one_line(testcard_mode
     cfg.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "state"), "analyses": [onnx_entry(testcard_model)]}))
     r = run_cli("run", "--config", str(cfg), "--validate-config")
     assert r.returncode == 0, r.stderr
+
+
+def test_with_store_images_the_evidence_and_the_feedback_carry_the_sample(testcard_model: Path,
+                                                                          tmp_path: Path) -> None:
+    import base64
+    import json
+    import uuid
+
+    from monitor.engine import Engine
+    from monitor.evidence import EvidenceLog
+
+    entry = onnx_entry(testcard_model, incidents={"confirm_k": 2, "confirm_n": 3, "window_s": 10})
+    for store in (False, True):
+        state = tmp_path / f"state-{store}"
+        cfg = build_config({"state_dir": str(state), "workers": 0, "analyses": [entry],
+                            "evidence": {"store_images": store}})
+        (clf,) = make_analyses(cfg.analyses, [], MatchingConfig(), store_images=store)
+        assert isinstance(clf, ClassifierPipeline)
+        found = [clf.process(Sample("cam", t, T0, colour_bar_card(512, 288))) for t in (1.0, 2.0)]
+        clf.stop()
+        assert all((f[0].image_png is not None) == store for f in found)
+        engine = Engine(cfg, [])
+        try:
+            sent: list[dict[str, object]] = []
+            engine.alert_listeners.append(sent.append)
+            for t, f in zip((1.0, 2.0), found, strict=True):
+                engine._handle_classified(SampleInfo("cam", t, T0), "testcard", f, T0 + t)
+            assert len(sent) == 1 and "image_png_b64" not in sent[0]  # an alert never carries the picture
+            engine.handle_command({"schema_version": 1, "type": "command", "command_id": str(uuid.uuid4()),
+                                   "action": "dismiss", "incident_id": sent[0]["incident_id"],
+                                   "moderator": "dana", "reason": "test card"})
+        finally:
+            engine._evidence_writer.shutdown(wait=True)
+            engine.supervisor.stop_all()
+            engine.outbox.close()
+            assert engine.evidence is not None
+            engine.evidence.close()
+            engine.state_lock.release()
+        feedback = json.loads((state / "classifier-feedback.jsonl").read_text())
+        assert feedback["moderator"] == "dana" and feedback["label"] == "testcard"
+        assert ("image_png_b64" in feedback) == store
+        if store:
+            assert base64.b64decode(feedback["image_png_b64"]).startswith(b"\x89PNG")
+        log = EvidenceLog(state / "evidence.sqlite", store_images=store)
+        try:
+            bodies = [r.data() for r in log.records() if r.kind == "match"]
+        finally:
+            log.close()
+        assert len(bodies) == 2 and all(("image_png_b64" in b) == store for b in bodies)
