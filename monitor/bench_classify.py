@@ -8,7 +8,10 @@
    to the monitor's own analysis thread (KnownContentMatcher with the default probes, a 10,000-entry bank), once
    alone and once with the classifier on every 4th sample on its own thread; the time from a sample being ready
    to its findings reaching the sink, p50/p95, and what the classifier dropped. This is the in-process hash
-   path, not a live keyframe-to-alert figure (`monitor bench ingest` measures that without a classifier).
+   path.
+3. With `--live N`: the same A/B on live streams: nginx-rtmp, N `-c copy` publishers of a clip that shows a known
+   image 2 s in every 10 s, `monitor run` (worker processes) and Mosquitto, once without and once with the
+   classifier at every 4th sample; keyframe packet read to the alert's arrival at a subscriber, p50/p95.
 """
 
 from __future__ import annotations
@@ -165,6 +168,107 @@ def hash_path_ab(model: Path, streams: int, rate_per_stream: float, seconds: flo
     return out
 
 
+def live_ab(model: Path, work: Path, streams: int, seconds: float, reverse: bool = False) -> dict[str, Any]:
+    """Live: nginx-rtmp, `streams` copy publishers of a clip showing a known image 2 s in every 10 s, `monitor run`
+    (worker processes) and Mosquitto; keyframe packet read (the alert's received_at) to the alert's arrival at a
+    subscriber, p50/p95, without and with the classifier at every 4th sample, one after the other."""
+    import subprocess
+
+    import paho.mqtt.client as paho
+    import yaml
+    from paho.mqtt.enums import CallbackAPIVersion
+    from PIL import Image
+
+    from monitor.hashfiles import hash_file
+    from pipelines.banks import format_bank
+    from test_streams.images import known_image
+    from test_streams.infra import Mosquitto, NginxRtmp, ffmpeg_publish_cmd, missing_tools, stop_process
+
+    missing = missing_tools()
+    if missing:
+        return {"skipped": f"needs {' '.join(missing)}"}
+    png = work / "known.png"
+    Image.fromarray(known_image(0)).save(png)
+    bank = work / "bank.csv"
+    bank.write_text(format_bank([next(hash_file(png)).hex], "csv", "pdq", ["known.png"]))
+    clip = work / "clip.flv"
+    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25",
+                    "-loop", "1", "-framerate", "25", "-i", str(png), "-filter_complex",
+                    "[1:v]scale=640:360,format=yuv420p[k];[0:v][k]overlay=enable='between(mod(t,10),5,7)'"
+                    ":shortest=1[v]", "-map", "[v]", "-t", "20", "-c:v", "libx264", "-preset", "veryfast",
+                    "-pix_fmt", "yuv420p", "-g", "50", "-keyint_min", "50", "-sc_threshold", "0", "-bf", "0",
+                    "-f", "flv", str(clip)], check=True)
+    out: dict[str, Any] = {"streams": streams, "seconds": seconds, "clip": "640x360 25 fps, 2 s GOP, known "
+                           "image 2 s in every 10 s, published with -c copy"}
+    nginx, mosq = NginxRtmp().start(), Mosquitto().start()
+    try:
+        halves: list[tuple[str, list[dict[str, Any]]]] = [
+            ("without_classifier", [{"kind": "known_content"}]),
+            ("with_classifier_every_4th", [{"kind": "known_content"}, {
+                "kind": "onnx_classifier", "name": "bench", "model": str(model), "input_size": [224, 224],
+                "output": "logits_softmax", "labels": [{"name": f"c{i}", "threshold": None} for i in range(1000)],
+                "sampling": {"every_k": 4, "dense_every": 4}}])]
+        out["order"] = [h[0] for h in (halves[::-1] if reverse else halves)]
+        for label, analyses in (halves[::-1] if reverse else halves):
+            arrivals: list[tuple[float, dict[str, Any]]] = []
+            lock = threading.Lock()
+
+            def on_message(client: Any, userdata: Any, msg: Any,
+                           arrivals: list[tuple[float, dict[str, Any]]] = arrivals,
+                           lock: threading.Lock = lock) -> None:
+                with lock:
+                    arrivals.append((time.time(), json.loads(msg.payload)))
+
+            sub = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-{time.time_ns()}")
+            sub.on_connect = lambda c, u, f, rc, p: c.subscribe("b/+/alerts/#", qos=1)
+            sub.on_message = on_message
+            sub.connect("127.0.0.1", mosq.port)
+            sub.loop_start()
+            names = [f"s{i}" for i in range(streams)]
+            pubs = [subprocess.Popen(ffmpeg_publish_cmd(nginx.rtmp_url(n), duration_s=seconds + 30,
+                                                        source=str(clip)), stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL) for n in names]
+            cfg = {"node": "bench", "state_dir": str(work / f"state-{label}"),
+                   "broker": {"url": mosq.url, "topic_prefix": "b"},
+                   "streams": [{"id": n, "url": nginx.rtmp_url(n)} for n in names],
+                   "banks": [{"name": "known", "path": str(bank)}],
+                   # every stream shows the same entry: no quarantine as a noisy entry
+                   "incidents": {"close_after_s": 2.0, "quarantine_streams": 100_000}, "analyses": analyses,
+                   "log_level": "warning",
+                   "ingest": {"backoff_initial_s": 0.3, "backoff_max_s": 2.0}}
+            cfg_path = work / f"{label}.yaml"
+            cfg_path.write_text(yaml.safe_dump(cfg))
+            log_path = work / f"{label}.log"
+            with open(log_path, "wb") as logf:
+                mon = subprocess.Popen([sys.executable, "-m", "monitor", "run", "--config", str(cfg_path)],
+                                       stdout=logf, stderr=subprocess.STDOUT)
+            _log(f"{label}: {streams} live streams for {seconds:.0f} s")
+            time.sleep(seconds)
+            stop_process(mon, 20)
+            for p in pubs:
+                stop_process(p, 2)
+            sub.loop_stop()
+            sub.disconnect()
+            lat = [t - _iso(a["received_at"]) for t, a in arrivals if a.get("kind") == "match"]
+            row = {"alerts": len(lat), "streams_alerted": len({a["stream_id"] for _, a in arrivals}),
+                   "keyframe_to_alert_p50_ms": _ms(_pct(lat, 50)), "keyframe_to_alert_p95_ms": _ms(_pct(lat, 95)),
+                   "classification_alerts": sum(1 for _, a in arrivals if a.get("kind") == "classification")}
+            out[label] = row
+            _log(f"{label}: {row}")
+    finally:
+        nginx.close()
+        mosq.close()
+    a, b = (out[k]["keyframe_to_alert_p95_ms"] for k in ("without_classifier", "with_classifier_every_4th"))
+    out["p95_change_pct"] = round((b - a) / a * 100, 1) if a and b is not None else None
+    return out
+
+
+def _iso(text: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="monitor bench classify", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer repetitions, 10 streams for 10 s")
@@ -172,6 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=None, help="length of each half of the A/B (default 30)")
     p.add_argument("--rate", type=float, default=0.5, help="samples a second per stream in the A/B")
     p.add_argument("--skip-ab", action="store_true", help="inference cost only")
+    p.add_argument("--live", type=int, default=0, metavar="N",
+                   help="also the live A/B: N streams through nginx-rtmp, monitor run and Mosquitto")
+    p.add_argument("--live-seconds", type=float, default=60.0)
+    p.add_argument("--live-reverse", action="store_true", help="the live half with the classifier first")
     args = p.parse_args(argv)
     from pipelines.classifier_models import build_mobilenet_like
 
@@ -187,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_ab:
             report["hash_path"] = hash_path_ab(model, args.streams or (10 if args.quick else 50), args.rate,
                                                args.seconds or (10.0 if args.quick else 30.0))
+        if args.live:
+            report["live"] = live_ab(model, Path(tmp), args.live, args.live_seconds, args.live_reverse)
         report["machine"]["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
     print(json.dumps(report, indent=2))
     return 0
