@@ -6,8 +6,10 @@
                                              "outbox_depth","outbox_oldest_age_s","outbox_writable",
                                              "outbox_error","held_in_memory","outbox_write_errors",
                                              "held_total","dropped","samples_per_s",...}
-    {prefix}/{node}/alerts/{stream_id}       alerts, QoS 1, not retained (schemas/alert.schema.json); an alert
-                                             carries "incident_id" once incidents exist
+    {prefix}/{node}/alerts/{stream_id}       alerts, QoS 1, not retained (schemas/alert.schema.json, version 2:
+                                             "kind" match|classification; a classification puts its analysis
+                                             in "bank" and its label in "entry_id"); an alert carries
+                                             "incident_id" once incidents exist
     {prefix}/{node}/incidents/{incident_id}  retained incident state, re-published on every change (below)
     {prefix}/{node}/streams/{stream_id}      retained stream state {"stream_id","state","detail","attempt",...,
                                              "sampling": {"blind_interval_s","escalated","evasion_score",
