@@ -331,7 +331,8 @@ class KeyframeReader:
         received_at = 0.0
         last_key: float | None = None
         opened_at = last_key_wall = time.monotonic()
-        reformatter = VideoReformatter()  # one SwsContext for the stream's samples
+        # No SwsContext kept per stream: a reader thread still holding one when the process exits (workers: 0)
+        # crashed the interpreter at shutdown (SIGSEGV, tests/test_e2e_hooks.py). One per frame, single-threaded.
         bad_packets = 0  # packets in a row the decoder rejected
         blind_keyframes = 0  # taken keyframes in a row that the decoder accepted but made no picture of
 
@@ -339,7 +340,7 @@ class KeyframeReader:
             if frame.width * frame.height > self.cfg.max_pixels:
                 self._check_size(frame.width, frame.height)
             with native_section("scale"):
-                rgb = scaled_rgb(frame, self.cfg.scale_width, reformatter)
+                rgb = scaled_rgb(frame, self.cfg.scale_width)
             now = time.time()
             reason = sampler.sampled(t, keyframe, thumbnail(rgb), now)
             return DecodedFrame(t, received_at, rgb, now, keyframe, reason)

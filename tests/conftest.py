@@ -186,3 +186,17 @@ def monitor_factory(tmp_path: Path) -> Iterator[Callable[..., MonitorProcess]]:
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "monitor", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout)
+
+
+@pytest.fixture(autouse=True)
+def _restore_log_handlers() -> Iterator[None]:
+    """A test that sets up the monitor's logging (monitor.cli.setup_logging) must not leave its handlers behind:
+    a later test's log records would go to a stream pytest has closed ("--- Logging error ---" on stderr)."""
+    import logging
+
+    loggers = [logging.getLogger(), logging.getLogger("monitor")]
+    saved = [(lg, list(lg.handlers), lg.level) for lg in loggers]
+    yield
+    for lg, handlers, level in saved:
+        lg.handlers[:] = handlers
+        lg.setLevel(level)
