@@ -169,6 +169,21 @@ def _start_and_detect_while_broker_down(
     return mon, gen, base
 
 
+def _await_long_mqtt_retry(mon: MonitorProcess, at_least_s: float = 2.0) -> None:
+    """Waits for a new 'retry in X s' line from the MQTT client with X >= at_least_s: its next try is that far off."""
+    pattern = re.compile(r"MQTT connection lost or refused .*; retry in (\d+(?:\.\d+)?) s")
+    seen = len(pattern.findall(mon.log()))
+    deadline = time.monotonic() + 60
+    while True:
+        delays = [float(d) for d in pattern.findall(mon.log())]
+        if len(delays) > seen:
+            if delays[-1] >= at_least_s:
+                return
+            seen = len(delays)
+        assert time.monotonic() < deadline and mon.proc.poll() is None, mon.log()
+        time.sleep(0.05)
+
+
 def test_sigterm_just_after_the_broker_returns_delivers_what_waits_before_exit(
     durable_broker: Mosquitto, bank_csv: Path, tmp_path: Path, monitor_factory: Callable[..., MonitorProcess]
 ) -> None:
@@ -177,7 +192,8 @@ def test_sigterm_just_after_the_broker_returns_delivers_what_waits_before_exit(
     mon, gen, _ = _start_and_detect_while_broker_down(durable_broker, bank_csv, state, monitor_factory, "t")
     try:
         assert collector.alert_ids_by_entry() == {}
-        durable_broker.start()  # the monitor's reconnect backoff is seconds long by now
+        _await_long_mqtt_retry(mon)  # so the broker is back, and the monitor not yet reconnected, at SIGTERM
+        durable_broker.start()
         t0 = time.monotonic()
         mon.proc.send_signal(signal.SIGTERM)
         code = mon.proc.wait(30)

@@ -13,6 +13,7 @@ sources start, and faults are timed from the moment every stream is live, never 
 
 from __future__ import annotations
 
+import math
 import signal
 import socket
 import subprocess
@@ -446,7 +447,7 @@ class Scenario:
             time.sleep(delay)
 
     def mark(self, name: str) -> None:
-        self.marks[name] = round(self.now(), 2)
+        self.marks[name] = math.floor(self.now() * 100) / 100  # never after the moment it marks
 
     def start_monitor(self, streams: dict[str, str], **extra: Any) -> MonitorProcess:
         config = {
@@ -681,17 +682,17 @@ def rtmp_faults(broker: Mosquitto, rtmp: NginxRtmp, media: Media, bank_csv: Path
         sc.mark("stall")
         proxies["slow"].slow(SLOW_BYTES_PER_S)
         sc.mark("slow")
+        sc.mark("refuse")  # before the fault: the monitor may report it before a mark taken after would be
         proxies["refuse"].refuse()
         proxies["refuse"].cut()
-        sc.mark("refuse")
         sc.at(f + 1)
         while abs(sc.now() % GOP_S - GOP_S / 2) > 0.15:  # mid-GOP: halfway between two keyframes
             time.sleep(0.02)
         pubs["restart"].send_signal(signal.SIGKILL)
         sc.mark("publisher_killed")
         sc.at(f + 3)
-        proxies["cut"].cut()
         sc.mark("cut")
+        proxies["cut"].cut()
         sc.at(f + 5)
         pubs["restarted"] = publisher(rtmp.rtmp_url("restart"), loops[image["restart"]], 120, pub_log)
         sc.mark("publisher_restarted")
