@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from monitor.errors import BankFormatError
+from pipelines.errors import BankFormatError
 from pipelines.fingerprint import DEFAULT_THRESHOLDS, SIGNAL_TYPES
 from pipelines.hamming import CODE_BYTES, Codes, LinearIndex, hex_to_code
 from pipelines.mih import MultiIndexHashIndex

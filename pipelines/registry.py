@@ -18,7 +18,7 @@ AnyPipeline = Pipeline | BatchedPipeline
 
 
 class AnalysisSpec(Protocol):
-    """What every config entry has (monitor.config: KnownContentAnalysisConfig, OnnxClassifierConfig, ...)."""
+    """What every config entry has (monitor.config.models: KnownContentAnalysisConfig, OnnxClassifierConfig, ...)."""
 
     @property
     def kind(self) -> str: ...
@@ -30,7 +30,7 @@ class AnalysisSpec(Protocol):
 @dataclass(frozen=True)
 class BuildContext:
     banks: Sequence[Bank]
-    matching: object  # monitor.config.MatchingConfig (pipelines does not import monitor)
+    matching: object  # monitor.config.models.MatchingConfig (pipelines does not import monitor)
     store_images: bool = False
 
 

@@ -66,7 +66,7 @@ def known_pngs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 @pytest.fixture(scope="session")
 def bank_csv(known_pngs: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from monitor.hashfiles import hash_file
+    from monitor.ingest.hashfiles import hash_file
     from pipelines.banks import format_bank
 
     hexes = [next(hash_file(p)).hex for p in known_pngs]
@@ -190,7 +190,7 @@ def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]
 
 @pytest.fixture(autouse=True)
 def _restore_log_handlers() -> Iterator[None]:
-    """A test that sets up the monitor's logging (monitor.cli.setup_logging) must not leave its handlers behind:
+    """A test that sets up the monitor's logging (monitor.ops.logs.setup_logging) must not leave its handlers behind:
     a later test's log records would go to a stream pytest has closed ("--- Logging error ---" on stderr)."""
     import logging
 

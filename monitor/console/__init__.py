@@ -1,0 +1,1 @@
+"""Moderation consoles: the line console and the Textual console."""

@@ -1,0 +1,146 @@
+"""`monitor console`: a subscriber that shows alerts and stream states as they arrive.
+
+Human mode prints one readable block per alert; `--json` prints each alert as one JSON line for scripts.
+Payloads that are not valid alerts are reported and skipped: a bad message never stops the console.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, TextIO
+
+import aiomqtt
+import jsonschema
+
+from monitor.common.safetext import printable
+from monitor.config.models import BrokerConfig
+from monitor.contracts import topics
+from monitor.contracts.alerts import alert_schema
+from monitor.delivery.mqtt import make_client, negotiate_protocol
+
+log = logging.getLogger(__name__)
+
+
+def _clock(iso: str) -> str:
+    try:
+        return datetime.fromisoformat(iso.replace("Z", "+00:00")).strftime("%H:%M:%S")
+    except ValueError:
+        return iso
+
+
+def format_alert(a: dict[str, Any]) -> str:
+    """Two lines for a terminal; text from the message is escaped (a label cannot send terminal escapes)."""
+    label = f" ({printable(str(a['entry_label']))})" if a.get("entry_label") else ""
+    what = (f"classifier {a['bank']} label {a['label']}  score {a['score']}/{a['score_threshold']}"
+            if a.get("kind") == "classification" else
+            f"bank {a['bank']} entry {a['entry_id']}{label}  distance {a['distance']}/{a['threshold']}  "
+            f"quality {a['quality']}")
+    first = (
+        f"{_clock(a['observed_at'])}  ALERT  stream {a['stream_id']} at {a['media_time_s']:.2f} s  "
+        f"{what}  node {a['node']}"
+    )
+    return f"{printable(first)}\n          {printable(str(a['stream_url']))}  alert {printable(str(a['alert_id']))}"
+
+
+def format_state(s: dict[str, Any]) -> str:
+    detail = f"  {s['detail']}" if s.get("detail") else ""
+    return printable(f"          stream {s.get('stream_id')} is {s.get('state')}{detail}")
+
+
+class AlertValidator:
+    def __init__(self) -> None:
+        self._validator = jsonschema.Draft202012Validator(alert_schema())
+
+    def problem(self, body: Any) -> str | None:
+        err = jsonschema.exceptions.best_match(self._validator.iter_errors(body))
+        if err is None:
+            return None
+        where = "/".join(str(p) for p in err.absolute_path) or "(top level)"
+        return f"{where}: {err.message}"
+
+
+def parse_alert(payload: bytes, validator: AlertValidator) -> tuple[dict[str, Any] | None, str | None]:
+    try:
+        body = json.loads(payload)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return None, f"not JSON ({exc})"
+    problem = validator.problem(body)
+    if problem is not None:
+        return None, problem
+    return body, None
+
+
+async def run_console(cfg: BrokerConfig, *, as_json: bool, out: TextIO = sys.stdout,
+                      max_alerts: int | None = None, stop: asyncio.Event | None = None,
+                      on_alert: Callable[[dict[str, Any]], None] | None = None) -> int:
+    """Subscribe and print until stopped, or until `max_alerts` alerts were shown. Returns alerts shown."""
+    stop = stop or asyncio.Event()
+    client_id = f"console-{id(out):x}"
+    protocol = await negotiate_protocol(cfg, client_id)  # BrokerError if refused
+    validator = AlertValidator()
+    seen: set[str] = set()  # alert_ids: delivery is at least once, so duplicates are dropped here
+    shown = 0
+    delay = 0.5
+    prefix = cfg.topic_prefix
+    while not stop.is_set():
+        try:
+            async with make_client(cfg, client_id, protocol) as client:
+                delay = 0.5
+                await client.subscribe(topics.all_alerts(prefix), qos=1)
+                if not as_json:
+                    await client.subscribe(topics.all_stream_states(prefix), qos=1)
+                stop_task = asyncio.ensure_future(stop.wait())
+                async for msg in _until(client.messages, stop_task):
+                    topic = str(msg.topic)
+                    payload = msg.payload if isinstance(msg.payload, bytes) else str(msg.payload).encode()
+                    if msg.topic.matches(topics.all_alerts(prefix)):
+                        alert, problem = parse_alert(payload, validator)
+                        if alert is None:
+                            print(printable(f"! ignored a malformed message on {topic}: {problem}"), file=sys.stderr)
+                            continue
+                        if alert["alert_id"] in seen:
+                            continue
+                        seen.add(alert["alert_id"])
+                        shown += 1
+                        print(json.dumps(alert, sort_keys=True) if as_json else format_alert(alert),
+                              file=out, flush=True)
+                        if on_alert is not None:
+                            on_alert(alert)
+                        if max_alerts is not None and shown >= max_alerts:
+                            return shown
+                    elif not as_json:
+                        try:
+                            state = json.loads(payload)
+                        except (json.JSONDecodeError, UnicodeDecodeError):
+                            continue
+                        if isinstance(state, dict):
+                            print(format_state(state), file=out, flush=True)
+        except aiomqtt.MqttError as exc:
+            if stop.is_set():
+                break
+            print(f"! lost the broker ({exc}); reconnecting in {delay:.1f} s", file=sys.stderr)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, 15.0)
+    return shown
+
+
+async def _until(messages: Any, stop_task: asyncio.Future[Any]) -> Any:
+    """Iterate messages until stop_task completes."""
+    it = messages.__aiter__()
+    while True:
+        nxt = asyncio.ensure_future(it.__anext__())
+        done, _ = await asyncio.wait({nxt, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        if nxt not in done:
+            nxt.cancel()
+            return
+        try:
+            yield nxt.result()
+        except StopAsyncIteration:
+            return

@@ -1,0 +1,1 @@
+"""Getting messages out and commands in: the MQTT connection and the durable outbox."""

@@ -1,0 +1,1 @@
+"""The evidence log: append-only, hash-chained, signed heads, exports for reports."""

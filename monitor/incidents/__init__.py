@@ -1,0 +1,1 @@
+"""From findings to incidents: pure, synchronous incident logic on an injected clock."""

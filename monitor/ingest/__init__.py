@@ -1,0 +1,1 @@
+"""From a stream URL to samples: readers, packet classification, coverage-driven sampling, the scheduler."""

@@ -1,0 +1,1 @@
+"""Where streams run: stream workers, worker processes, the supervisor, bank reloads."""

@@ -1,0 +1,421 @@
+"""One worker thread per stream: read keyframes, sample, run the pipelines, reconnect on failure.
+
+A stream's failure stays inside its thread; the supervisor only hears state changes and findings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from monitor.common.errors import ConfigError
+from monitor.common.urls import redact_url
+from monitor.config.models import (
+    AnalysisConfig,
+    BankConfig,
+    IngestConfig,
+    MatchingConfig,
+    OnnxClassifierConfig,
+    SamplingConfig,
+    ServiceClassifierConfig,
+    StreamConfig,
+)
+from monitor.ingest.coverage import CoveragePolicy
+from monitor.ingest.packets import KeyInfo
+from monitor.ingest.reader import IngestError, KeyframeReader, is_hls_url, is_live_url
+from monitor.ingest.scheduler import QueueClosed, SampleQueue, Scheduler, StreamPolicy
+from monitor.runtime.bank_reload import BankReloader
+from monitor.runtime.bank_reload import load_banks as load_configured_banks
+from pipelines import registry
+from pipelines.banks import Bank
+from pipelines.base import BatchedPipeline, Finding, Pipeline, Sample, SampleInfo
+from pipelines.classifier import BatchSettings, BudgetSettings, ClassifierPipeline, LabelRule, ModelError
+from pipelines.known_content import KnownContentMatcher
+from pipelines.registry import AnyPipeline, BuildContext
+
+log = logging.getLogger(__name__)
+
+
+REPLAY_WINDOW_S = 300.0  # an HLS media time this far behind the last sample is a publisher restart, not a replay
+DENSE_MIN_INTERVAL_S = 0.25  # new and boosted streams: keyframes up to 4 a second
+
+
+class StreamState(enum.StrEnum):
+    CONNECTING = "connecting"
+    LIVE = "live"
+    STALLED = "stalled"  # connected, but no packet within the read timeout
+    RECONNECTING = "reconnecting"
+    ENDED = "ended"  # a file reached its end, or the stream was removed
+    FAILED = "failed"  # an error that retrying cannot fix
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    stream_id: str
+    state: StreamState
+    detail: str
+    at: float
+    attempt: int
+    retry_in_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SampleReport:
+    """What the engine needs of a sample once it was analysed (the pixels stay with the worker)."""
+
+    stream_id: str
+    media_time_s: float
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SampleTiming:
+    decode_s: float  # key packet read -> scaled frame ready
+    stages: tuple[tuple[str, float], ...]  # (pipeline name, seconds)
+    done_at: float  # unix time the analyses finished
+
+
+class EngineSink(Protocol):
+    """Called from worker threads; implementations hand over to their own loop and return at once."""
+
+    def on_state(self, change: StateChange) -> None: ...
+
+    def on_sample(self, sample: SampleReport, findings: list[Finding], timing: SampleTiming) -> None:
+        """Every sample, matched or not: confirming weak matches needs the misses too."""
+        ...
+
+
+def load_banks(banks: Sequence[BankConfig], previous: Sequence[Bank] = ()) -> list[Bank]:
+    """The enabled banks with their size caps and link rules (monitor/runtime/bank_reload.py); raises BankFormatError
+    naming file and line."""
+    return load_configured_banks(banks, previous)
+
+
+def make_matcher(banks: Sequence[Bank], m: MatchingConfig) -> KnownContentMatcher:
+    return KnownContentMatcher(banks, m.min_quality, strip_bars=m.strip_bars, dihedral=m.dihedral, boxes=m.boxes,
+                               crops=m.crops, pip=m.pip, tones=m.tones)
+
+
+@registry.register("known_content")
+def _build_known_content(spec: AnalysisConfig, ctx: BuildContext) -> AnyPipeline:
+    assert isinstance(ctx.matching, MatchingConfig)
+    return make_matcher(ctx.banks, ctx.matching)
+
+
+def _classifier_parts(spec: OnnxClassifierConfig | ServiceClassifierConfig) -> tuple[
+        list[LabelRule], BudgetSettings, BatchSettings]:
+    s = spec.sampling
+    return ([LabelRule(x.name, x.threshold, x.severity) for x in spec.labels],
+            BudgetSettings(s.every_k, s.dense_every, s.new_stream_s, s.near_match_s, s.near_fraction),
+            BatchSettings(s.batch_size, s.batch_wait_ms / 1000, s.queue_size, s.max_sample_age_s))
+
+
+@registry.register("onnx_classifier")
+def _build_onnx(spec: OnnxClassifierConfig, ctx: BuildContext) -> AnyPipeline:
+    from pipelines.classifier import OnnxScorer, OnnxSettings
+
+    rules, budget, batch = _classifier_parts(spec)
+    scorer = OnnxScorer(OnnxSettings(
+        spec.model, tuple(r.name for r in rules), spec.input_size, spec.colour_order, spec.layout, spec.scale,
+        spec.mean, spec.std, spec.output, spec.providers, spec.threads, batch.batch_size))
+    return ClassifierPipeline(spec.name, scorer, rules, budget, batch, keep_images=ctx.store_images)
+
+
+@registry.register("service_classifier")
+def _build_service(spec: ServiceClassifierConfig, ctx: BuildContext) -> AnyPipeline:
+    from monitor.runtime.classify_service import ServiceScorer
+
+    rules, budget, batch = _classifier_parts(spec)
+    return ClassifierPipeline(spec.name, ServiceScorer(spec), rules, budget, batch, keep_images=ctx.store_images)
+
+
+def make_analyses(analyses: Sequence[AnalysisConfig], banks: Sequence[Bank], matching: MatchingConfig,
+                  store_images: bool = False) -> list[AnyPipeline]:
+    """The configured analyses, built by kind; a classifier that cannot run as configured is a ConfigError
+    naming the field (`analyses[1] (testcard).labels: ...`)."""
+    ctx = BuildContext(banks, matching, store_images)
+    out: list[AnyPipeline] = []
+    for i, spec in enumerate(analyses):
+        try:
+            out.append(registry.build(spec, ctx))
+        except ModelError as exc:
+            for p in out:
+                if isinstance(p, BatchedPipeline):
+                    p.stop()
+            raise ConfigError(f"analyses[{i}] ({spec.name}).{exc.field}: {exc.problem}") from None
+    return out
+
+
+def check_classifiers(analyses: Sequence[AnalysisConfig], matching: MatchingConfig) -> None:
+    """Builds the configured classifiers once and closes them: ConfigError naming the field if one cannot run."""
+    for p in make_analyses([a for a in analyses if a.kind != "known_content"], [], matching):
+        if isinstance(p, BatchedPipeline):
+            p.stop()
+
+
+def backoff_delay(attempt: int, initial: float, maximum: float, rng: random.Random) -> float:
+    """Exponential backoff with jitter: spread reconnects so a server restart is not hit by all at once."""
+    base = min(maximum, initial * (2 ** max(0, attempt - 1)))
+    return float(base * rng.uniform(0.5, 1.0))
+
+
+@dataclass(frozen=True, slots=True)
+class _Queued:
+    sample: Sample
+    decode_s: float
+
+
+class _BoundSampler:
+    """The scheduler, seen by one stream's reader (monitor/ingest/reader.py FrameSampler)."""
+
+    def __init__(self, scheduler: Scheduler, stream_id: str) -> None:
+        self.scheduler = scheduler
+        self.stream_id = stream_id
+
+    def start(self, live: bool) -> None:
+        self.scheduler.start(self.stream_id, live)
+
+    def key(self, t: float, size: int, info: KeyInfo, wall: float) -> bool:
+        return self.scheduler.key(self.stream_id, t, size, info, wall)
+
+    def packet(self, t: float, size: int, wall: float, reordered: bool) -> float | None:
+        return self.scheduler.packet(self.stream_id, t, size, wall, reordered)
+
+    def forward(self, packets: int) -> bool:
+        return self.scheduler.forward(self.stream_id, packets)
+
+    def sampled(self, t: float, keyframe: bool, thumb: npt.NDArray[np.float32], wall: float) -> str:
+        return self.scheduler.sampled(self.stream_id, t, keyframe, thumb, wall)
+
+
+class StreamWorker(threading.Thread):
+    """Reads one stream and queues its samples; never waits for the analysis (a slow one costs samples)."""
+
+    def __init__(self, stream: StreamConfig, ingest: IngestConfig, scheduler: Scheduler,
+                 samples: SampleQueue[_Queued], sink: EngineSink) -> None:
+        super().__init__(name=f"stream-{stream.id}", daemon=True)
+        self.stream = stream
+        self.ingest = ingest
+        self.scheduler = scheduler
+        self.queue = samples
+        self.sink = sink
+        self.stop_event = threading.Event()
+        self.state = StreamState.CONNECTING
+        self.samples = 0
+        self._rng = random.Random()
+
+    def _set(self, state: StreamState, detail: str, attempt: int, retry_in: float | None = None) -> None:
+        self.state = state
+        change = StateChange(self.stream.id, state, detail, time.time(), attempt, retry_in)
+        level = logging.INFO if state in (StreamState.LIVE, StreamState.ENDED, StreamState.CONNECTING) else (
+            logging.WARNING)
+        log.log(level, "stream %s: %s%s", self.stream.id, state.value, f" ({detail})" if detail else "",
+                extra={"stream_id": self.stream.id})
+        self.sink.on_state(change)
+
+    def run(self) -> None:
+        attempt = 0
+        live = is_live_url(self.stream.url)
+        url_shown = redact_url(self.stream.url)
+        sampler = _BoundSampler(self.scheduler, self.stream.id)
+        hls = is_hls_url(self.stream.url)
+        last_sampled: float | None = None  # across reconnects: an HLS reopen replays the last segment
+        while not self.stop_event.is_set():
+            attempt += 1
+            self._set(StreamState.CONNECTING, url_shown, attempt)
+            reader = KeyframeReader(self.stream.url, self.ingest, self.stop_event, sampler)
+            got_frame = False
+            try:
+                for frame in reader.frames():
+                    if hls and last_sampled is not None and 0 <= last_sampled - frame.media_time_s < REPLAY_WINDOW_S:
+                        continue  # already analysed before the reopen (a real restart starts far back at 0)
+                    if not got_frame:  # live again only with new pictures, not the replayed last segment
+                        got_frame = True
+                        attempt = 0  # a working connection resets the backoff
+                        self._set(StreamState.LIVE, "", attempt)
+                    last_sampled = frame.media_time_s
+                    self.samples += 1
+                    sample = Sample(self.stream.id, frame.media_time_s, frame.received_at, frame.rgb)
+                    with contextlib.suppress(QueueClosed):
+                        self.queue.put(_Queued(sample, frame.decoded_at - frame.received_at))
+                if self.stop_event.is_set():
+                    break
+                if not live:
+                    self._set(StreamState.ENDED, "end of file", attempt)
+                    return
+                # FFmpeg's HLS reader ends quietly when the playlist stops updating: that is a stall, not an end.
+                stalled = hls
+                detail = "playlist stopped updating (no new segment)" if hls else "stream ended (publisher stopped?)"
+            except IngestError as exc:
+                if not exc.retryable:
+                    self._set(StreamState.FAILED, exc.reason, attempt)
+                    return
+                detail, stalled = exc.reason, exc.stalled
+            if self.stop_event.is_set():
+                break
+            delay = backoff_delay(max(attempt, 1), self.ingest.backoff_initial_s, self.ingest.backoff_max_s,
+                                  self._rng)
+            state = StreamState.STALLED if stalled else StreamState.RECONNECTING
+            self._set(state, f"{detail}; retry in {delay:.1f} s", attempt, delay)
+            self.stop_event.wait(delay)
+        self._set(StreamState.ENDED, "removed", attempt)
+
+
+class Analysis(threading.Thread):
+    """Runs the pipelines on queued samples, oldest first; samples older than the queue's limit are dropped."""
+
+    def __init__(self, samples: SampleQueue[_Queued], pipelines: Sequence[AnyPipeline], sink: EngineSink,
+                 index: int) -> None:
+        super().__init__(name=f"analysis-{index}", daemon=True)
+        self.queue = samples
+        self.batched = tuple(p for p in pipelines if isinstance(p, BatchedPipeline))
+        self.pipelines: tuple[Pipeline, ...] = tuple(p for p in pipelines if not isinstance(p, BatchedPipeline))
+        self.sink = sink
+
+    def run(self) -> None:
+        while True:
+            try:
+                item = self.queue.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            except QueueClosed:
+                return
+            self.process(item.sample, item.decode_s)
+
+    def process(self, sample: Sample, decode_s: float) -> None:
+        findings: list[Finding] = []
+        stages: list[tuple[str, float]] = []
+        for batched in self.batched:  # a queue put each: classifiers never delay the hash path
+            try:
+                batched.offer(sample)
+            except Exception:
+                log.exception("stream %s: offering a sample to %s failed", sample.stream_id, batched.name)
+        for pipeline in self.pipelines:
+            t0 = time.perf_counter()
+            try:
+                findings += pipeline.process(sample)
+            except Exception:  # an analysis bug must not stop the stream being watched
+                log.exception("stream %s: pipeline %s failed on a sample", sample.stream_id, pipeline.name)
+            stages.append((pipeline.name, time.perf_counter() - t0))
+        report = SampleReport(sample.stream_id, sample.media_time_s, sample.received_at)
+        self.sink.on_sample(report, findings, SampleTiming(decode_s, tuple(stages), time.time()))
+
+
+def _no_classified_sink(sample: SampleInfo, analysis: str, findings: list[Finding], done_at: float) -> None:
+    if findings:
+        log.warning("stream %s: %d %s findings dropped (the sink takes no classifications)", sample.stream_id,
+                    len(findings), analysis)
+
+
+class Supervisor:
+    """Starts and stops stream worker threads in this process; streams can be added and removed while running."""
+
+    def __init__(self, ingest: IngestConfig, sampling: SamplingConfig, pipelines: Sequence[AnyPipeline],
+                 sink: EngineSink, budget_share: float = 1.0) -> None:
+        self.ingest = ingest
+        self.sampling = sampling
+        self.pipelines = tuple(pipelines)
+        self.sink = sink
+        self.batched = [p for p in self.pipelines if isinstance(p, BatchedPipeline)]
+        on_classified = getattr(sink, "on_classified", None)
+        for b in self.batched:
+            b.start(on_classified if on_classified is not None else _no_classified_sink)
+        self.bank_reloader = BankReloader(self.pipelines, getattr(sink, "on_bank_reload", None))
+        self.workers: dict[str, StreamWorker] = {}
+        self.urls: dict[str, str] = {}
+        budget = sampling.budget_per_s * budget_share if sampling.budget_per_s else None
+        self.scheduler = Scheduler(budget, warmup_s=sampling.warmup_s, warmup_boost=sampling.warmup_boost,
+                                   boost_factor=sampling.boost_factor,
+                                   dense_min_interval_s=min(sampling.min_interval_s, DENSE_MIN_INTERVAL_S),
+                                   forward_budget_per_s=sampling.forward_budget_per_s)
+        self.queue: SampleQueue[_Queued] = SampleQueue(sampling.queue_size, sampling.max_sample_age_s)
+        self.analysis = [Analysis(self.queue, self.pipelines, sink, i) for i in range(sampling.analysis_threads)]
+        for a in self.analysis:
+            a.start()
+
+    def _policy(self, stream: StreamConfig) -> StreamPolicy:
+        s = self.sampling
+        return StreamPolicy(min_interval_s=s.min_interval_s, jitter_s=min(s.jitter_s, s.min_interval_s),
+                            priority=stream.priority)
+
+    def _coverage(self) -> CoveragePolicy | None:
+        s = self.sampling
+        if s.mode == "keyframes":
+            return None
+        return CoveragePolicy(max_interval_s=s.max_interval_s, jitter_s=s.jitter_s,
+                              audit_mean_s=s.audit_interval_s, change_ratio=s.change_ratio,
+                              escalation_s=s.escalation_s, escalated_interval_s=s.escalated_interval_s,
+                              wall_max_interval_s=2 * s.max_interval_s)
+
+    def add_stream(self, stream: StreamConfig) -> None:
+        old = self.workers.get(stream.id)
+        if old is not None and old.is_alive():
+            raise ValueError(f"stream {stream.id!r} is already monitored")
+        self.scheduler.remove_stream(stream.id)  # a stream that ended and is added again starts afresh
+        self.scheduler.add_stream(stream.id, self._policy(stream), self._coverage())
+        worker = StreamWorker(stream, self.ingest, self.scheduler, self.queue, self.sink)
+        self.workers[stream.id] = worker
+        self.urls[stream.id] = redact_url(stream.url)
+        worker.start()
+
+    def remove_stream(self, stream_id: str) -> None:
+        worker = self.workers.pop(stream_id, None)
+        if worker is not None:
+            worker.stop_event.set()
+        self.scheduler.remove_stream(stream_id)
+        for b in self.batched:
+            b.forget(stream_id)
+
+    def boost(self, stream_id: str, seconds: float) -> None:
+        """A recent near-match: sample this stream densely for a while."""
+        with contextlib.suppress(KeyError):
+            self.scheduler.boost(stream_id, seconds)
+        for b in self.batched:  # a near match on the hash path: the classifiers look closer too
+            b.boost(stream_id, seconds)
+
+    def stats(self) -> list[dict[str, Any]]:
+        """Sampling counters (one entry: this process), the same shape as the sharded supervisor's."""
+        return [{"scheduler": self.scheduler.stats(), "queue": self.queue.stats(),
+                 "classifiers": {b.name: b.stats() for b in self.batched}}]
+
+    def has_stream(self, stream_id: str) -> bool:
+        """Added and not removed (its thread may have ended: see dead_streams)."""
+        return stream_id in self.workers
+
+    def stream_ids(self) -> list[str]:
+        return list(self.workers)
+
+    def dead_streams(self) -> list[str]:
+        """Streams whose worker thread ended (its last state says whether that was expected)."""
+        return [sid for sid, w in self.workers.items() if not w.is_alive()]
+
+    def start(self) -> None:
+        """Threads start with each stream; nothing to do (the sharded supervisor starts processes here)."""
+
+    def reload_banks(self, banks: Sequence[BankConfig]) -> None:
+        """Build the new banks in the background, then swap them in whole (samples never wait for a load); one
+        reload at a time, the newest wins, each result reported to the sink (monitor/runtime/bank_reload.py)."""
+        self.bank_reloader.request(banks)
+
+    def stop_all(self, timeout_s: float = 10.0) -> None:
+        for w in self.workers.values():
+            w.stop_event.set()
+        deadline = time.monotonic() + timeout_s
+        for w in self.workers.values():
+            w.join(max(0.0, deadline - time.monotonic()))
+        self.queue.close()  # the analysis threads finish what is queued, then end
+        for a in self.analysis:
+            a.join(max(0.0, deadline - time.monotonic()))
+        for b in self.batched:  # classifies what it holds, then ends
+            b.stop()

@@ -1,0 +1,1 @@
+"""Streaming-server integration: publish hooks, server APIs, bans and discovery."""

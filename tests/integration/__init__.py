@@ -1,0 +1,1 @@
+"""Tests with real components: Mosquitto, nginx-rtmp, ffmpeg, monitor processes (started by fixtures)."""

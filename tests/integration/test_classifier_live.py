@@ -1,0 +1,134 @@
+"""The classifier on real parts: ffmpeg -> nginx-rtmp -> monitor (worker processes, ONNX Runtime) -> Mosquitto.
+
+A stream shows the colour-bar test card for 6 s: one classification incident and one MQTT alert with label, score
+and model id. A stream that never shows it: none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import paho.mqtt.publish as mqtt_publish
+import pytest
+from PIL import Image
+
+from monitor.contracts.alerts import alert_schema
+from monitor_tools.classifier_models import TESTCARD_LABELS, build_testcard_model, colour_bar_card
+from test_streams.infra import Mosquitto, NginxRtmp, ffmpeg_publish_cmd
+from tests.conftest import MonitorProcess, MqttCollector, run_cli
+
+SHOW = (8.0, 14.0)
+DURATION_S = 24.0
+
+
+def classifier_entry(model: Path) -> dict[str, object]:
+    return {"kind": "onnx_classifier", "name": "testcard", "model": str(model), "input_size": [64, 64],
+            "labels": [{"name": "testcard", "threshold": 0.6, "severity": "medium"},
+                       {"name": "other", "threshold": None}],
+            "sampling": {"every_k": 2}, "incidents": {"confirm_k": 2, "confirm_n": 3, "window_s": 10}}
+
+
+def test_testsrc2_scores_under_the_threshold_for_ten_minutes(tmp_path: Path) -> None:
+    """The publishers' background (ffmpeg testsrc2), 600 s at one frame a second, never nears the threshold."""
+    from monitor.config.models import MatchingConfig, build_config
+    from monitor.runtime.supervisor import make_analyses
+    from pipelines.classifier import ClassifierPipeline
+    from test_streams.infra import missing_tools
+
+    if "ffmpeg" in missing_tools():
+        pytest.skip("needs ffmpeg")
+    model = build_testcard_model(tmp_path / "testcard.onnx")
+    (clf,) = make_analyses(build_config({"analyses": [classifier_entry(model)]}).analyses, [], MatchingConfig())
+    assert isinstance(clf, ClassifierPipeline)
+    raw = subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc2=size=512x288:rate=1",
+                          "-t", "600", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], capture_output=True,
+                         check=True).stdout
+    frames = np.frombuffer(raw, np.uint8).reshape(-1, 288, 512, 3)
+    assert len(frames) == 600
+    scores = [row[0] for i in range(0, 600, 50) for row in clf.scorer.score(list(frames[i:i + 50])) if row is not None]
+    assert max(scores) < 0.1, max(scores)
+    clf.stop()
+
+
+@pytest.mark.realinfra
+@pytest.mark.slow
+def test_test_card_for_six_seconds_gives_one_classification_incident_and_alert(
+    mosquitto: Mosquitto, nginx_rtmp: NginxRtmp, tmp_path: Path,
+    collector_factory: Callable[..., MqttCollector], monitor_factory: Callable[..., MonitorProcess],
+) -> None:
+    model = build_testcard_model(tmp_path / "testcard.onnx")
+    card = tmp_path / "card.png"
+    Image.fromarray(colour_bar_card()).save(card)
+    collector = collector_factory(mosquitto.port)
+    publishers = [
+        subprocess.Popen(ffmpeg_publish_cmd(nginx_rtmp.rtmp_url("card"), duration_s=DURATION_S, known_png=card,
+                                            show=SHOW)),
+        subprocess.Popen(ffmpeg_publish_cmd(nginx_rtmp.rtmp_url("clean"), duration_s=DURATION_S)),
+    ]
+    state = tmp_path / "state"
+    mon = monitor_factory({
+        "node": "clf", "broker": {"url": mosquitto.url, "topic_prefix": "t"}, "workers": 2, "state_dir": str(state),
+        "streams": [{"id": "card", "url": nginx_rtmp.rtmp_url("card")},
+                    {"id": "clean", "url": nginx_rtmp.rtmp_url("clean")}],
+        "analyses": [{"kind": "known_content"}, classifier_entry(model)],
+        "ingest": {"backoff_initial_s": 0.3, "backoff_max_s": 2.0},
+    })
+    try:
+        first = collector.wait_for(lambda m: m.topic == "t/clf/alerts/card", DURATION_S + 20)
+        assert first, mon.log()
+        incident_id = first[0].json()["incident_id"]
+        # A moderator dismisses it: the same command as for matches; a feedback record for the vendor follows.
+        mqtt_publish.single("t/clf/commands", json.dumps({
+            "schema_version": 1, "type": "command", "command_id": str(uuid.uuid4()), "action": "dismiss",
+            "incident_id": incident_id, "stream_id": "card", "moderator": "carol", "reason": "a test card"}),
+            qos=1, hostname="127.0.0.1", port=mosquitto.port)
+        assert collector.wait_for(lambda m: m.topic == f"t/clf/incidents/{incident_id}"
+                                  and m.json()["status"] == "dismissed", 10), mon.log()
+        for p in publishers:
+            assert p.wait(DURATION_S + 30) == 0, "ffmpeg publisher failed"
+    finally:
+        for p in publishers:
+            p.kill()
+        mon.stop()
+    log = mon.log()
+    assert "Traceback" not in log, log
+    validator = jsonschema.Draft202012Validator(alert_schema(), format_checker=jsonschema.FormatChecker())
+    alerts = [m.json() for m in collector.matching(lambda m: "/alerts/" in m.topic)]
+    for a in alerts:
+        validator.validate(a)
+    assert [a["stream_id"] for a in alerts] == ["card"], (alerts, log)
+    a = alerts[0]
+    assert (a["kind"], a["label"], a["bank"], a["pipeline"], a["severity"]) == (
+        "classification", "testcard", "testcard", "testcard", "medium")
+    assert a["score"] >= 0.6 and a["score_threshold"] == 0.6
+    assert a["model_id"] == "sha256:" + hashlib.sha256(model.read_bytes()).hexdigest()
+    assert SHOW[0] - 0.1 <= a["media_time_s"] <= SHOW[1] + 2.5, a
+    incidents = {m.json()["incident_id"]: m.json() for m in collector.matching(lambda m: "/incidents/" in m.topic)}
+    assert len(incidents) == 1, incidents
+    inc = next(iter(incidents.values()))
+    assert inc["kind"] == "classification" and inc["label"] == "testcard" and inc["stream_id"] == "card"
+    assert inc["alert_ids"] == [a["alert_id"]] and inc["samples"] >= 2
+    assert TESTCARD_LABELS == ("testcard", "other")
+
+    (line,) = (state / "classifier-feedback.jsonl").read_text().splitlines()
+    feedback = json.loads(line)
+    assert {k: feedback[k] for k in ("incident_id", "analysis", "label", "decision", "moderator", "model_id")} == {
+        "incident_id": a["incident_id"], "analysis": "testcard", "label": "testcard", "decision": "false_positive",
+        "moderator": "carol", "model_id": a["model_id"]}
+    assert feedback["score"] >= a["score"] and len(feedback["sample_hash"]) == 64
+    assert "image" not in line  # evidence.store_images is off
+    assert not (state / "negative-proposals.jsonl").exists()  # a label is no bank entry
+    evidence = state / "evidence.sqlite"
+    verify = run_cli("evidence", "verify", str(evidence))
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    report_path = tmp_path / "report.json"
+    assert run_cli("evidence", "export", str(evidence), a["incident_id"], "--out", str(report_path)).returncode == 0
+    report = report_path.read_text()
+    assert a["model_id"] in report and "carol" in report and a["sample_hash"] in report

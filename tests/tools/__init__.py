@@ -1,0 +1,1 @@
+"""Tests of the tooling (tools/): demo, benchmarks, evaluation, soak, the natural corpus."""

@@ -1,0 +1,1 @@
+"""Tests of single parts, in process, no external programs."""

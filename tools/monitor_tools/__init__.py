@@ -1,0 +1,1 @@
+"""Tooling around the monitor: demo, benchmarks, evaluation, soak. Not part of the runtime wheel."""
