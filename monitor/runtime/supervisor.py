@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from monitor.common.backoff import backoff_delay
 from monitor.common.errors import ConfigError
 from monitor.common.urls import redact_url
 from monitor.config.models import (
@@ -162,12 +163,6 @@ def check_classifiers(analyses: Sequence[AnalysisConfig], matching: MatchingConf
     for p in make_analyses([a for a in analyses if a.kind != "known_content"], [], matching):
         if isinstance(p, BatchedPipeline):
             p.stop()
-
-
-def backoff_delay(attempt: int, initial: float, maximum: float, rng: random.Random) -> float:
-    """Exponential backoff with jitter: spread reconnects so a server restart is not hit by all at once."""
-    base = min(maximum, initial * (2 ** max(0, attempt - 1)))
-    return float(base * rng.uniform(0.5, 1.0))
 
 
 @dataclass(frozen=True, slots=True)

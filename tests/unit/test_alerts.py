@@ -6,8 +6,8 @@ import time
 import jsonschema
 import pytest
 
+from monitor.common.backoff import backoff_delay
 from monitor.contracts.alerts import alert_schema, build_alert
-from monitor.runtime.supervisor import backoff_delay
 from pipelines.base import Finding
 
 
