@@ -19,7 +19,7 @@ import aiomqtt
 import pytest
 
 from monitor.config.models import BrokerConfig
-from monitor.console.printer import tui
+from monitor.console import tui
 from monitor.console.tui import ConsoleState, ModerationConsole, build_command
 from monitor.contracts.alerts import build_alert, utc_iso
 from pipelines.base import Finding
