@@ -7,7 +7,6 @@ Payloads that are not valid alerts are reported and skipped: a bad message never
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import sys
@@ -18,11 +17,17 @@ from typing import Any, TextIO
 import aiomqtt
 import jsonschema
 
+from monitor.common.backoff import Backoff
 from monitor.common.safetext import printable
 from monitor.config.models import BrokerConfig
 from monitor.contracts import topics
 from monitor.contracts.alerts import alert_schema
-from monitor.delivery.mqtt import make_client, negotiate_protocol
+from monitor.delivery.connection import (
+    CONSOLE_RECONNECT_MAX_S,
+    RECONNECT_INITIAL_S,
+    MqttConnection,
+    negotiate_protocol,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,61 +91,41 @@ async def run_console(cfg: BrokerConfig, *, as_json: bool, out: TextIO = sys.std
     validator = AlertValidator()
     seen: set[str] = set()  # alert_ids: delivery is at least once, so duplicates are dropped here
     shown = 0
-    delay = 0.5
     prefix = cfg.topic_prefix
-    while not stop.is_set():
-        try:
-            async with make_client(cfg, client_id, protocol) as client:
-                delay = 0.5
-                await client.subscribe(topics.all_alerts(prefix), qos=1)
-                if not as_json:
-                    await client.subscribe(topics.all_stream_states(prefix), qos=1)
-                stop_task = asyncio.ensure_future(stop.wait())
-                async for msg in _until(client.messages, stop_task):
-                    topic = str(msg.topic)
-                    payload = msg.payload if isinstance(msg.payload, bytes) else str(msg.payload).encode()
-                    if msg.topic.matches(topics.all_alerts(prefix)):
-                        alert, problem = parse_alert(payload, validator)
-                        if alert is None:
-                            print(printable(f"! ignored a malformed message on {topic}: {problem}"), file=sys.stderr)
-                            continue
-                        if alert["alert_id"] in seen:
-                            continue
-                        seen.add(alert["alert_id"])
-                        shown += 1
-                        print(json.dumps(alert, sort_keys=True) if as_json else format_alert(alert),
-                              file=out, flush=True)
-                        if on_alert is not None:
-                            on_alert(alert)
-                        if max_alerts is not None and shown >= max_alerts:
-                            return shown
-                    elif not as_json:
-                        try:
-                            state = json.loads(payload)
-                        except (json.JSONDecodeError, UnicodeDecodeError):
-                            continue
-                        if isinstance(state, dict):
-                            print(format_state(state), file=out, flush=True)
-        except aiomqtt.MqttError as exc:
-            if stop.is_set():
-                break
-            print(f"! lost the broker ({exc}); reconnecting in {delay:.1f} s", file=sys.stderr)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
-            delay = min(delay * 2, 15.0)
+    alerts = topics.all_alerts(prefix)
+
+    def on_message(topic: str, payload: bytes) -> None:
+        nonlocal shown
+        if aiomqtt.Topic(topic).matches(alerts):
+            alert, problem = parse_alert(payload, validator)
+            if alert is None:
+                print(printable(f"! ignored a malformed message on {topic}: {problem}"), file=sys.stderr)
+                return
+            if alert["alert_id"] in seen:
+                return
+            seen.add(alert["alert_id"])
+            shown += 1
+            print(json.dumps(alert, sort_keys=True) if as_json else format_alert(alert), file=out, flush=True)
+            if on_alert is not None:
+                on_alert(alert)
+            if max_alerts is not None and shown >= max_alerts:
+                conn.close()
+        elif not as_json:
+            try:
+                state = json.loads(payload)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                return
+            if isinstance(state, dict):
+                print(format_state(state), file=out, flush=True)
+
+    def on_lost(exc: Exception, wait_s: float) -> None:
+        if not isinstance(exc, aiomqtt.MqttError):
+            raise exc  # not the broker: a bug, or on_alert failed; it ends the console
+        print(f"! lost the broker ({exc}); reconnecting in {wait_s:.1f} s", file=sys.stderr)
+
+    conn = MqttConnection(cfg, client_id, protocol=protocol,
+                          subscriptions=[alerts] if as_json else [alerts, topics.all_stream_states(prefix)],
+                          on_message=on_message, on_lost=on_lost,
+                          backoff=Backoff(RECONNECT_INITIAL_S, CONSOLE_RECONNECT_MAX_S))
+    await conn.run(stop)
     return shown
-
-
-async def _until(messages: Any, stop_task: asyncio.Future[Any]) -> Any:
-    """Iterate messages until stop_task completes."""
-    it = messages.__aiter__()
-    while True:
-        nxt = asyncio.ensure_future(it.__anext__())
-        done, _ = await asyncio.wait({nxt, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-        if nxt not in done:
-            nxt.cancel()
-            return
-        try:
-            yield nxt.result()
-        except StopAsyncIteration:
-            return

@@ -10,8 +10,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
-import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -26,11 +24,15 @@ from monitor.common.errors import BrokerError
 from monitor.common.urls import redact_url
 from monitor.config.models import BrokerConfig
 from monitor.contracts import topics
+from monitor.delivery.connection import MqttConnection, describe_connect_error, protocol_name
+
+# monitor/console/tui.py imports these two from here (until it uses MqttConnection).
+from monitor.delivery.connection import make_client as make_client
+from monitor.delivery.connection import negotiate_protocol as negotiate_protocol
 from monitor.delivery.outbox import Outbox, OutboxError, OutboxMessage
 
 log = logging.getLogger(__name__)
 
-UNSUPPORTED_PROTOCOL = (1, 132)  # CONNACK codes for "unacceptable protocol version" in 3.1.1 and 5
 MEMORY_LIMIT = 10_000  # alerts and incident updates held in memory while the outbox cannot store them
 RECOVERY_INTERVAL_S = 1.0  # how often a held message is offered to the outbox again
 FLUSH_RETRY_S = 0.25  # reconnect interval while shutting down
@@ -47,65 +49,6 @@ class Outgoing:
     retain: bool = False
     user_properties: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     expiry_s: int | None = None  # MQTT 5 message expiry: stale health must vanish, not mislead
-
-
-def _describe_connect_error(cfg: BrokerConfig, exc: Exception) -> str:
-    text = str(exc)
-    rc = getattr(exc, "rc", None)
-    if rc in (4, 5, 134, 135):
-        why = "not authorised (check username/password)"
-    elif "certificate verify failed" in text or "CERTIFICATE_VERIFY_FAILED" in text:
-        why = "TLS certificate not trusted (set broker.ca_file to the CA that signed the broker's certificate)"
-    elif "refused" in text.lower() or isinstance(exc.__cause__, ConnectionRefusedError):
-        why = "connection refused (is the broker running on that port?)"
-    elif "timed out" in text.lower():
-        why = "timed out"
-    elif isinstance(exc.__cause__, ssl.SSLError):
-        why = f"TLS failed: {exc.__cause__}"
-    else:
-        why = text or type(exc).__name__
-    return f"cannot connect to MQTT broker {redact_url(cfg.url)}: {why}"
-
-
-def make_client(cfg: BrokerConfig, client_id: str, protocol: aiomqtt.ProtocolVersion,
-                will: aiomqtt.Will | None = None) -> aiomqtt.Client:
-    tls = aiomqtt.TLSParameters(ca_certs=str(cfg.ca_file) if cfg.ca_file else None) if cfg.tls else None
-    kwargs: dict[str, Any] = {}
-    if protocol == aiomqtt.ProtocolVersion.V5:
-        kwargs["clean_start"] = True
-    return aiomqtt.Client(
-        cfg.host,
-        cfg.port,
-        username=cfg.username,
-        password=cfg.secret(),
-        identifier=client_id,
-        protocol=protocol,
-        will=will,
-        tls_params=tls,
-        timeout=cfg.connect_timeout_s,
-        **kwargs,
-    )
-
-
-async def negotiate_protocol(cfg: BrokerConfig, client_id: str) -> aiomqtt.ProtocolVersion:
-    """Connect once to learn the protocol the broker speaks; raises BrokerError with a clear reason."""
-    wanted = {
-        "5": [aiomqtt.ProtocolVersion.V5],
-        "3.1.1": [aiomqtt.ProtocolVersion.V311],
-        "auto": [aiomqtt.ProtocolVersion.V5, aiomqtt.ProtocolVersion.V311],
-    }[cfg.protocol]
-    last: Exception | None = None
-    for proto in wanted:
-        try:
-            async with make_client(cfg, client_id + "-probe", proto):
-                return proto
-        except aiomqtt.MqttError as exc:
-            last = exc
-            if getattr(exc, "rc", None) in UNSUPPORTED_PROTOCOL:
-                continue
-            break
-    assert last is not None
-    raise BrokerError(_describe_connect_error(cfg, last))
 
 
 CommandHandler = Callable[[str, bytes], None]
@@ -137,8 +80,13 @@ class MqttPublisher:
         self.on_command = on_command
         self.memory_limit = memory_limit
         self.client_id = f"monitor-{node}"
-        self.connected = asyncio.Event()
         self.protocol = aiomqtt.ProtocolVersion.V311
+        self._conn = MqttConnection(
+            cfg, self.client_id,
+            subscriptions=[topics.commands(cfg.topic_prefix, node)] if on_command is not None else [],
+            on_message=self._on_command if on_command is not None else None,
+            on_connected=self._on_connected, on_lost=self._on_lost)
+        self.connected = self._conn.connected  # set while connected
         self._queue: deque[Outgoing] = deque()
         self._held: deque[OutboxMessage] = deque()  # durable messages the outbox could not store (oldest first)
         self._in_flight: OutboxMessage | None = None  # a held message being published right now
@@ -148,7 +96,6 @@ class MqttPublisher:
         self._said_flush_retry = False
         self._retained: dict[str, Outgoing] = {}  # latest state per topic, re-sent after each reconnect
         self.sent = 0
-        self.reconnects = 0
         self.outbox_error: str | None = None  # the last outbox write error, until the outbox can be written again
         self.outbox_errors = 0  # failed outbox writes
         self.held_total = 0  # durable messages that had to be held in memory
@@ -165,6 +112,11 @@ class MqttPublisher:
         except OutboxError as exc:
             log.error("cannot read the outbox: %s", exc)
             return 0
+
+    @property
+    def reconnects(self) -> int:
+        """Connections lost or refused so far."""
+        return self._conn.reconnects
 
     @property
     def held(self) -> int:
@@ -359,68 +311,55 @@ class MqttPublisher:
         return props
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until `stop` is set, reconnecting with backoff; connected then, it says 'offline' (retained) last."""
         status_topic = topics.node_status(self.cfg.topic_prefix, self.node)
-        will = aiomqtt.Will(status_topic, self._status("offline"), qos=1, retain=True)
+        self._conn.will = aiomqtt.Will(status_topic, self._status("offline"), qos=1, retain=True)
+        self._conn.protocol = self.protocol
         maintain = asyncio.create_task(self._maintain())
-        delay = 0.5
         try:
-            while not stop.is_set():
-                reader: asyncio.Task[None] | None = None
-                try:
-                    async with make_client(self.cfg, self.client_id, self.protocol, will) as client:
-                        delay = 0.5
-                        self.connected.set()
-                        log.info("connected to MQTT broker %s (MQTT %s)", redact_url(self.cfg.url),
-                                 "5" if self.protocol == aiomqtt.ProtocolVersion.V5 else "3.1.1")
-                        await client.publish(status_topic, self._status("online"), qos=1, retain=True)
-                        if self.on_command is not None:
-                            await client.subscribe(topics.commands(self.cfg.topic_prefix, self.node), qos=1)
-                            reader = asyncio.create_task(self._read_commands(client))
-                        # Retained state may have been lost with a broker restart: send the latest again.
-                        for msg in list(self._retained.values()):
-                            if msg not in self._queue:
-                                self._queue.appendleft(msg)
-                        await self._drain(client, stop, reader)
-                        if stop.is_set():
-                            await client.publish(status_topic, self._status("offline"), qos=1, retain=True)
-                            log.info("node status 'offline' published; disconnecting from the broker")
-                except Exception as exc:  # MqttError: the broker; anything else must not end delivery either
-                    self.connected.clear()
-                    if stop.is_set():
-                        break
-                    self.reconnects += 1
-                    flushing = self._flushing.is_set()
-                    wait_s = FLUSH_RETRY_S if flushing else delay * random.uniform(0.5, 1.0)
-                    if isinstance(exc, aiomqtt.MqttError):
-                        # While shutting down it retries every FLUSH_RETRY_S: said once, not each time.
-                        say = log.debug if flushing and self._said_flush_retry else log.warning
-                        self._said_flush_retry = flushing
-                        say("MQTT connection lost or refused (%s); %d messages waiting; retry in %.1f s%s",
-                            _describe_connect_error(self.cfg, exc), self.pending, wait_s,
-                            " (shutting down: retrying until the flush times out)" if flushing else "")
-                    else:
-                        log.exception("MQTT publisher failed unexpectedly; %d messages waiting; reconnect in "
-                                      "%.1f s", self.pending, wait_s)
-                    # A shutdown (flush) cuts the backoff short: a broker that is back gets what waits.
-                    await _wait_any([stop] if flushing else [stop, self._flushing], wait_s)
-                    delay = min(delay * 2, 30.0)
-                finally:
-                    if reader is not None:
-                        reader.cancel()
+            await self._conn.run(stop, lambda client: self._session(client, stop), wake=self._flushing)
         finally:
-            self.connected.clear()
             maintain.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await maintain
 
-    async def _read_commands(self, client: aiomqtt.Client) -> None:
+    def _on_connected(self) -> None:
+        log.info("connected to MQTT broker %s (MQTT %s)", redact_url(self.cfg.url), protocol_name(self.protocol))
+
+    def _on_lost(self, exc: Exception, wait_s: float) -> float:
+        """Say why and when the next try is; while shutting down (flush) retry every FLUSH_RETRY_S instead."""
+        flushing = self._flushing.is_set()
+        wait_s = FLUSH_RETRY_S if flushing else wait_s
+        if isinstance(exc, aiomqtt.MqttError | BrokerError):
+            # While shutting down it retries every FLUSH_RETRY_S: said once, not each time.
+            say = log.debug if flushing and self._said_flush_retry else log.warning
+            self._said_flush_retry = flushing
+            why = str(exc) if isinstance(exc, BrokerError) else describe_connect_error(self.cfg, exc)
+            say("MQTT connection lost or refused (%s); %d messages waiting; retry in %.1f s%s",
+                why, self.pending, wait_s, " (shutting down: retrying until the flush times out)" if flushing else "")
+        else:  # anything else must not end delivery either
+            log.error("MQTT publisher failed unexpectedly; %d messages waiting; reconnect in %.1f s",
+                      self.pending, wait_s, exc_info=exc)
+        return wait_s
+
+    async def _session(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
+        """One connection: 'online', the latest retained state again, then what waits, until stopped."""
+        status_topic = topics.node_status(self.cfg.topic_prefix, self.node)
+        await client.publish(status_topic, self._status("online"), qos=1, retain=True)
+        # Retained state may have been lost with a broker restart: send the latest again.
+        for msg in list(self._retained.values()):
+            if msg not in self._queue:
+                self._queue.appendleft(msg)
+        await self._drain(client, stop)
+        await client.publish(status_topic, self._status("offline"), qos=1, retain=True)
+        log.info("node status 'offline' published; disconnecting from the broker")
+
+    def _on_command(self, topic: str, payload: bytes) -> None:
         assert self.on_command is not None
-        async for msg in client.messages:
-            payload = msg.payload if isinstance(msg.payload, bytes) else str(msg.payload).encode()
-            try:
-                self.on_command(str(msg.topic), payload)
-            except Exception:  # a bad command must not cost us the connection
-                log.exception("command handler failed")
+        try:
+            self.on_command(topic, payload)
+        except Exception:  # a bad command must not cost us the connection
+            log.exception("command handler failed")
 
     async def _publish(self, client: aiomqtt.Client, msg: Outgoing) -> None:
         await client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain,
@@ -450,10 +389,8 @@ class MqttPublisher:
         else:
             self._write_ok()
 
-    async def _drain(self, client: aiomqtt.Client, stop: asyncio.Event, reader: asyncio.Task[None] | None) -> None:
+    async def _drain(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
         while True:
-            if reader is not None and reader.done():
-                reader.result()  # re-raise the connection error the reader saw
             # Durable messages first, oldest first; each is marked sent only after the broker's PUBACK.
             if self.outbox is not None:
                 for om in await self._stored_batch():
@@ -478,8 +415,7 @@ class MqttPublisher:
             self._wake.clear()
             mine: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait()),
                                                asyncio.ensure_future(self._wake.wait())]
-            await asyncio.wait([*mine, *([reader] if reader is not None else [])],
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(mine, return_when=asyncio.FIRST_COMPLETED)
             for w in mine:
                 w.cancel()
 
@@ -499,13 +435,3 @@ class MqttPublisher:
         while self._recover():
             pass
         return not self.durable_pending
-
-
-async def _wait_any(events: list[asyncio.Event], timeout_s: float) -> None:
-    """Sleep timeout_s, or less if one of events is set."""
-    waits = [asyncio.ensure_future(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waits:
-            w.cancel()

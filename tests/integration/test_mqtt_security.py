@@ -15,7 +15,7 @@ import pytest
 
 from monitor.common.errors import BrokerError
 from monitor.config.models import BrokerConfig
-from monitor.delivery.mqtt import make_client, negotiate_protocol
+from monitor.delivery.connection import make_client, negotiate_protocol
 from test_streams.infra import Mosquitto, free_port
 from tests.conftest import require_tools
 
