@@ -32,15 +32,9 @@ from monitor.contracts import topics
 from monitor.contracts.alerts import build_alert
 from monitor.delivery.mqtt import MqttPublisher
 from monitor.delivery.outbox import Outbox, OutboxError
-from monitor.evidence.log import (
-    IMAGE_KEY,
-    EvidenceError,
-    EvidenceLog,
-    EvidenceRecord,
-    KeyFileError,
-    key_id,
-    load_signing_key,
-)
+from monitor.evidence.records import IMAGE_KEY, EvidenceRecord
+from monitor.evidence.signing import KeyFileError, key_id, load_signing_key
+from monitor.evidence.store import EvidenceError, EvidenceLog
 from monitor.incidents.book import (
     ClassifierPolicy,
     CommandError,
@@ -56,17 +50,12 @@ from monitor.incidents.book import (
 )
 from monitor.ops.metrics import HealthInput, HealthRules, Metrics, start_metrics_server
 from monitor.ops.sampling_report import Escalation, SamplingReport
+from monitor.runtime.analyses import check_classifiers, make_analyses
 from monitor.runtime.bank_reload import ReloadResult
 from monitor.runtime.bank_reload import load_banks as load_bank_files
-from monitor.runtime.supervisor import (
-    SampleReport,
-    SampleTiming,
-    StateChange,
-    StreamState,
-    Supervisor,
-    check_classifiers,
-    make_analyses,
-)
+from monitor.runtime.messages import TERMINAL, SampleReport, SampleTiming, StateChange, StreamState
+from monitor.runtime.protocol import Supervisor
+from monitor.runtime.supervisor import LocalSupervisor
 from monitor.runtime.workers import ShardedSupervisor
 from monitor.servers.api import DropResult, MediaMTXAPI, NginxRtmpAPI, ServerAPI, SrsAPI
 from monitor.servers.bans import BanList
@@ -77,7 +66,6 @@ from pipelines.base import Finding, SampleInfo
 
 log = logging.getLogger(__name__)
 
-TERMINAL = (StreamState.ENDED, StreamState.FAILED)
 SHUTDOWN_FLUSH_S = 5.0  # on SIGTERM, how long waiting alerts may take to reach the broker
 AlertListener = Callable[[dict[str, Any]], None]
 
@@ -142,9 +130,9 @@ class Engine:
         for b in banks:
             self.metrics.bank_entries.labels(b.name).set(len(b))
         n_workers = (os.cpu_count() or 1) if cfg.workers is None else cfg.workers
-        self.supervisor: Supervisor | ShardedSupervisor = (
+        self.supervisor: Supervisor = (
             # Worker processes load their own banks; the main process keeps none of them.
-            Supervisor(cfg.ingest, cfg.sampling,
+            LocalSupervisor(cfg.ingest, cfg.sampling,
                        make_analyses(cfg.analyses, banks, cfg.matching, cfg.evidence.store_images), self)
             if n_workers == 0 else
             ShardedSupervisor(n_workers, cfg.ingest, cfg.sampling, cfg.banks, cfg.matching, self,
@@ -622,8 +610,7 @@ class Engine:
             self._count_up(counter, total)
         m.mqtt_connected.set(1 if self.publisher.connected.is_set() else 0)
         m.quarantined.set(len(self.incidents.quarantined()))
-        if isinstance(self.supervisor, ShardedSupervisor):
-            self._count_up(m.streams_quarantined, self.supervisor.quarantined_total)
+        self._count_up(m.streams_quarantined, self.supervisor.quarantined_total)
         self._sampling_metrics()
 
     def _sampling_metrics(self) -> None:

@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         from monitor.evidence.log import load_signing_key
 
         load_signing_key(cfg.evidence.signing_key_file, state_dir=cfg.state_dir)  # KeyFileError: one line, exit 2
-    from monitor.runtime.supervisor import check_classifiers
+    from monitor.runtime.analyses import check_classifiers
 
     check_classifiers(cfg.analyses, cfg.matching)  # a model that cannot run as configured: one line, exit 2
     if args.validate_config:

@@ -1,12 +1,13 @@
 """One worker thread per stream: read keyframes, sample, run the pipelines, reconnect on failure.
 
-A stream's failure stays inside its thread; the supervisor only hears state changes and findings.
+A stream's failure stays inside its thread; the supervisor only hears state changes and findings. The
+`LocalSupervisor` here runs them in this process (`workers: 0`, and inside each worker process of
+monitor/runtime/workers.py); both implement the `Supervisor` protocol of monitor/runtime/protocol.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
 import logging
 import queue
 import random
@@ -14,36 +15,22 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from monitor.common.backoff import backoff_delay
-from monitor.common.errors import ConfigError
 from monitor.common.urls import redact_url
-from monitor.config.models import (
-    AnalysisConfig,
-    BankConfig,
-    IngestConfig,
-    MatchingConfig,
-    OnnxClassifierConfig,
-    SamplingConfig,
-    ServiceClassifierConfig,
-    StreamConfig,
-)
+from monitor.config.models import BankConfig, IngestConfig, SamplingConfig, StreamConfig
 from monitor.ingest.coverage import CoveragePolicy
 from monitor.ingest.packets import KeyInfo
 from monitor.ingest.reader import IngestError, KeyframeReader, is_hls_url, is_live_url
 from monitor.ingest.scheduler import QueueClosed, SampleQueue, Scheduler, StreamPolicy
 from monitor.runtime.bank_reload import BankReloader
-from monitor.runtime.bank_reload import load_banks as load_configured_banks
-from pipelines import registry
-from pipelines.banks import Bank
+from monitor.runtime.messages import SampleReport, SampleTiming, StateChange, StreamState, WorkerStats
+from monitor.runtime.protocol import EngineSink
 from pipelines.base import BatchedPipeline, Finding, Pipeline, Sample, SampleInfo
-from pipelines.classifier import BatchSettings, BudgetSettings, ClassifierPipeline, LabelRule, ModelError
-from pipelines.known_content import KnownContentMatcher
-from pipelines.registry import AnyPipeline, BuildContext
+from pipelines.registry import AnyPipeline
 
 log = logging.getLogger(__name__)
 
@@ -52,126 +39,13 @@ REPLAY_WINDOW_S = 300.0  # an HLS media time this far behind the last sample is 
 DENSE_MIN_INTERVAL_S = 0.25  # new and boosted streams: keyframes up to 4 a second
 
 
-class StreamState(enum.StrEnum):
-    CONNECTING = "connecting"
-    LIVE = "live"
-    STALLED = "stalled"  # connected, but no packet within the read timeout
-    RECONNECTING = "reconnecting"
-    ENDED = "ended"  # a file reached its end, or the stream was removed
-    FAILED = "failed"  # an error that retrying cannot fix
-
-
-@dataclass(frozen=True, slots=True)
-class StateChange:
-    stream_id: str
-    state: StreamState
-    detail: str
-    at: float
-    attempt: int
-    retry_in_s: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SampleReport:
-    """What the engine needs of a sample once it was analysed (the pixels stay with the worker)."""
-
-    stream_id: str
-    media_time_s: float
-    received_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class SampleTiming:
-    decode_s: float  # key packet read -> scaled frame ready
-    stages: tuple[tuple[str, float], ...]  # (pipeline name, seconds)
-    done_at: float  # unix time the analyses finished
-
-
-class EngineSink(Protocol):
-    """Called from worker threads; implementations hand over to their own loop and return at once."""
-
-    def on_state(self, change: StateChange) -> None: ...
-
-    def on_sample(self, sample: SampleReport, findings: list[Finding], timing: SampleTiming) -> None:
-        """Every sample, matched or not: confirming weak matches needs the misses too."""
-        ...
-
-
-def load_banks(banks: Sequence[BankConfig], previous: Sequence[Bank] = ()) -> list[Bank]:
-    """The enabled banks with their size caps and link rules (monitor/runtime/bank_reload.py); raises BankFormatError
-    naming file and line."""
-    return load_configured_banks(banks, previous)
-
-
-def make_matcher(banks: Sequence[Bank], m: MatchingConfig) -> KnownContentMatcher:
-    return KnownContentMatcher(banks, m.min_quality, strip_bars=m.strip_bars, dihedral=m.dihedral, boxes=m.boxes,
-                               crops=m.crops, pip=m.pip, tones=m.tones)
-
-
-@registry.register("known_content")
-def _build_known_content(spec: AnalysisConfig, ctx: BuildContext) -> AnyPipeline:
-    assert isinstance(ctx.matching, MatchingConfig)
-    return make_matcher(ctx.banks, ctx.matching)
-
-
-def _classifier_parts(spec: OnnxClassifierConfig | ServiceClassifierConfig) -> tuple[
-        list[LabelRule], BudgetSettings, BatchSettings]:
-    s = spec.sampling
-    return ([LabelRule(x.name, x.threshold, x.severity) for x in spec.labels],
-            BudgetSettings(s.every_k, s.dense_every, s.new_stream_s, s.near_match_s, s.near_fraction),
-            BatchSettings(s.batch_size, s.batch_wait_ms / 1000, s.queue_size, s.max_sample_age_s))
-
-
-@registry.register("onnx_classifier")
-def _build_onnx(spec: OnnxClassifierConfig, ctx: BuildContext) -> AnyPipeline:
-    from pipelines.classifier import OnnxScorer, OnnxSettings
-
-    rules, budget, batch = _classifier_parts(spec)
-    scorer = OnnxScorer(OnnxSettings(
-        spec.model, tuple(r.name for r in rules), spec.input_size, spec.colour_order, spec.layout, spec.scale,
-        spec.mean, spec.std, spec.output, spec.providers, spec.threads, batch.batch_size))
-    return ClassifierPipeline(spec.name, scorer, rules, budget, batch, keep_images=ctx.store_images)
-
-
-@registry.register("service_classifier")
-def _build_service(spec: ServiceClassifierConfig, ctx: BuildContext) -> AnyPipeline:
-    from monitor.runtime.classify_service import ServiceScorer
-
-    rules, budget, batch = _classifier_parts(spec)
-    return ClassifierPipeline(spec.name, ServiceScorer(spec), rules, budget, batch, keep_images=ctx.store_images)
-
-
-def make_analyses(analyses: Sequence[AnalysisConfig], banks: Sequence[Bank], matching: MatchingConfig,
-                  store_images: bool = False) -> list[AnyPipeline]:
-    """The configured analyses, built by kind; a classifier that cannot run as configured is a ConfigError
-    naming the field (`analyses[1] (testcard).labels: ...`)."""
-    ctx = BuildContext(banks, matching, store_images)
-    out: list[AnyPipeline] = []
-    for i, spec in enumerate(analyses):
-        try:
-            out.append(registry.build(spec, ctx))
-        except ModelError as exc:
-            for p in out:
-                if isinstance(p, BatchedPipeline):
-                    p.stop()
-            raise ConfigError(f"analyses[{i}] ({spec.name}).{exc.field}: {exc.problem}") from None
-    return out
-
-
-def check_classifiers(analyses: Sequence[AnalysisConfig], matching: MatchingConfig) -> None:
-    """Builds the configured classifiers once and closes them: ConfigError naming the field if one cannot run."""
-    for p in make_analyses([a for a in analyses if a.kind != "known_content"], [], matching):
-        if isinstance(p, BatchedPipeline):
-            p.stop()
-
-
 @dataclass(frozen=True, slots=True)
 class _Queued:
     sample: Sample
     decode_s: float
 
 
-class _BoundSampler:
+class BoundSampler:
     """The scheduler, seen by one stream's reader (monitor/ingest/reader.py FrameSampler)."""
 
     def __init__(self, scheduler: Scheduler, stream_id: str) -> None:
@@ -223,7 +97,7 @@ class StreamWorker(threading.Thread):
         attempt = 0
         live = is_live_url(self.stream.url)
         url_shown = redact_url(self.stream.url)
-        sampler = _BoundSampler(self.scheduler, self.stream.id)
+        sampler = BoundSampler(self.scheduler, self.stream.id)
         hls = is_hls_url(self.stream.url)
         last_sampled: float | None = None  # across reconnects: an HLS reopen replays the last segment
         while not self.stop_event.is_set():
@@ -313,8 +187,10 @@ def _no_classified_sink(sample: SampleInfo, analysis: str, findings: list[Findin
                     len(findings), analysis)
 
 
-class Supervisor:
+class LocalSupervisor:
     """Starts and stops stream worker threads in this process; streams can be added and removed while running."""
+
+    quarantined_total = 0  # nothing is quarantined without worker processes to crash
 
     def __init__(self, ingest: IngestConfig, sampling: SamplingConfig, pipelines: Sequence[AnyPipeline],
                  sink: EngineSink, budget_share: float = 1.0) -> None:
@@ -379,7 +255,7 @@ class Supervisor:
         for b in self.batched:  # a near match on the hash path: the classifiers look closer too
             b.boost(stream_id, seconds)
 
-    def stats(self) -> list[dict[str, Any]]:
+    def stats(self) -> list[WorkerStats]:
         """Sampling counters (one entry: this process), the same shape as the sharded supervisor's."""
         return [{"scheduler": self.scheduler.stats(), "queue": self.queue.stats(),
                  "classifiers": {b.name: b.stats() for b in self.batched}}]

@@ -1,8 +1,9 @@
 """Streams sharded across worker processes, one per core by default; decoding in threads inside each.
 
-Each worker process runs the ordinary `Supervisor` (one thread per stream) with its own copy of the pipelines
-and banks, so fingerprinting and matching happen next to the decoder and only small results cross processes:
-state changes and (sample report, findings, timing) tuples. Incidents, MQTT and evidence stay in the main
+Each worker process runs the ordinary `LocalSupervisor` (one thread per stream) with its own copy of the
+pipelines and banks, so fingerprinting and matching happen next to the decoder and only small results cross
+processes: the typed messages of monitor/runtime/messages.py (`WorkerEvent` up, `WorkerCommand` down), each side
+dispatching on the message's type. Incidents, MQTT and evidence stay in the main
 process. Processes are spawned, not forked: the parent runs an event loop and client threads that must not be
 cloned. Each worker sends its events over a pipe of its own, written by one thread: a process that dies mid-message
 damages only its own pipe, and holds no lock another process waits for.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import multiprocessing.connection
+import multiprocessing.queues
 import os
 import queue
 import shutil
@@ -34,7 +36,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from pydantic import TypeAdapter
 
@@ -50,17 +52,31 @@ from monitor.config.models import (
 )
 from monitor.ingest import crashguard
 from monitor.ingest.crashguard import CrashTable, Suspects
-from monitor.runtime.bank_reload import ReloadResult
-from monitor.runtime.supervisor import (
-    EngineSink,
+from monitor.runtime.analyses import make_analyses
+from monitor.runtime.bank_reload import ReloadResult, load_banks
+from monitor.runtime.messages import (
+    AddStream,
+    BanksReloaded,
+    Boost,
+    Classified,
+    ReloadBanks,
+    RemoveStream,
+    Sampled,
     SampleReport,
     SampleTiming,
     StateChange,
+    StateChanged,
+    StopWorker,
     StreamState,
-    Supervisor,
-    load_banks,
-    make_analyses,
+    WorkerCommand,
+    WorkerEvent,
+    WorkerReady,
+    WorkerStats,
+    WorkerStatsReport,
+    WorkerStopped,
 )
+from monitor.runtime.protocol import EngineSink
+from monitor.runtime.supervisor import LocalSupervisor
 from pipelines.base import Finding, SampleInfo
 
 log = logging.getLogger(__name__)
@@ -91,6 +107,7 @@ class WorkerSpec:
 
 
 _ANALYSES: TypeAdapter[list[AnalysisConfig]] = TypeAdapter(list[AnalysisConfig])
+CommandQueue: TypeAlias = "multiprocessing.queues.Queue[WorkerCommand]"  # the parent's commands to one worker
 
 
 class _EventSender:
@@ -98,11 +115,11 @@ class _EventSender:
 
     def __init__(self, conn: multiprocessing.connection.Connection) -> None:
         self.conn = conn
-        self.queue: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self.queue: queue.SimpleQueue[WorkerEvent | None] = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._run, name="worker-events", daemon=True)
         self.thread.start()
 
-    def put(self, msg: tuple[Any, ...]) -> None:
+    def put(self, msg: WorkerEvent) -> None:
         self.queue.put(msg)
 
     def _run(self) -> None:
@@ -112,7 +129,7 @@ class _EventSender:
             except OSError:
                 os._exit(1)  # the parent is gone (killed): nobody would see what this process finds
             except Exception:
-                log.exception("worker: could not send a %s message to the main process", msg[0])
+                log.exception("worker: could not send a %s message to the main process", type(msg).__name__)
 
     def close(self) -> None:
         """Sends what is queued, then closes the pipe."""
@@ -128,22 +145,22 @@ class _QueueSink:
 
     def on_bank_reload(self, result: ReloadResult) -> None:
         """A reload's outcome in this worker, for the main process's log (a failure is seen where one looks)."""
-        self.events.put(("bank_reload", replace(result, worker=self.index)))
+        self.events.put(BanksReloaded(replace(result, worker=self.index)))
 
     def on_state(self, change: StateChange) -> None:
         # A stream thread reports a state before it opens its input: from then on its FFmpeg calls carry its id.
         if threading.current_thread() is not threading.main_thread():
             crashguard.bind_stream(change.stream_id)
-        self.events.put(("state", change))
+        self.events.put(StateChanged(change))
 
     def on_sample(self, sample: SampleReport, findings: list[Finding], timing: SampleTiming) -> None:
-        self.events.put(("sample", sample, findings, timing))
+        self.events.put(Sampled(sample, findings, timing))
 
     def on_classified(self, sample: SampleInfo, analysis: str, findings: list[Finding], done_at: float) -> None:
-        self.events.put(("classified", sample, analysis, findings, done_at))
+        self.events.put(Classified(sample, analysis, findings, done_at))
 
 
-def _worker_main(index: int, spec: WorkerSpec, commands: Any, conn: multiprocessing.connection.Connection,
+def _worker_main(index: int, spec: WorkerSpec, commands: CommandQueue, conn: multiprocessing.connection.Connection,
                  table: CrashTable, crash_dump: str) -> None:
     """Runs in the child: builds the pipelines, then obeys add/remove/stop until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us in order
@@ -156,30 +173,31 @@ def _worker_main(index: int, spec: WorkerSpec, commands: Any, conn: multiprocess
     banks = load_banks([BankConfig.model_validate(d) for d in spec.banks])
     analyses = (_ANALYSES.validate_python(spec.analyses) if spec.analyses is not None
                 else [KnownContentAnalysisConfig(kind="known_content")])
-    supervisor = Supervisor(IngestConfig.model_validate(spec.ingest), SamplingConfig.model_validate(spec.sampling),
+    supervisor = LocalSupervisor(IngestConfig.model_validate(spec.ingest), SamplingConfig.model_validate(spec.sampling),
                             make_analyses(analyses, banks, MatchingConfig.model_validate(spec.matching),
                                           spec.store_images),
                             _QueueSink(events, index), spec.budget_share)
-    events.put(("ready", index))
+    events.put(WorkerReady(index))
     while True:
         try:
             cmd = commands.get(timeout=STATS_INTERVAL_S)
         except queue.Empty:
-            events.put(("stats", index, supervisor.stats()[0]))
+            events.put(WorkerStatsReport(index, supervisor.stats()[0]))
             continue
-        if cmd[0] == "add":
-            supervisor.add_stream(StreamConfig.model_validate(cmd[1]))
-        elif cmd[0] == "remove":
-            supervisor.remove_stream(cmd[1])
-        elif cmd[0] == "boost":
-            supervisor.boost(cmd[1], cmd[2])
-        elif cmd[0] == "banks":
-            supervisor.reload_banks([BankConfig.model_validate(d) for d in cmd[1]])
-        elif cmd[0] == "stop":
-            supervisor.stop_all()
-            events.put(("stopped", index))
-            events.close()
-            return
+        match cmd:
+            case AddStream(stream):
+                supervisor.add_stream(StreamConfig.model_validate(stream))
+            case RemoveStream(stream_id):
+                supervisor.remove_stream(stream_id)
+            case Boost(stream_id, seconds):
+                supervisor.boost(stream_id, seconds)
+            case ReloadBanks(configs):
+                supervisor.reload_banks([BankConfig.model_validate(d) for d in configs])
+            case StopWorker():
+                supervisor.stop_all()
+                events.put(WorkerStopped(index))
+                events.close()
+                return
 
 
 @dataclass
@@ -189,7 +207,7 @@ class Quarantine:
 
 
 class ShardedSupervisor:
-    """The `Supervisor` interface over N worker processes."""
+    """The `Supervisor` protocol (monitor/runtime/protocol.py) over N worker processes."""
 
     def __init__(self, n_workers: int, ingest: IngestConfig, sampling: SamplingConfig,
                  banks: Sequence[BankConfig], matching: MatchingConfig, sink: EngineSink,
@@ -205,7 +223,7 @@ class ShardedSupervisor:
         self.quarantine_cooldown_s = quarantine_cooldown_s
         self.ctx = mp.get_context("spawn")
         self.procs: list[BaseProcess | None] = [None] * self.n
-        self.commands: list[Any] = [None] * self.n
+        self.commands: list[CommandQueue | None] = [None] * self.n
         self.conns: list[multiprocessing.connection.Connection | None] = [None] * self.n
         self.tables: list[CrashTable | None] = [None] * self.n
         self.streams: dict[str, StreamConfig] = {}
@@ -216,7 +234,7 @@ class ShardedSupervisor:
         self.quarantine: dict[str, Quarantine] = {}  # by stream id, kept across remove and re-add
         self.held: set[str] = set()  # quarantined streams still registered (FAILED, not running)
         self.quarantined_total = 0
-        self.worker_stats: dict[int, dict[str, Any]] = {}
+        self.worker_stats: dict[int, WorkerStats] = {}
         self._stopping = False
         self._lock = threading.Lock()
         self._crash_dir = Path(tempfile.mkdtemp(prefix="monitor-crash-"))
@@ -230,33 +248,42 @@ class ShardedSupervisor:
     def _dump_path(self, i: int) -> Path:
         return self._crash_dir / f"worker-{i}.txt"
 
-    def _spawn(self, i: int) -> None:
-        self.commands[i] = self.ctx.Queue()
+    def _spawn(self, i: int) -> CommandQueue:
+        commands: CommandQueue = self.ctx.Queue()
         receiver, sender = self.ctx.Pipe(duplex=False)
         table = CrashTable(self.ctx)
         self._dump_path(i).unlink(missing_ok=True)  # what is there after a crash is that crash's
-        proc = self.ctx.Process(target=_worker_main, args=(i, self.spec, self.commands[i], sender, table,
+        proc = self.ctx.Process(target=_worker_main, args=(i, self.spec, commands, sender, table,
                                                            str(self._dump_path(i))),
                                 name=f"monitor-worker-{i}", daemon=True)
         proc.start()
         sender.close()  # the child holds its own copy: the pipe ends (EOF) when the child does
-        self.procs[i], self.conns[i], self.tables[i] = proc, receiver, table
+        self.procs[i], self.commands[i], self.conns[i], self.tables[i] = proc, commands, receiver, table
+        return commands
 
-    def _handle(self, msg: tuple[Any, ...]) -> None:
-        if msg[0] == "state":
-            self.sink.on_state(msg[1])
-        elif msg[0] == "sample":
-            self.sink.on_sample(msg[1], msg[2], msg[3])
-        elif msg[0] == "classified":
-            on_classified = getattr(self.sink, "on_classified", None)
-            if on_classified is not None:
-                on_classified(msg[1], msg[2], msg[3], msg[4])
-        elif msg[0] == "stats":
-            self.worker_stats[msg[1]] = msg[2]
-        elif msg[0] == "bank_reload":
-            report = getattr(self.sink, "on_bank_reload", None)
-            if report is not None:
-                report(msg[1])
+    def _send(self, i: int, cmd: WorkerCommand) -> None:
+        commands = self.commands[i]
+        if commands is not None:
+            commands.put(cmd)
+
+    def _handle(self, msg: WorkerEvent) -> None:
+        match msg:
+            case StateChanged(change):
+                self.sink.on_state(change)
+            case Sampled(sample, findings, timing):
+                self.sink.on_sample(sample, findings, timing)
+            case Classified(sample, analysis, findings, done_at):
+                on_classified = getattr(self.sink, "on_classified", None)
+                if on_classified is not None:
+                    on_classified(sample, analysis, findings, done_at)
+            case WorkerStatsReport(worker, stats):
+                self.worker_stats[worker] = stats
+            case BanksReloaded(result):
+                report = getattr(self.sink, "on_bank_reload", None)
+                if report is not None:
+                    report(result)
+            case WorkerReady() | WorkerStopped():
+                pass  # the pipe's end says more: a worker is watched by its process, not by these
 
     def _receive(self, i: int, conn: multiprocessing.connection.Connection) -> bool:
         """One message from worker i handed over; False once its pipe has ended (after its last message)."""
@@ -310,9 +337,9 @@ class ShardedSupervisor:
                 self.held.add(sid)
             restart = [self.streams[sid] for sid in lost if sid not in quarantined]
             self.restarts += 1
-            self._spawn(i)
+            commands = self._spawn(i)
             for stream in restart:
-                self.commands[i].put(("add", stream.model_dump(mode="json")))
+                commands.put(AddStream(stream.model_dump(mode="json")))
         log.error("worker process %d died (%s)%s; restarting it with its %d streams%s", i, how,
                   f"; {suspects.describe()}" if suspects is not None else "", len(restart),
                   f" ({len(quarantined)} quarantined: {', '.join(quarantined)})" if quarantined else "")
@@ -360,7 +387,7 @@ class ShardedSupervisor:
                     counts[shard] += 1
                 shard = counts.index(min(counts))  # the least loaded worker
                 self.shard_of[stream.id] = shard
-                self.commands[shard].put(("add", stream.model_dump(mode="json")))
+                self._send(shard, AddStream(stream.model_dump(mode="json")))
                 return
             self.held.add(stream.id)
         log.warning("stream %s: not started, still %s", stream.id, q.detail, extra={"stream_id": stream.id})
@@ -373,7 +400,7 @@ class ShardedSupervisor:
             held = stream_id in self.held
             self.held.discard(stream_id)
         if shard is not None:
-            self.commands[shard].put(("remove", stream_id))
+            self._send(shard, RemoveStream(stream_id))
         if held:  # no thread of its own to say so
             self.sink.on_state(StateChange(stream_id, StreamState.ENDED, "removed", time.time(), 0))
 
@@ -383,18 +410,17 @@ class ShardedSupervisor:
     def boost(self, stream_id: str, seconds: float) -> None:
         shard = self.shard_of.get(stream_id)
         if shard is not None:
-            self.commands[shard].put(("boost", stream_id, seconds))
+            self._send(shard, Boost(stream_id, seconds))
 
-    def stats(self) -> list[dict[str, Any]]:
+    def stats(self) -> list[WorkerStats]:
         """The latest counters each worker sent (every few seconds)."""
         return list(self.worker_stats.values())
 
     def reload_banks(self, banks: Sequence[BankConfig]) -> None:
         data = [b.model_dump(mode="json") for b in banks]
         self.spec = replace(self.spec, banks=data)  # a restarted worker loads these too
-        for q in self.commands:
-            if q is not None:
-                q.put(("banks", data))
+        for i in range(self.n):
+            self._send(i, ReloadBanks(data))
 
     def stream_ids(self) -> list[str]:
         with self._lock:
@@ -408,9 +434,8 @@ class ShardedSupervisor:
 
     def stop_all(self, timeout_s: float = 15.0) -> None:
         self._stopping = True
-        for q in self.commands:
-            if q is not None:
-                q.put(("stop",))
+        for i in range(self.n):
+            self._send(i, StopWorker())
         deadline = time.monotonic() + timeout_s
         for proc in self.procs:
             if proc is not None:

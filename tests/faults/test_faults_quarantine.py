@@ -26,7 +26,7 @@ import pytest
 from monitor.config.models import IngestConfig, MatchingConfig, SamplingConfig, StreamConfig
 from monitor.ingest import crashguard
 from monitor.ingest.crashguard import CrashTable, native_iter, native_section
-from monitor.runtime.supervisor import SampleReport, SampleTiming, StateChange, StreamState
+from monitor.runtime.messages import SampleReport, SampleTiming, StateChange, StreamState
 from monitor.runtime.workers import ShardedSupervisor
 from pipelines.base import Finding
 from test_streams.infra import Mosquitto, NginxRtmp, ffmpeg_publish_cmd, free_port, stop_process

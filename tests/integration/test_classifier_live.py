@@ -38,7 +38,7 @@ def classifier_entry(model: Path) -> dict[str, object]:
 def test_testsrc2_scores_under_the_threshold_for_ten_minutes(tmp_path: Path) -> None:
     """The publishers' background (ffmpeg testsrc2), 600 s at one frame a second, never nears the threshold."""
     from monitor.config.models import MatchingConfig, build_config
-    from monitor.runtime.supervisor import make_analyses
+    from monitor.runtime.analyses import make_analyses
     from pipelines.classifier import ClassifierPipeline
     from test_streams.infra import missing_tools
 

@@ -22,7 +22,7 @@ from monitor.config.models import IngestConfig
 from monitor.ingest.coverage import CoveragePolicy
 from monitor.ingest.reader import KeyframeReader
 from monitor.ingest.scheduler import Scheduler, StreamPolicy
-from monitor.runtime.supervisor import _BoundSampler
+from monitor.runtime.supervisor import BoundSampler
 from pipelines.fingerprint import pdq
 from pipelines.hamming import hex_to_code
 from test_streams import evasion as ev
@@ -44,7 +44,7 @@ def _read(path: Path, entry: np.ndarray, adaptive: bool, seed: int = 7) -> Run:
     # Seeded: the audits are random moments; what is asserted must not depend on where they fall.
     sched = Scheduler(None, warmup_s=0.0, rng=random.Random(seed))
     sched.add_stream("s", StreamPolicy(min_interval_s=0.5, jitter_s=0.2), CoveragePolicy() if adaptive else None)
-    reader = KeyframeReader(str(path), IngestConfig(), threading.Event(), _BoundSampler(sched, "s"))
+    reader = KeyframeReader(str(path), IngestConfig(), threading.Event(), BoundSampler(sched, "s"))
     found = []
     for frame in reader.frames():
         code, _ = pdq(frame.rgb)

@@ -13,7 +13,7 @@ from monitor.config.models import IngestConfig
 from monitor.ingest.coverage import CoveragePolicy
 from monitor.ingest.reader import IngestError, KeyframeReader, scaled_size
 from monitor.ingest.scheduler import Scheduler, StreamPolicy
-from monitor.runtime.supervisor import _BoundSampler
+from monitor.runtime.supervisor import BoundSampler
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg (scripts/test installs it)")
 FFMPEG = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-y"]
@@ -60,6 +60,6 @@ def test_a_keyframe_on_every_frame_costs_at_most_two_samples_a_second(tmp_path: 
     path = encode(tmp_path / "allkeys.mp4", "320x180", 10, "-g", "1")
     sched = Scheduler(None, warmup_s=0.0)
     sched.add_stream("s", StreamPolicy(min_interval_s=0.5, jitter_s=0.2), CoveragePolicy())
-    frames = list(KeyframeReader(str(path), IngestConfig(), threading.Event(), _BoundSampler(sched, "s")).frames())
+    frames = list(KeyframeReader(str(path), IngestConfig(), threading.Event(), BoundSampler(sched, "s")).frames())
     assert 10 <= len(frames) <= 2 * 10 + 1  # 100 keyframes, one sample every 0.5 +- 0.2 s
     assert sched.stats()["streams"]["s"]["forward_packets"] == 0  # skipped keyframes are not even decoded

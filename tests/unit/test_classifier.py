@@ -16,7 +16,8 @@ from monitor.common.errors import ConfigError
 from monitor.config.models import MatchingConfig, build_config
 from monitor.contracts.alerts import alert_schema, build_alert
 from monitor.incidents.book import ClassifierPolicy, IncidentBook, IncidentPolicy, NewIncident, Suppressed
-from monitor.runtime.supervisor import Analysis, make_analyses
+from monitor.runtime.analyses import make_analyses
+from monitor.runtime.supervisor import Analysis
 from monitor_tools.classifier_models import TESTCARD_LABELS, build_testcard_model, colour_bar_card
 from pipelines.base import BatchedPipeline, Finding, Sample, SampleInfo
 from pipelines.classifier import (
@@ -333,7 +334,7 @@ def test_with_store_images_the_evidence_and_the_feedback_carry_the_sample(testca
     import uuid
 
     from monitor.app.engine import Engine
-    from monitor.evidence.log import EvidenceLog
+    from monitor.evidence.store import EvidenceLog
 
     entry = onnx_entry(testcard_model, incidents={"confirm_k": 2, "confirm_n": 3, "window_s": 10})
     for store in (False, True):
