@@ -7,9 +7,10 @@ Delivery is therefore at-least-once; subscribers dedupe on msg_id (sent as a use
 Storage is one SQLite file in WAL mode with synchronous=FULL: when put() returns True the row has
 been fsynced, so it survives SIGKILL of the process and (on honest disks) power loss.
 
-The file and its WAL are created 0600 (monitor/common/statefiles.py). A damaged file (truncated, overwritten)
-found at start-up is moved aside by `Outbox.open_recovering`, whatever pending rows can still be read
-from it are carried into a new outbox, and one log line says so.
+The file and its WAL are created 0600, and a file of another kind is refused unaltered (the one set-up of
+SQLite state files, monitor/common/sqlite.py). A damaged file (truncated, overwritten) found at start-up is
+moved aside by `Outbox.open_recovering`, whatever pending rows can still be read from it are carried into a
+new outbox, and one log line says so.
 """
 
 from __future__ import annotations
@@ -26,7 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from monitor.common.statefiles import connect_private, move_aside
+from monitor.common.sqlite import (
+    DamagedFile,
+    FileFormat,
+    NoWalMode,
+    WrongFile,
+    connect_readonly,
+    open_state_file,
+)
+from monitor.common.statefiles import move_aside
 
 __all__ = ["Outbox", "OutboxError", "OutboxMessage"]
 
@@ -37,8 +46,8 @@ log = logging.getLogger(__name__)
 _APPLICATION_ID = 0x4C534F42
 _SCHEMA_VERSION = 1
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS outbox (
     seq             INTEGER PRIMARY KEY AUTOINCREMENT,
     msg_id          TEXT NOT NULL UNIQUE,
     topic           TEXT NOT NULL,
@@ -49,10 +58,11 @@ CREATE TABLE IF NOT EXISTS outbox (
     attempts        INTEGER NOT NULL DEFAULT 0,
     user_properties TEXT NOT NULL,
     sent_at         REAL
-);
-CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (created_at, seq) WHERE sent_at IS NULL;
-CREATE INDEX IF NOT EXISTS outbox_sent ON outbox (sent_at) WHERE sent_at IS NOT NULL;
-"""
+    )""",
+    "CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (created_at, seq) WHERE sent_at IS NULL",
+    "CREATE INDEX IF NOT EXISTS outbox_sent ON outbox (sent_at) WHERE sent_at IS NOT NULL",
+)
+_FORMAT = FileFormat(_APPLICATION_ID, _SCHEMA_VERSION, _SCHEMA)
 
 _COLUMNS = "msg_id, topic, payload, qos, retain, created_at, attempts, user_properties"
 
@@ -128,45 +138,15 @@ class Outbox:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         try:
-            conn = connect_private(self.path)
+            self._conn = open_state_file(self.path, _FORMAT, quick_check=True, max_bytes=max_bytes)
+        except WrongFile:
+            raise OutboxError(self.path, "open", "not an outbox file (or written by another version)") from None
+        except DamagedFile as exc:
+            raise OutboxError(self.path, "open", str(exc), corrupt=True) from None
+        except NoWalMode as exc:
+            raise OutboxError(self.path, "open", str(exc)) from None
         except (OSError, sqlite3.Error) as exc:
             raise OutboxError(self.path, "open", exc) from exc
-        try:
-            self._init(conn, max_bytes)
-        except sqlite3.Error as exc:
-            conn.close()
-            raise OutboxError(self.path, "open", exc) from exc
-        except OutboxError:
-            conn.close()
-            raise
-        self._conn = conn
-
-    def _init(self, conn: sqlite3.Connection, max_bytes: int | None) -> None:
-        self._check_identity(conn)  # before any write: a wrong file must be refused, not altered
-        problems = [str(r[0]) for r in conn.execute("PRAGMA quick_check(3)")]
-        if problems != ["ok"]:
-            raise OutboxError(self.path, "open", f"damaged file ({'; '.join(problems)})", corrupt=True)
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise OutboxError(self.path, "open", f"cannot enable WAL mode (journal_mode is {mode})")
-        # FULL: the WAL is fsynced at every commit, so an acknowledged put survives power loss.
-        conn.execute("PRAGMA synchronous=FULL")
-        if max_bytes is not None:
-            page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
-            conn.execute(f"PRAGMA max_page_count={max(1, int(max_bytes) // page_size)}")
-        conn.execute("BEGIN IMMEDIATE")  # two processes creating the file at once: one creates
-        try:
-            if not self._check_identity(conn):
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(f"PRAGMA application_id={_APPLICATION_ID}")
-                conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
 
     @classmethod
     def open_recovering(cls, path: Path, *, max_bytes: int | None = None) -> Outbox:
@@ -197,7 +177,7 @@ class Outbox:
         """Copy whatever pending rows a damaged outbox still yields into this one: (count, why it stopped)."""
         n = 0
         try:
-            conn = sqlite3.connect(f"{damaged.resolve().as_uri()}?mode=ro", uri=True, timeout=1.0)
+            conn = connect_readonly(damaged, timeout=1.0)
         except sqlite3.Error as exc:
             return 0, str(exc)
         try:
@@ -213,17 +193,6 @@ class Outbox:
         finally:
             conn.close()
         return n, None
-
-    def _check_identity(self, conn: sqlite3.Connection) -> bool:
-        """True for an outbox, False for an empty file; OutboxError for anything else."""
-        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        tables = conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]
-        if (app_id, version) == (_APPLICATION_ID, _SCHEMA_VERSION):
-            return True
-        if app_id or version or tables:
-            raise OutboxError(self.path, "open", "not an outbox file (or written by another version)")
-        return False
 
     # -- plumbing ---------------------------------------------------------------------------------
 
