@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv[:1] == ["evidence"]:
-            from monitor.evidence.log import main as evidence_main
+            from monitor.cli.evidence import main as evidence_main
 
             return evidence_main(argv[1:])
         if argv and argv[0] in TOOL_COMMANDS:

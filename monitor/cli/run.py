@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(cfg.log_level, cfg.log_format)
     banks = load_banks(cfg)
     if cfg.evidence.enabled and cfg.evidence.signing_key_file is not None:
-        from monitor.evidence.log import load_signing_key
+        from monitor.evidence.signing import load_signing_key
 
         load_signing_key(cfg.evidence.signing_key_file, state_dir=cfg.state_dir)  # KeyFileError: one line, exit 2
     from monitor.runtime.analyses import check_classifiers

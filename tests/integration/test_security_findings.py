@@ -129,7 +129,7 @@ def test_finding3_state_directory_0700_and_every_state_file_0600(tmp_path: Path)
 
 def test_finding3_wal_and_shm_files_are_0600_while_open(tmp_path: Path) -> None:
     from monitor.delivery.outbox import Outbox, OutboxMessage
-    from monitor.evidence.log import EvidenceLog
+    from monitor.evidence.store import EvidenceLog
 
     old = os.umask(0o022)
     try:

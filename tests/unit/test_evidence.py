@@ -16,18 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from monitor.evidence.log import (
-    GENESIS_HASH,
-    EvidenceError,
-    EvidenceLog,
-    EvidenceRecord,
-    NotAnEvidenceLog,
-    UnknownIncident,
-    export_incident,
-    main,
-    record_hash,
-    verify,
-)
+from monitor.cli.evidence import main
+from monitor.evidence.export import export_incident
+from monitor.evidence.records import GENESIS_HASH, EvidenceRecord, record_hash
+from monitor.evidence.store import EvidenceError, EvidenceLog, NotAnEvidenceLog, UnknownIncident
+from monitor.evidence.verify import verify
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -617,7 +610,7 @@ def test_cli_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 
-from monitor.evidence.log import (  # noqa: E402
+from monitor.evidence.signing import (  # noqa: E402
     KeyFileError,
     generate_signing_key,
     load_public_key,
