@@ -15,11 +15,12 @@ from hypothesis import strategies as st
 
 from monitor.servers.bans import BanList
 from monitor.servers.hooks import (
-    HOOKS_KEY,
+    AUTH_KEY,
     NONCE_HEADER,
     ROUTES,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
+    HookAuth,
     HookSettings,
     StreamNamer,
     make_hook_app,
@@ -38,10 +39,10 @@ class _Registry:
     def remove_stream(self, stream_id: str, **kw: Any) -> None: ...
 
 
-def _hooks(tmp: Path) -> Any:
+def _auth(tmp: Path) -> HookAuth:
     app = make_hook_app(_Registry(), BanList(tmp / "bans.json"), HookSettings(secret=SECRET),
                         namer=StreamNamer.ephemeral())
-    return app[HOOKS_KEY]
+    return app[AUTH_KEY]
 
 
 def _request(method: str, route: str, query: str, headers: dict[str, str]) -> web.Request:
@@ -54,7 +55,7 @@ def _request(method: str, route: str, query: str, headers: dict[str, str]) -> we
        route=st.sampled_from(ROUTES), body=st.binary(max_size=200))
 def test_noise_never_passes_and_never_raises(tmp_path: Path, headers: dict[str, str], route: str,
                                              body: bytes) -> None:
-    hooks = _hooks(tmp_path)
+    hooks = _auth(tmp_path)
     problem = hooks.signature_problem(_request("POST", route, "", headers), body)
     assert isinstance(problem, str) and problem
 
@@ -67,7 +68,7 @@ def test_noise_never_passes_and_never_raises(tmp_path: Path, headers: dict[str, 
 def test_any_change_breaks_the_signature(tmp_path: Path, route: str, other_route: str, query: str,
                                          other_query: str, body: bytes, other_body: bytes, nonce: str,
                                          other_nonce: str, skew: int, other_skew: int, what: str) -> None:
-    hooks = _hooks(tmp_path)
+    hooks = _auth(tmp_path)
     ts = int(time.time()) + skew
     headers = sign_request(SECRET, "POST", route, body, query=query, timestamp=ts, nonce=nonce)
     method = "POST"

@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 from monitor.config.models import HooksConfig
 from monitor.servers.bans import BanList
 from monitor.servers.hooks import (
+    AUTH_KEY,
     HOOKS_KEY,
     NONCE_HEADER,
     RUNNER_KWARGS,
@@ -27,11 +28,11 @@ from monitor.servers.hooks import (
     TIMESTAMP_HEADER,
     HookSettings,
     StreamNamer,
-    _ReplayCache,
     make_hook_app,
     route_token,
     sign_request,
 )
+from monitor.servers.hooks.auth import ReplayCache
 
 SECRET = "hook-secret-0123456789abcdef"
 NAMER = StreamNamer(b"auth tests: 32 bytes of key ....")
@@ -91,8 +92,9 @@ def test_finding_unauthenticated_flood_does_not_throttle_the_server(
             assert r.status == 200
             r = await client.post("/hooks/nginx-rtmp", data=NGINX_PUBLISH, headers=FORM)
             assert r.status in (401, 429)  # the failed caller's bucket refills at 20/s
-        hooks = client.server.app[HOOKS_KEY]
-        assert hooks.rejected["rate_limited"] >= 150 and not hooks.outcomes.get(("refused", "rate_limited"))
+        app = client.server.app
+        assert app[AUTH_KEY].rejected["rate_limited"] >= 150
+        assert not app[HOOKS_KEY].outcomes.get(("refused", "rate_limited"))
 
     run_app(reg, tmp_path, scenario)
     assert len(reg.added) == 60
@@ -153,7 +155,7 @@ def test_signature_time_window(tmp_path: Path) -> None:
 
 
 def test_replay_cache_is_bounded_and_never_lets_a_replay_through() -> None:
-    cache = _ReplayCache(16)
+    cache = ReplayCache(16)
     now = time.time()
     accepted = [f"nonce-{i:04d}-xxxxxxxx" for i in range(100)]
     for i, nonce in enumerate(accepted):
@@ -175,17 +177,17 @@ def test_finding_token_only_from_loopback_and_per_route(tmp_path: Path) -> None:
     """The `?token=` secret sits in a URL (nginx-rtmp cannot sign): it is accepted from loopback peers only
     unless `token_peers: any`; a route's own token works on that route only and cannot sign."""
     hooks = make_hook_app(Registry(), BanList(tmp_path / "b.json"), HookSettings(secret=SECRET),
-                          namer=NAMER)[HOOKS_KEY]
+                          namer=NAMER)[AUTH_KEY]
     nginx_token = route_token(SECRET, "/hooks/nginx-rtmp")
     assert hooks.token_ok(_mocked(f"/hooks/nginx-rtmp?token={SECRET}", "127.0.0.1"))
     assert hooks.token_ok(_mocked(f"/hooks/nginx-rtmp?token={nginx_token}", "::1"))
     assert not hooks.token_ok(_mocked(f"/hooks/nginx-rtmp?token={SECRET}", "203.0.113.5"))
     assert not hooks.token_ok(_mocked(f"/hooks/mediamtx/not-ready?token={nginx_token}", "127.0.0.1"))
     anywhere = make_hook_app(Registry(), BanList(tmp_path / "b.json"), HookSettings(secret=SECRET, token_peers="any"),
-                             namer=NAMER)[HOOKS_KEY]
+                             namer=NAMER)[AUTH_KEY]
     assert anywhere.token_ok(_mocked(f"/hooks/nginx-rtmp?token={SECRET}", "203.0.113.5"))
     nobody = make_hook_app(Registry(), BanList(tmp_path / "b.json"), HookSettings(secret=SECRET, token_peers="none"),
-                           namer=NAMER)[HOOKS_KEY]
+                           namer=NAMER)[AUTH_KEY]
     assert not nobody.token_ok(_mocked(f"/hooks/nginx-rtmp?token={SECRET}", "127.0.0.1"))
     # The route token is no signing key.
     forged = sign_request(nginx_token, "POST", "/hooks/mediamtx/not-ready", READY)
@@ -220,7 +222,7 @@ def test_finding_mediamtx_gate_registration_expires_without_ready(tmp_path: Path
 
 def test_route_token_command(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                              monkeypatch: pytest.MonkeyPatch) -> None:
-    from monitor.servers.hooks import main
+    from monitor.servers.hooks.command import main
 
     monkeypatch.setenv("MONITOR_HOOK_SECRET", SECRET)
     assert main(["token", "/hooks/nginx-rtmp"]) == 0
