@@ -1,4 +1,4 @@
-"""The alert JSON (see schemas/alert.schema.json).
+"""The alert: its model (`Alert`, from which schemas/alert.schema.json is generated) and `build_alert`.
 
 Schema version 2 (was 1): every alert says its `kind`, "match" (a bank entry; every field of version 1, with the
 same meaning) or "classification" (a classifier's label: `label`, `score`, `score_threshold`, `model_id`,
@@ -12,11 +12,112 @@ import json
 import uuid
 from datetime import UTC, datetime
 from importlib import resources
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal, Self
 
+from pydantic import AfterValidator, ConfigDict, Field, JsonValue, model_validator
+
+from monitor.contracts.base import JSON_SCHEMA_DIALECT, Integral, IsoTime, Name, Severity, WireModel
 from pipelines.base import Finding
 
 SCHEMA_VERSION = 2
+
+Distance = Annotated[int, Field(ge=0, le=256), Integral]
+Score = Annotated[float, Field(ge=0, le=1)]
+
+
+def _uuid(value: str) -> str:
+    """As jsonschema's "uuid" format: a UUID written with its four hyphens in place."""
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        raise ValueError("not a UUID") from None
+    if not all(value[i:i + 1] == "-" for i in (8, 13, 18, 23)):
+        raise ValueError("not a UUID in its hyphenated form")
+    return value
+
+
+Uuid = Annotated[str, AfterValidator(_uuid), Field(json_schema_extra={"format": "uuid"})]
+
+# What a JSON Schema validator cannot learn from the field types: the fields each kind must fill in. The model
+# checks the same in `_kind_fields`.
+_KIND_RULES: list[JsonValue] = [
+    {
+        "if": {"properties": {"kind": {"const": "match"}}},
+        "then": {"properties": {"signal_type": {"enum": ["pdq", "phash"]}, "distance": {"type": "integer"},
+                                "threshold": {"type": "integer"}}},
+    },
+    {
+        "if": {"properties": {"kind": {"const": "classification"}}},
+        "then": {"required": ["label", "score", "score_threshold", "model_id", "severity"],
+                 "properties": {"signal_type": {"const": "classifier"}, "label": {"type": "string"},
+                                "score": {"type": "number"}, "score_threshold": {"type": "number"},
+                                "model_id": {"type": "string", "minLength": 1},
+                                "severity": {"enum": ["low", "medium", "high"]}}},
+    },
+]
+
+
+class Alert(WireModel):
+    """One alert, as published (the schema's description below says where)."""
+
+    model_config = ConfigDict(
+        title="Known-content and classification alert",
+        json_schema_extra={"$schema": JSON_SCHEMA_DIALECT,
+                           "description": "Published by a monitor node, QoS 1, on {prefix}/{node}/alerts/{stream_id}. "
+                                          "Version 2 adds kind (match or classification) and the classification "
+                                          "fields; a match alert has every field of version 1 with the same meaning.",
+                           "$id": "https://github.com/livestream-safety-monitor/contracts/schemas/alert-2.json",
+                           "allOf": _KIND_RULES})
+    schema_file: ClassVar[str] = "alert.schema.json"
+
+    schema_version: Literal[2]
+    type: Literal["alert"]
+    kind: Literal["match", "classification"] = Field(
+        description="A bank entry matched, or a classifier's label scored over its threshold.")
+    incident_id: str | None = Field(None, description="The incident this alert opened or belongs to.")
+    alert_id: Uuid = Field(description="Unique; the same on every retry, so receivers drop duplicates.")
+    node: Name
+    stream_id: Name
+    stream_url: str = Field(description="Without credentials or secret query values.")
+    media_time_s: float = Field(description="Stream time of the sampled frame (pts * time_base).")
+    observed_at: IsoTime = Field(description="UTC ISO 8601, when the match was made.")
+    received_at: IsoTime = Field(description="UTC ISO 8601, when the keyframe's packet was read.")
+    pipeline: str
+    bank: str = Field(description="The bank; for classifications the analysis name.")
+    entry_id: str = Field(description="The bank entry; for classifications the label.")
+    entry_label: str | None = None
+    entry_tags: list[str] = Field(default_factory=list)
+    entry_frame_s: float | None = Field(None, description="Known videos: the matched frame's time in the video.")
+    variant: str | None = Field(None, description="View and orientation that matched, e.g. 'stripped:flip_h'.")
+    signal_type: Literal["pdq", "phash", "classifier"]
+    distance: Distance | None
+    threshold: Distance | None
+    quality: Annotated[int, Field(ge=0, le=100), Integral]
+    sample_hash: str = Field(pattern=r"^[0-9a-f]{64}$", description="PDQ (or pHash) of the sample, hex.")
+    label: str | None = Field(None, description="Classifications: the model's label.")
+    score: Score | None = None
+    score_threshold: Score | None = None
+    model_id: str | None = Field(None, description="Classifications: sha256:<hex of the model file>, or the "
+                                                   "service's configured model id.")
+    severity: Severity | None = Field(None, description="Classifications: the label's severity.")
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> Self:
+        if self.kind == "match":
+            if self.signal_type == "classifier":
+                raise ValueError("a match alert's signal_type is pdq or phash")
+            if self.distance is None or self.threshold is None:
+                raise ValueError("a match alert needs an integer distance and threshold")
+            return self
+        missing = [k for k in ("label", "score", "score_threshold", "model_id", "severity")
+                   if k not in self.model_fields_set or getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"a classification alert needs {', '.join(missing)}")
+        if self.signal_type != "classifier":
+            raise ValueError("a classification alert's signal_type is classifier")
+        if not self.model_id:
+            raise ValueError("a classification alert's model_id must not be empty")
+        return self
 
 
 def utc_iso(ts: float) -> str:
@@ -24,6 +125,7 @@ def utc_iso(ts: float) -> str:
 
 
 def alert_schema() -> dict[str, Any]:
+    """The committed schemas/alert.schema.json (generated from `Alert` by `python -m monitor.contracts.schemas`)."""
     text = resources.files("monitor.contracts").joinpath("schemas/alert.schema.json").read_text(encoding="utf-8")
     schema: dict[str, Any] = json.loads(text)
     return schema
