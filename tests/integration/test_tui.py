@@ -19,8 +19,10 @@ import aiomqtt
 import pytest
 
 from monitor.config.models import BrokerConfig
-from monitor.console import tui
-from monitor.console.tui import ConsoleState, ModerationConsole, build_command
+from monitor.console import tui, widgets
+from monitor.console.actions import build_command
+from monitor.console.state import ConsoleState
+from monitor.console.tui import ModerationConsole
 from monitor.contracts.alerts import build_alert, utc_iso
 from pipelines.base import Finding
 from test_streams.broker import EmbeddedBroker
@@ -41,6 +43,20 @@ def _incident(iid: str, *, node: str = "n1", stream: str = "cam1", severity: str
         "first_media_time_s": 1.0, "last_media_time_s": 61.0, "samples": samples, "best_distance": best,
         "threshold": threshold, "alert_ids": [], "history": history or [], "updated_at": utc_iso(time.time()),
     }
+
+
+def _stream_state(stream: str, state: str, detail: str, at: float, *, node: str = "n1") -> dict[str, Any]:
+    """As monitor/app/engine.py `_publish_state` publishes it."""
+    return {"node": node, "stream_id": stream, "stream_url": f"rtmp://h/live/{stream}", "state": state,
+            "detail": detail, "attempt": 0, "retry_in_s": None, "at": at, "sampling": None}
+
+
+def _health(node: str, at: float, *, streams: dict[str, int], outbox_depth: int) -> dict[str, Any]:
+    """As monitor/app/engine.py `_health` publishes it."""
+    return {"node": node, "at": at, "streams": streams, "outbox_depth": outbox_depth, "outbox_oldest_age_s": 0.0,
+            "outbox_writable": True, "outbox_error": None, "held_in_memory": 0, "outbox_write_errors": 0,
+            "held_total": 0, "dropped": 0, "alerts_sent": 0, "samples": 12, "open_incidents": 2, "suppressed": {},
+            "quarantined": [], "sampling": {"admitted": 12, "dropped_full": 0}}
 
 
 def _alert(*, node: str = "n1", stream: str = "cam9", entry: str = "e9", incident_id: str | None = None,
@@ -204,12 +220,9 @@ async def _display_scenario() -> None:
             await _pub_incident(mon, _incident("inc-old", severity="high", last_seen=now - 100, samples=3))
             await _pub_incident(mon, _incident("inc-med", severity="medium", last_seen=now - 1, stream="cam2",
                                                label=None, entry="e2"))
-            await _pub(mon, "n1/streams/cam1", {"stream_id": "cam1", "state": "live", "detail": "1280x720"},
-                       retain=True)
+            await _pub(mon, "n1/streams/cam1", _stream_state("cam1", "live", "1280x720", now), retain=True)
             await _pub(mon, "n1/status", {"node": "n1", "state": "online", "at": now}, retain=True)
-            await _pub(mon, "n1/health", {"node": "n1", "at": utc_iso(now), "streams": {"live": 1},
-                                          "outbox_depth": 4, "outbox_oldest_age_s": 0, "samples_per_s": 2.0},
-                       retain=True)
+            await _pub(mon, "n1/health", _health("n1", now, streams={"live": 1}, outbox_depth=4), retain=True)
             app = ModerationConsole(cfg, moderator="ann", refresh_s=0.05)
             async with app.run_test(size=(160, 40)) as pilot:
                 await _until(pilot, lambda: len(_keys(app)) == 2, "two incident rows")
@@ -290,7 +303,7 @@ async def _actions_scenario(log_path: Path) -> None:
             await _until(pilot, lambda: "pending acknowledge" in _row(app, "inc-a")["status"], "pending mark")
             # The monitor answers with the new status: the pending mark goes.
             await _pub_incident(mon, _incident("inc-a", status="acknowledged", history=[
-                {"action": "acknowledge", "moderator": "ann.s", "at": ack["at"], "reason": None, "result": "ok"}]))
+                {"action": "acknowledge", "moderator": "ann.s", "at": ack["at"], "reason": "", "result": "ok"}]))
             await _until(pilot, lambda: _row(app, "inc-a")["status"] == "acknowledged", "acknowledged")
 
             # d: dismiss inc-b as a false positive; the reason is typed into the modal. Escape cancels.
@@ -365,7 +378,7 @@ async def _two_consoles_scenario() -> None:
             assert _row(one, "inc-x")["status"] == "open"  # only the sender marks it pending
             # The monitor applies it and re-publishes the incident: both consoles show the same.
             await _pub_incident(mon, _incident("inc-x", node="n3", stream="cam3", status="escalated", history=[
-                {"action": "escalate", "moderator": "bob", "at": cmd["at"], "reason": None, "result": "ok"}]))
+                {"action": "escalate", "moderator": "bob", "at": cmd["at"], "reason": "", "result": "ok"}]))
             await _until(p1, lambda: _row(one, "inc-x")["status"] == "escalated", "console one updated")
             await _until(p2, lambda: _row(two, "inc-x")["status"] == "escalated", "console two updated")
             # ann dismisses it; when the monitor says dismissed, it leaves both tables.
@@ -447,11 +460,11 @@ async def _markup_scenario() -> list[str]:
     async with app.run_test(size=(120, 30)) as pilot:
         # Before the fix: a MarkupError ("closing tag '[/]' has nothing to close") from the dialog.
         prompt = "Terminate stream cam1 on node n1?\nincident 12345678 on stream cam1 ([/] [bold]x[/bold] [link=x])"
-        app.push_screen(tui.ConfirmScreen(prompt, "Terminate"))
+        app.push_screen(widgets.ConfirmScreen(prompt, "Terminate"))
         await pilot.pause()
         shown.append(str(app.screen.query_one(Label).render()))
         app.pop_screen()
-        app.push_screen(tui.ReasonScreen("Dismiss entry [/] as a false positive. Why?\x1b[2J"))
+        app.push_screen(widgets.ReasonScreen("Dismiss entry [/] as a false positive. Why?\x1b[2J"))
         await pilot.pause()
         shown.append(str(app.screen.query(Label).first().render()))
     return shown
