@@ -19,13 +19,20 @@ connection up with `MqttConnection`. The API:
 returns. `session(client)`, when given, runs alongside the receiver while connected (the publisher drains its
 queue, the TUI sends commands); with a session, `stop` is the session's to watch while connected, so that it
 can finish (the publisher delivers what waits and says 'offline'); without one, `stop` ends the connection at
-once. Any Exception from connecting, subscribing, on_message or the session (aiomqtt.MqttError: the broker
-went away) ends the connection: `conn.connected` is cleared, `conn.reconnects` counted, and, unless stopped,
-`on_lost(error, wait_s)` is told the error and the backoff's wait; it returns a wait to use instead, or None,
-and it may raise to end `run` with that error. The wait is cut short by `stop`, `close()`, and by `wake` when
-`wake` becomes set during it (an event already set does not: the publisher's 'flushing' latch). A working
-connection resets the backoff. `conn.connected` (an asyncio.Event), `conn.protocol` and `conn.reconnects`
-say where it stands; `protocol_name(conn.protocol)` is "5" or "3.1.1".
+once.
+
+Any Exception from connecting, subscribing, on_message or the session (aiomqtt.MqttError: the broker went
+away) ends the connection: `conn.connected` is cleared and, unless stopped, `conn.reconnects` counted and
+`on_lost(error, wait_s)` told the error and the backoff's wait. It is called inside the `except` (so
+`log.exception` shows the traceback), returns a wait to use instead, or None, and may raise to end `run` with
+that error. The wait is cut short by `stop`, by `close()`, and by `wake` when `wake` becomes set during it (an
+event already set does not: the publisher's 'flushing' latch). A working connection resets the backoff.
+
+`conn.connected` (an asyncio.Event), `conn.protocol` and `conn.reconnects` say where it stands;
+`protocol_name(conn.protocol)` is "5" or "3.1.1". A burst of messages (every retained incident at once)
+yields to the event loop every BURST messages. `close()` is for good: a closed connection does not run again.
+
+The console TUI's loop maps onto it as: on_message=state.handle, session=its sender, on_lost=its status line.
 
 Also here: `make_client` and `negotiate_protocol`, the aiomqtt client set-up every connection uses, and
 `describe_connect_error`, the operator's words for a refused or lost connection.
