@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from monitor_tools import eval_images
+from monitor_tools.eval.images import cli as eval_images
 from test_streams.transforms import TRANSFORMS
 
 

@@ -1,7 +1,7 @@
-"""`monitor eval` (tools/monitor_tools/eval_live.py) and its test streams (tools/test_streams/scenes.py,
+"""`monitor eval` (tools/monitor_tools/eval/live/) and its test streams (tools/test_streams/scenes.py,
 tools/test_streams/live.py).
 
-The fast tests check the parts (exact radius search, scoring, planning, scenes, ground truth); the slow one runs a
+The fast tests check the parts (the full Hamming scan, scoring, planning, scenes, ground truth); the slow one runs a
 short evaluation on the embedded path (amqtt, in-process Engine, MPEG-TS over tcp: deterministic, no services)
 and fails if detection breaks.
 """
@@ -19,15 +19,10 @@ import av
 import numpy as np
 import pytest
 
-from monitor_tools.eval_live import (
-    EvalOptions,
-    RadiusFilter,
-    binom_tail,
-    nearest_distances,
-    plan_streams,
-    score,
-    wilson_low,
-)
+from monitor_tools.eval.live.common import binom_tail, wilson_low
+from monitor_tools.eval.live.plan import EvalOptions, plan_streams
+from monitor_tools.eval.live.score import score
+from monitor_tools.scans import nearest_and_within, nearest_distances
 from pipelines.hamming import LinearIndex
 from test_streams.live import Appearance, generate, keyframe_times
 from test_streams.scenes import SCENE_KINDS, SceneBackground, make_schedule
@@ -41,7 +36,7 @@ def _flip(code: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     return np.packbits(bits)
 
 
-def test_radius_filter_finds_exactly_what_a_linear_scan_finds() -> None:
+def test_the_full_scan_finds_exactly_what_a_linear_index_finds() -> None:
     rng = np.random.default_rng(7)
     bank = rng.integers(0, 256, (50_000, 32), dtype=np.uint8)
     queries = rng.integers(0, 256, (80, 32), dtype=np.uint8)
@@ -49,15 +44,14 @@ def test_radius_filter_finds_exactly_what_a_linear_scan_finds() -> None:
         bank[100 + i] = _flip(queries[i], i, rng)
         if i % 5 == 0 and i <= 30:
             bank[200 + i] = _flip(queries[i], 31 - i, rng)
-    counts = RadiusFilter(bank).count_within(queries, 31, batch=17)
     index = LinearIndex(bank, np.arange(len(bank), dtype=np.int64))
-    expected = [len(index.search(q, 31)[0]) for q in queries]
-    assert counts.tolist() == expected
-    assert counts[:32].min() >= 1 and counts[35] == 0
+    for radius in (31, 40):
+        _, counts = nearest_and_within(bank, queries, radius, chunk=1 << 12)
+        assert counts == [len(index.search(q, radius)[0]) for q in queries]
+    _, counts = nearest_and_within(bank, queries, 31)
+    assert min(counts[:32]) >= 1 and counts[35] == 0
     nearest = nearest_distances(bank, queries[:40])
     assert nearest.tolist() == [min(i, 31 - i) if i % 5 == 0 and i <= 31 else i for i in range(40)]
-    with pytest.raises(ValueError):
-        RadiusFilter(bank).count_within(queries, 32)
 
 
 def test_statistics_helpers() -> None:
@@ -164,7 +158,7 @@ def test_generator_truth_bank_and_keyframes(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_quick_eval_on_the_embedded_path_detects_plain_and_reencoded_pictures(tmp_path: Path) -> None:
     out = tmp_path / "eval"
-    cmd = [sys.executable, "-m", "monitor_tools.eval_live", "--quick", "--infra", "embedded", "--streams", "2",
+    cmd = [sys.executable, "-m", "monitor_tools.eval.live", "--quick", "--infra", "embedded", "--streams", "2",
            "--duration", "40", "--transforms", "none,reencode,mirror", "--background-samples", "100",
            "--out", str(out), "--no-progress"]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=170)

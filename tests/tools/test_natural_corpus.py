@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from monitor_tools import eval_images
+from monitor_tools.eval.images import cli as eval_images
+from monitor_tools.eval.images.corpus import DEFAULT_KEY
 from pipelines.fingerprint import pdq
 from test_streams import natural
 from test_streams.transforms import LAYOUT_TRANSFORMS, combo_parts, composition
@@ -187,7 +188,7 @@ def test_natural_benchmark_json(quick_natural: dict[str, Any]) -> None:
     tune, held = doc["splits"]["tuning"], doc["splits"]["held_out"]
     assert not set(tune["picture_names"]) & set(held["picture_names"])
     for s in (tune, held):
-        h = s["hashers"][eval_images.DEFAULT_KEY]
+        h = s["hashers"][DEFAULT_KEY]
         assert set(h["recall_at_31"]) == {"natural", "generated"}
         assert set(h["recall_at_31"]["natural"]) == set(doc["transforms"])
         assert sum(s["default_unrelated_histogram"]) == s["samples"]
@@ -200,7 +201,7 @@ def test_natural_benchmark_json(quick_natural: dict[str, Any]) -> None:
 def test_natural_benchmark_floors(quick_natural: dict[str, Any]) -> None:
     """Floors that fail if detection breaks (the figures themselves are in docs/eval-images.md)."""
     for split_name in ("tuning", "held_out"):
-        r = quick_natural["splits"][split_name]["hashers"][eval_images.DEFAULT_KEY]["recall_at_31"]["natural"]
+        r = quick_natural["splits"][split_name]["hashers"][DEFAULT_KEY]["recall_at_31"]["natural"]
         assert min(r["reencode"], r["mirror"], r["letterbox"], r["tone"], r["x264_500k"]) >= 0.8, split_name
         none = quick_natural["splits"][split_name]["hashers"]["pipeline/none"]["recall_at_31"]["natural"]
         assert none["mirror"] <= 0.2

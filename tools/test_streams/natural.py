@@ -38,7 +38,7 @@ import numpy.typing as npt
 from PIL import Image as PILImage
 
 from pipelines.fingerprint import pdq, pdq_dihedral
-from pipelines.hamming import CODE_BYTES
+from pipelines.hamming import CODE_BYTES, hamming
 
 Image = npt.NDArray[np.uint8]
 
@@ -245,12 +245,7 @@ def _dihedral_near(code_set: npt.NDArray[np.uint8], variants: Sequence[npt.NDArr
     """Smallest distance between any kept code and any of a picture's 8 dihedral codes (257 when none kept)."""
     if not len(code_set):
         return 257
-    a = np.ascontiguousarray(code_set).view(np.uint64)
-    best = 257
-    for v in variants:
-        q = np.ascontiguousarray(v).reshape(1, CODE_BYTES).view(np.uint64)
-        best = min(best, int(np.bitwise_count(a ^ q).sum(axis=1).min()))
-    return best
+    return min((int(hamming(code_set, v).min()) for v in variants), default=257)
 
 
 def build(found: Iterable[tuple[Source, str]], dedup_distance: int = DEDUP_DISTANCE) -> tuple[list[Picture],
