@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor_tools.bench_evasion import QUICK, main
+from monitor_tools.bench.evasion import QUICK, main
 from tests.conftest import require_tools
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor_tools.bench_ingest import main
+from monitor_tools.bench.ingest.cli import main
 from tests.conftest import require_tools
 
 

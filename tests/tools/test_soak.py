@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from monitor_tools.soak import growth, main
+from monitor_tools.bench.soak import growth, main
 
 
 def test_growth_after_warmup() -> None:

@@ -33,22 +33,22 @@ def bench(argv: list[str]) -> int:
         return 2
     which, rest = argv[0], argv[1:]
     if which == "classify":
-        from monitor_tools.bench_classify import main
+        from monitor_tools.bench.classify import main
     elif which == "ingest":
-        from monitor_tools.bench_ingest import main
+        from monitor_tools.bench.ingest.cli import main
     elif which == "evasion":
-        from monitor_tools.bench_evasion import main
+        from monitor_tools.bench.evasion import main
     elif which == "soak":
-        from monitor_tools.soak import main
+        from monitor_tools.bench.soak import main
     else:
-        from monitor_tools.bench_match import main
+        from monitor_tools.bench.match import main
     code: int = main(rest)
     return code
 
 
 def evaluate(argv: list[str]) -> int:
     """detection evaluation on live test streams (see `monitor eval --help`)"""
-    from monitor_tools.eval_live import main
+    from monitor_tools.eval.live.cli import main
 
     code: int = main(argv)
     return code

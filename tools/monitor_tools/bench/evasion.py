@@ -1,6 +1,6 @@
 """Benchmark: what the monitor's sampling costs, and what it sees, on the adversarial encodings of issue 12.
 
-    monitor bench evasion [--quick] [--seconds S] [--encodings a,b,...]   (also python -m monitor_tools.bench_evasion)
+    monitor bench evasion [--quick] [--seconds S] [--encodings a,b,...]   (also python -m monitor_tools.bench.evasion)
 
 The real engine is measured: two `monitor run` processes (real config files, default worker processes), one with
 `sampling.mode: keyframes` (keyframe-only sampling, the old behaviour) and one at the default sampling config, pull
@@ -29,8 +29,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -47,6 +45,7 @@ import av
 import yaml
 from PIL import Image
 
+from monitor_tools.bench.harness import loadavg, run_report, tree_cpu_s
 from test_streams import evasion
 from test_streams.images import Background, known_image
 from test_streams.infra import Mosquitto, NginxRtmp, free_port, missing_tools, stop_process
@@ -125,46 +124,6 @@ def layout_for(width: int, height: int, seconds: float, background: Path) -> eva
 
 
 # -- measuring the monitor --------------------------------------------------------------------------------------
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _stat(pid: int) -> list[str] | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text.rsplit(")", 1)[1].split()  # fields from the state on (index 0 = field 3)
-
-
-def _descendants(pid: int) -> list[int]:
-    parents: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            f = _stat(int(d.name))
-            if f is not None:
-                parents.setdefault(int(f[1]), []).append(int(d.name))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        for c in parents.get(p, []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
-def tree_cpu_s(pid: int) -> float:
-    """utime + stime of the process and its live descendants, plus what its reaped children used."""
-    total = 0
-    root = _stat(pid)
-    if root is not None:
-        total += sum(int(x) for x in root[11:15])  # utime stime cutime cstime
-    for c in _descendants(pid):
-        f = _stat(c)
-        if f is not None:
-            total += int(f[11]) + int(f[12])
-    return total / _TICK
-
-
 def scrape(port: int) -> str:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
@@ -394,10 +353,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _sigterm(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def pick(names: str | None, quick: bool, layout: evasion.Layout) -> list[evasion.Encoding]:
     all_encs = evasion.encodings(layout)
     if names is None:
@@ -435,20 +390,16 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"monitor bench evasion: needs {' '.join(missing)} (scripts/test installs them)", file=sys.stderr)
         return 2
-    old_term = None
-    if threading.current_thread() is threading.main_thread():
-        old_term = signal.signal(signal.SIGTERM, _sigterm)
     started = time.perf_counter()
     folder = args.cache_dir or Path(tempfile.gettempdir()) / "monitor-bench-evasion"
     folder.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="bench-evasion-"))
     report: dict[str, Any] = {
         "benchmark": "evasion: sampling cost and detection on adversarial encodings, keyframes vs default",
         "mode": "quick" if quick else "full",
-        "environment": {"cpu_count": os.cpu_count(), "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-                        "av": av.__version__},
+        "environment": {"cpu_count": os.cpu_count(), "loadavg_at_start": loadavg(), "av": av.__version__},
     }
-    try:
+
+    def body(work: Path) -> None:
         picture = known_picture(folder)
         background = background_file(folder, width, height)
         layout = layout_for(width, height, seconds, background)
@@ -472,19 +423,8 @@ def main(argv: list[str] | None = None) -> int:
         results = run(encs, files, layout, bank, work)
         report.update(results)
         report["targets"] = _targets(results.get("encodings", []))
-    except KeyboardInterrupt:
-        _log("interrupted: helpers stopped")
-        report["interrupted"] = True
-        print(json.dumps(report, indent=2))
-        return 130
-    finally:
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
-        shutil.rmtree(work, ignore_errors=True)
-    report["environment"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    report["elapsed_s"] = round(time.perf_counter() - started, 1)
-    print(json.dumps(report, indent=2))
-    return 0
+
+    return run_report(report, body, started=started, work_prefix="bench-evasion-", log=_log)
 
 
 if __name__ == "__main__":

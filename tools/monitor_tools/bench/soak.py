@@ -25,22 +25,12 @@ from typing import Any
 
 import yaml
 
+from monitor_tools.bench.harness import descendants
 from test_streams.infra import Mosquitto, NginxRtmp, ffmpeg_publish_cmd, free_port, missing_tools
 
 
 def _log(msg: str) -> None:
     print(f"[soak] {msg}", file=sys.stderr, flush=True)
-
-
-def _tree(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        with contextlib.suppress(OSError):
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-    return out
 
 
 def _is_helper(pid: int) -> bool:
@@ -53,7 +43,7 @@ def _is_helper(pid: int) -> bool:
 
 def sample_tree(pid: int) -> dict[str, float]:
     rss = fds = threads = 0
-    procs = [p for p in _tree(pid) if not _is_helper(p)]
+    procs = [p for p in (pid, *descendants(pid)) if not _is_helper(p)]
     for p in procs:
         with contextlib.suppress(OSError):
             status = Path(f"/proc/{p}/status").read_text()

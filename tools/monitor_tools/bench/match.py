@@ -254,7 +254,7 @@ def run_case(n: int, kind: str, args: argparse.Namespace, faiss: Any, faiss_skip
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m monitor_tools.bench_match", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m monitor_tools.bench.match", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="CI mode: 100k codes, 200 queries")
     ap.add_argument("--sizes", default=None, help="comma-separated bank sizes (default 1000000,10000000)")
     ap.add_argument("--queries", type=int, default=None, help="queries per case (default 1000)")

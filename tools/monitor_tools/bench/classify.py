@@ -101,7 +101,7 @@ class _Sink:
 
 def hash_path_ab(model: Path, streams: int, rate_per_stream: float, seconds: float) -> dict[str, Any]:
     from monitor.config.models import MatchingConfig
-    from monitor.ingest.scheduler import SampleQueue
+    from monitor.ingest.queues import SampleQueue
     from monitor.runtime.analyses import make_matcher
     from monitor.runtime.supervisor import Analysis, _Queued
     from monitor_tools.classifier_models import colour_bar_card
