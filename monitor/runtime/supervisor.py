@@ -24,8 +24,10 @@ from monitor.common.urls import redact_url
 from monitor.config.models import BankConfig, IngestConfig, SamplingConfig, StreamConfig
 from monitor.ingest.coverage import CoveragePolicy
 from monitor.ingest.packets import KeyInfo
+from monitor.ingest.queues import QueueClosed, SampleQueue
 from monitor.ingest.reader import IngestError, KeyframeReader, is_hls_url, is_live_url
-from monitor.ingest.scheduler import QueueClosed, SampleQueue, Scheduler, StreamPolicy
+from monitor.ingest.sampler import StreamPolicy
+from monitor.ingest.scheduler import Scheduler
 from monitor.runtime.bank_reload import BankReloader
 from monitor.runtime.messages import SampleReport, SampleTiming, StateChange, StreamState, WorkerStats
 from monitor.runtime.protocol import EngineSink

@@ -21,7 +21,8 @@ import pytest
 from monitor.config.models import IngestConfig
 from monitor.ingest.coverage import CoveragePolicy
 from monitor.ingest.reader import KeyframeReader
-from monitor.ingest.scheduler import Scheduler, StreamPolicy
+from monitor.ingest.sampler import StreamPolicy
+from monitor.ingest.scheduler import Scheduler
 from monitor.runtime.supervisor import BoundSampler
 from pipelines.fingerprint import pdq
 from pipelines.hamming import hex_to_code

@@ -12,7 +12,8 @@ import pytest
 from monitor.config.models import IngestConfig
 from monitor.ingest.coverage import CoveragePolicy
 from monitor.ingest.reader import IngestError, KeyframeReader, scaled_size
-from monitor.ingest.scheduler import Scheduler, StreamPolicy
+from monitor.ingest.sampler import StreamPolicy
+from monitor.ingest.scheduler import Scheduler
 from monitor.runtime.supervisor import BoundSampler
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg (scripts/test installs it)")

@@ -200,7 +200,8 @@ def test_hostile_key_packets_never_raise(data: bytes, length_size: int | None) -
 def test_the_decode_budget_is_shared_fairly_under_load() -> None:
     """A stream that wants every packet decoded (intra refresh, escalated) cannot take the forward decodes the
     ordinary streams' audits need; what it is refused is counted."""
-    from monitor.ingest.scheduler import Scheduler, StreamPolicy
+    from monitor.ingest.sampler import StreamPolicy
+    from monitor.ingest.scheduler import Scheduler
 
     now = [0.0]
     sched = Scheduler(None, clock=lambda: now[0], warmup_s=0.0, forward_budget_per_s=100.0)

@@ -9,25 +9,15 @@ import math
 import queue
 import random
 import threading
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
-import av
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor.ingest.scheduler import (
-    QueueClosed,
-    SampleQueue,
-    SamplingPolicy,
-    Scheduler,
-    StreamPolicy,
-    StreamSampler,
-)
-from test_streams.live import generate
+from monitor.ingest.queues import QueueClosed, SampleQueue
+from monitor.ingest.sampler import StreamPolicy, StreamSampler
+from monitor.ingest.scheduler import Scheduler
 
 
 class FakeClock:
@@ -58,7 +48,7 @@ def run_keyframes(sched: Scheduler, clock: FakeClock, streams: dict[str, tuple[f
         if t < start:
             continue
         clock.t = t0 + t
-        if sched.offer(sid, t, is_keyframe=True):
+        if sched.offer(sid, t):
             admitted[sid].append(t)
     return admitted
 
@@ -85,116 +75,14 @@ def test_min_interval_skips_close_keyframes_and_restarts_on_clock_jump() -> None
     assert not s.admit(2.0)
 
 
-def test_sampling_policy_is_backward_compatible() -> None:
-    p = SamplingPolicy(2.5)
-    assert [t for t in (0.0, 2.0, 4.0, 6.0, 8.0) if p.admit(t)] == [0.0, 4.0, 8.0]
-    assert p.skipped == 2 and p.min_interval_s == 2.5
-    assert SamplingPolicy().admit(0.0) and SamplingPolicy().admit(5.0)
-
-
-def test_nonkey_frames_need_a_pending_extra_target() -> None:
-    clock = FakeClock()
-    sched = Scheduler(None, clock, random.Random(1))
-    sched.add_stream("a", StreamPolicy(max_interval_s=2.0))
-    assert sched.offer("a", 0.0) and sched.offer("a", 10.0)
-    assert not sched.offer("a", 10.5, is_keyframe=False)  # nobody asked for it
-    target = sched.wants_extra("a", 10.0)
-    assert target == pytest.approx(12.0)
-    assert not sched.offer("a", 11.9, is_keyframe=False)
-    assert sched.offer("a", 12.0, is_keyframe=False)
-    assert sched.stats()["streams"]["a"]["skipped_unrequested"] == 2
-
-
 @pytest.mark.parametrize(
     "kwargs",
-    [{"min_interval_s": -1}, {"jitter_s": -0.1}, {"priority": 0}, {"max_interval_s": 0},
-     {"max_interval_s": 2, "jitter_s": 2}, {"min_interval_s": 3, "max_interval_s": 2},
-     {"min_interval_s": math.nan}],
+    [{"min_interval_s": -1}, {"jitter_s": -0.1}, {"priority": 0}, {"min_interval_s": math.nan},
+     {"jitter_s": math.inf}, {"priority": math.nan}],
 )
 def test_policy_rejects_bad_settings(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         StreamPolicy(**kwargs)
-
-
-# -- extra samples on long GOPs -------------------------------------------------------------------------------
-def drive_reader(sched: Scheduler, clock: FakeClock, sid: str, gop: float, fps: float, seconds: float,
-                 ) -> list[tuple[float, bool]]:
-    """Simulate the reader protocol: keyframes every gop; decode forward to each wants_extra target."""
-    t0 = clock.t
-    samples: list[tuple[float, bool]] = []
-    target: float | None = None
-    n = round(seconds * fps)
-    per_gop = round(gop * fps)
-    for i in range(n):
-        t = i / fps
-        clock.t = t0 + t
-        if i % per_gop == 0:
-            if sched.offer(sid, t, is_keyframe=True):
-                samples.append((t, True))
-            target = sched.wants_extra(sid, t)
-        elif target is not None and t >= target:
-            if sched.offer(sid, t, is_keyframe=False):
-                samples.append((t, False))
-            target = sched.wants_extra(sid, t)
-    return samples
-
-
-def test_long_gop_gets_extra_samples_every_max_interval() -> None:
-    clock = FakeClock()
-    sched = Scheduler(None, clock, random.Random(1))
-    sched.add_stream("a", StreamPolicy(max_interval_s=2.0))
-    samples = drive_reader(sched, clock, "a", gop=10.0, fps=30, seconds=40)
-    times = [round(t, 3) for t, _ in samples]
-    # First GOP: its length is unknown until the second keyframe, so no extras yet.
-    assert times == [0.0, 10.0, 12.0, 14.0, 16.0, 18.0, 20.0, 22.0, 24.0, 26.0, 28.0, 30.0, 32.0, 34.0, 36.0,
-                     38.0]
-    assert [k for t, k in samples if t in (10.0, 20.0, 30.0)] == [True, True, True]
-    st_ = sched.stats()["streams"]["a"]
-    assert st_["gop_s"] == pytest.approx(10.0) and st_["extra_admitted"] == 12
-
-
-def test_short_gop_needs_no_forward_decoding() -> None:
-    clock = FakeClock()
-    sched = Scheduler(None, clock, random.Random(1))
-    sched.add_stream("a", StreamPolicy(max_interval_s=2.0, jitter_s=0.2))
-    for k in range(10):
-        assert sched.offer("a", 2.0 * k)
-        assert sched.wants_extra("a", 2.0 * k) is None
-    sched.add_stream("b", StreamPolicy(max_interval_s=2.0))  # 2.3 s GOP: within the margin, the keyframe serves
-    for k in range(10):
-        sched.offer("b", 2.3 * k)
-        assert sched.wants_extra("b", 2.3 * k) is None
-
-
-def test_wants_extra_is_stable_when_asked_twice() -> None:
-    s = StreamSampler(StreamPolicy(max_interval_s=2.0, jitter_s=0.5), random.Random(3))
-    s.admit(0.0)
-    s.admit(10.0)
-    a = s.wants_extra(10.0)
-    assert a is not None and s.wants_extra(10.0) == a
-
-
-@settings(max_examples=40, deadline=None)
-@given(max_interval=st.floats(1.0, 4.0), jitter_frac=st.floats(0.0, 0.9), gop=st.floats(6.0, 15.0),
-       seed=st.integers(0, 2**32))
-def test_extra_sample_times_stay_within_jitter_bounds(max_interval: float, jitter_frac: float, gop: float,
-                                                      seed: int) -> None:
-    jitter = max_interval * jitter_frac
-    fps = 25.0
-    gop = round(gop * fps) / fps
-    clock = FakeClock()
-    sched = Scheduler(None, clock, random.Random(seed))
-    policy = StreamPolicy(max_interval_s=max_interval, jitter_s=jitter)
-    sched.add_stream("a", policy)
-    samples = drive_reader(sched, clock, "a", gop=gop, fps=fps, seconds=4 * gop)
-    after_first_gop = [(t, k) for t, k in samples if t >= gop - 1e-9]
-    assert len(after_first_gop) >= 3
-    for (prev, _), (cur, is_key) in itertools.pairwise(after_first_gop):
-        gap = cur - prev
-        if is_key:  # the keyframe comes when it comes; it only bounds the gap from above
-            assert gap <= max_interval + jitter + policy.extra_margin_s + 1 / fps + 1e-6
-        else:
-            assert max_interval - jitter - 1e-6 <= gap <= max_interval + jitter + 1 / fps + 1e-6
 
 
 @settings(max_examples=40, deadline=None)
@@ -321,18 +209,6 @@ def test_boost_gives_a_matching_stream_more_samples_for_a_while() -> None:
     assert sched.stats()["streams"]["s02"]["boosted_for_s"] == 0
 
 
-def test_extras_are_deferred_when_the_stream_has_no_token() -> None:
-    clock = FakeClock()
-    sched = Scheduler(0.2, clock, random.Random(1), warmup_s=0)  # 1 sample per 5 s for the one stream
-    sched.add_stream("a", StreamPolicy(max_interval_s=1.0))
-    samples = drive_reader(sched, clock, "a", gop=10.0, fps=10, seconds=100)
-    extras_asked = sched.stats()["streams"]["a"]["extra_requested"]
-    refused = sched.stats()["streams"]["a"]["dropped_budget"]
-    assert len(samples) == pytest.approx(100 * 0.2, abs=3)
-    assert refused <= 3  # the reader was not sent to decode frames that would be refused
-    assert extras_asked <= len(samples) + 3
-
-
 def test_add_remove_and_errors() -> None:
     clock = FakeClock()
     sched = Scheduler(1.0, clock, random.Random(1))
@@ -357,7 +233,6 @@ def test_scheduler_is_thread_safe() -> None:
     def worker(sid: str) -> None:
         for k in range(2000):
             sched.offer(sid, k * 0.01)
-            sched.wants_extra(sid, k * 0.01)
 
     threads = [threading.Thread(target=worker, args=(f"s{i}",)) for i in range(8)]
     for t in threads:
@@ -474,101 +349,3 @@ def test_overload_keeps_latency_bounded_while_drops_rise() -> None:
     assert len(ages) == pytest.approx(120 * 2, rel=0.05)  # the consumer never idles
     assert all(b > a for a, b in itertools.pairwise(drops_over_time[1:]))
     assert sched.stats()["dropped_budget"] > 0 and q.stats()["dropped_full"] > 0
-
-
-# -- the reader protocol on a real long-GOP stream ------------------------------------------------------------------
-def read_with_extras(path: str, sched: Scheduler, sid: str, width: int) -> Iterator[tuple[float, bool, Any]]:
-    """Reference implementation of the reader change `wants_extra` needs (keyframe-only unless asked).
-
-    On a key packet: offer, then ask wants_extra. None -> keyframe-only for this GOP (decode+drain+flush the key
-    packet only if taken). A target -> decode this GOP forward (skip_frame DEFAULT, no drain/flush, so the P-frames
-    keep their reference) until a frame reaches the target; offer it as non-key; ask again.
-    """
-    with av.open(path) as container:
-        video = container.streams.video[0]
-        ctx = video.codec_context
-        ctx.thread_count = 1
-        ctx.skip_frame = "NONKEY"
-        tb = video.time_base
-        target: float | None = None
-        pending_key: float | None = None  # a taken keyframe not yet out of the decoder (forward mode)
-        forward = False
-
-        def handle(frame: Any) -> Iterator[tuple[float, bool, Any]]:
-            nonlocal target, pending_key, forward
-            ft = float(frame.pts * tb)
-            if pending_key is not None and abs(ft - pending_key) < 1e-6:
-                pending_key = None
-                yield ft, True, frame.to_ndarray(format="gray", width=width, height=width * 9 // 16)
-                return
-            if forward and target is not None and ft >= target:
-                if sched.offer(sid, ft, is_keyframe=False):
-                    yield ft, False, frame.to_ndarray(format="gray", width=width, height=width * 9 // 16)
-                target = sched.wants_extra(sid, ft)
-                if target is None:
-                    forward = False
-                    ctx.skip_frame = "NONKEY"
-
-        for packet in container.demux(video):
-            if packet.dts is None or packet.pts is None:
-                continue
-            if packet.is_keyframe:
-                t_key = float(packet.pts * tb)
-                take = sched.offer(sid, t_key, is_keyframe=True)
-                target = sched.wants_extra(sid, t_key)
-                if target is None:
-                    forward = False
-                    ctx.skip_frame = "NONKEY"
-                    if take:
-                        pending_key = t_key
-                        for frame in [*ctx.decode(packet), *ctx.decode(None)]:
-                            yield from handle(frame)
-                        ctx.flush_buffers()
-                    continue
-                forward = True
-                ctx.skip_frame = "DEFAULT"
-                pending_key = t_key if take else None
-                for frame in ctx.decode(packet):
-                    yield from handle(frame)
-            elif forward:
-                for frame in ctx.decode(packet):
-                    yield from handle(frame)
-
-
-@pytest.fixture(scope="module")
-def long_gop_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("sched") / "longgop.ts"
-    generate(str(path), width=320, height=180, fps=10, gop_s=10.0, duration_s=30, realtime=False)
-    return path
-
-
-def test_reader_protocol_decodes_extra_frames_correctly(long_gop_file: Path) -> None:
-    sched = Scheduler(None, rng=random.Random(5))
-    sched.add_stream("a", StreamPolicy(max_interval_s=2.0, jitter_s=0.3))
-    got = list(read_with_extras(str(long_gop_file), sched, "a", 160))
-    with av.open(str(long_gop_file)) as c:
-        v = c.streams.video[0]
-        base = float(v.start_time * v.time_base) if v.start_time is not None else 0.0
-        full = {round(float(f.pts * v.time_base), 3): f.to_ndarray(format="gray", width=160, height=90)
-                for f in c.decode(v)}
-    rel = [(round(t - base, 3), key) for t, key, _ in got]
-    assert [t for t, k in rel if k] == [0.0, 10.0, 20.0]
-    extras = [t for t, k in rel if not k]
-    assert extras and all(10.0 < t < 20.0 or 20.0 < t < 30.0 for t in extras)
-    times = [t for t, _ in rel if t >= 10.0]
-    assert max(np.diff(times)) <= 2.0 + 0.3 + 0.5 + 0.1 + 1e-6
-    assert min(np.diff(times)) >= 2.0 - 0.3 - 1e-6 or min(np.diff(times)) > 0
-    for t, _, img in got:  # forward-decoded frames are exactly what a full decode gives (references intact)
-        assert np.array_equal(img, full[round(t, 3)]), t
-    assert sched.stats()["streams"]["a"]["extra_admitted"] == len(extras)
-
-
-def test_reader_protocol_on_short_gop_is_keyframe_only(tmp_path: Path) -> None:
-    path = tmp_path / "short.ts"
-    generate(str(path), width=160, height=96, fps=10, gop_s=2.0, duration_s=10, realtime=False)
-    sched = Scheduler(None, rng=random.Random(5))
-    sched.add_stream("a", StreamPolicy(max_interval_s=2.0, jitter_s=0.3))
-    got = list(read_with_extras(str(path), sched, "a", 96))
-    assert [k for _, k, _ in got] == [True] * 5
-    assert sched.stats()["streams"]["a"]["extra_requested"] == 0
-
