@@ -21,10 +21,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-# tools/ of this checkout (the folder holding monitor_tools): benchmarks start `monitor run` and their own helper
-# processes from there, with it on PYTHONPATH
-TOOLS_ROOT = Path(__file__).resolve().parents[2]
-
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 

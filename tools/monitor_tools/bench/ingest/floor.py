@@ -12,7 +12,8 @@ import threading
 import av
 import av.error
 
-from monitor_tools.bench.harness import TOOLS_ROOT, die_with_parent
+from monitor_tools import TOOLS_ROOT
+from monitor_tools.bench.harness import die_with_parent
 from test_streams.infra import stop_process
 
 

@@ -22,8 +22,8 @@ import yaml
 
 from monitor.config.models import IngestConfig
 from monitor.ingest.reader import KeyframeReader
+from monitor_tools import TOOLS_ROOT
 from monitor_tools.bench.harness import (
-    TOOLS_ROOT,
     descendants,
     die_with_parent,
     machine_busy_s,

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import logging
 import math
 import sys
 import time
 from collections.abc import Sequence
 from datetime import datetime
-from pathlib import Path
 from typing import TextIO
 
 import numpy as np
 import numpy.typing as npt
 
-log = logging.getLogger(__name__)
-
 Image = npt.NDArray[np.uint8]
 
-# tools/ of this checkout (the folder holding monitor_tools): the generators and the monitor run from there
-TOOLS_ROOT = Path(__file__).resolve().parents[3]
 SAMPLES_PER_HOUR = 1800  # one sample every 2 s
 BANK_SIZE = 1_000_000
 PRECISION_TARGET = 0.9999

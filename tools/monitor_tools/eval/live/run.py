@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from monitor.config.models import MonitorConfig
-from monitor_tools.eval.live.common import TOOLS_ROOT, Progress, say
+from monitor_tools import TOOLS_ROOT
+from monitor_tools.eval.live.common import Progress, say
 from monitor_tools.eval.live.plan import EvalOptions
 from test_streams.live import (
     Appearance,
