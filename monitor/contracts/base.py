@@ -23,7 +23,7 @@ __all__ = [
     "Integral",
     "IsoTime",
     "Name",
-    "SafeText",
+    "Safe",
     "Severity",
     "StreamStateName",
     "WireModel",
@@ -75,7 +75,8 @@ def _safe(value: str) -> str:
 Integral = BeforeValidator(_integral)
 IsoTime = Annotated[str, AfterValidator(_iso_time), Field(json_schema_extra={"format": "date-time"})]
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,128}$")]
-SafeText = Annotated[str, AfterValidator(_safe)]
+# For text from people: `Annotated[str, Field(max_length=100), Safe]`, constraints first (as with Integral).
+Safe = AfterValidator(_safe)
 
 
 class ContractError(ValueError):

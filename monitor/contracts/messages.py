@@ -28,7 +28,7 @@ from monitor.contracts.base import (
     Integral,
     IsoTime,
     Name,
-    SafeText,
+    Safe,
     Severity,
     StreamStateName,
     WireModel,
@@ -222,7 +222,7 @@ class Incident(WireModel):
 # -------------------------------------------------------------------------------------------------- command
 
 # The limits monitor/incidents/book.py `apply_command` applies (tests/unit/test_contracts.py checks they agree).
-_ID = Annotated[SafeText, Field(min_length=1, max_length=100, pattern=r"\S")]
+_ID = Annotated[str, Field(min_length=1, max_length=100, pattern=r"\S"), Safe]
 
 
 class Command(WireModel):
@@ -241,7 +241,7 @@ class Command(WireModel):
     incident_id: _ID
     stream_id: _ID | None = Field(None, description="When given, the incident must be on this stream.")
     moderator: _ID
-    reason: Annotated[SafeText, Field(max_length=1000)] | None = Field(
+    reason: Annotated[str, Field(max_length=1000), Safe] | None = Field(
         None, description="Required by the console for dismiss (a false positive: why).")
-    at: Annotated[SafeText, Field(min_length=1, max_length=64, pattern=r"\S")] | None = Field(
+    at: Annotated[str, Field(min_length=1, max_length=64, pattern=r"\S"), Safe] | None = Field(
         None, description="UTC ISO 8601 on the console's clock; informative only (the monitor records its own).")
