@@ -90,7 +90,9 @@ def describe(exc: ValidationError, limit: int = 3) -> str:
     for err in errors[:limit]:
         where = "/".join(str(p) for p in err["loc"]) or "(top level)"
         msg = str(err["msg"]).removeprefix("Value error, ")
-        if err["type"] == "missing":
+        if not err["loc"]:  # a rule across fields (the model's own validator): the message says it all
+            parts.append(msg)
+        elif err["type"] == "missing":
             parts.append(f"{where}: missing")
         elif err["type"] == "extra_forbidden":
             parts.append(f"{where}: unknown field")
