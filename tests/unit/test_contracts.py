@@ -27,7 +27,7 @@ from monitor.contracts.alerts import Alert, build_alert
 from monitor.contracts.base import ContractError, StreamStateName, WireModel, check
 from monitor.contracts.messages import Command, Health, Incident, NodeStatus, StreamStatus
 from monitor.contracts.schemas import MODELS, SCHEMA_DIR, generate, render
-from monitor.incidents.book import ClassifierPolicy, CommandError, IncidentBook, IncidentPolicy, NewIncident
+from monitor.incidents import ClassifierPolicy, CommandError, IncidentBook, IncidentPolicy, NewIncident
 from monitor.ingest.coverage import CoveragePolicy
 from monitor.runtime.messages import StateChange, StreamState
 from pipelines.base import Finding
@@ -383,3 +383,12 @@ def test_the_console_counts_what_breaks_the_contract_and_says_why() -> None:
     assert st.malformed == 2
     assert any("incident: status: Input should be" in line and "'sleeping'" in line for line in st.log_lines)
     assert any("alert: distance" in line for line in st.log_lines)
+
+
+def test_the_contract_and_the_incident_book_name_the_same_statuses_actions_and_severities() -> None:
+    from monitor.contracts import messages
+    from monitor.incidents import book
+
+    assert set(get_args(messages.Status)) == set(get_args(book.Status))
+    assert set(messages.ACTIONS) == set(book.ACTION_STATUS)
+    assert set(get_args(messages.Severity)) == set(get_args(book.Severity)) == set(book.SEVERITIES)
