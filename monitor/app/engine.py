@@ -35,7 +35,7 @@ from monitor.delivery.outbox import Outbox, OutboxError
 from monitor.evidence.records import IMAGE_KEY, EvidenceRecord
 from monitor.evidence.signing import KeyFileError, key_id, load_signing_key
 from monitor.evidence.store import EvidenceError, EvidenceLog
-from monitor.incidents.book import (
+from monitor.incidents import (
     ClassifierPolicy,
     CommandError,
     Event,

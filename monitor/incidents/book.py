@@ -1,7 +1,7 @@
 """From findings to incidents: one incident per (stream, bank, entry) instead of an alert per match.
 
 Pure and synchronous: the engine calls it on its asyncio loop and publishes what it returns; time comes only
-from the injected clock, so tests drive it with a fake one. Messages follow the contract in `monitor.contracts.topics`.
+from the injected clock, so tests drive it with a fake one. Messages follow monitor/contracts/messages.py.
 
 Choices worth knowing:
   - Confirmation of weak matches counts the last `confirm_n` samples of the stream within `confirm_window_s`
@@ -24,6 +24,7 @@ Choices worth knowing:
     moderator had acknowledged or escalated (the stream may still be live), nothing else on a final one.
 """
 
+
 from __future__ import annotations
 
 import time
@@ -31,222 +32,28 @@ import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar, Final, Literal, cast
+from typing import cast
 
-from monitor.common.safetext import describe_char, forbidden_char
-from monitor.contracts.alerts import utc_iso
-from pipelines.base import Finding
-
-SCHEMA_VERSION: Final = 1
-
-Severity = Literal["low", "medium", "high"]
-Status = Literal["open", "acknowledged", "escalated", "dismissed", "terminated", "closed"]
-Action = Literal["acknowledge", "escalate", "dismiss", "terminate"]
-
-SEVERITIES: Final[frozenset[str]] = frozenset({"low", "medium", "high"})
-OPEN_STATUSES: Final[frozenset[str]] = frozenset({"open", "acknowledged", "escalated"})
-ACTION_STATUS: Final[Mapping[str, Status]] = {
-    "acknowledge": "acknowledged", "escalate": "escalated", "dismiss": "dismissed", "terminate": "terminated",
-}
-MAX_MODERATOR = 100
-MAX_REASON = 1000
-MAX_ID = 100
-_COMMAND_FIELDS: Final = frozenset(
-    {"schema_version", "type", "command_id", "action", "incident_id", "stream_id", "moderator", "reason", "at"}
+from monitor.incidents.commands import CommandError, ParsedCommand, parse_command
+from monitor.incidents.model import (
+    ACTION_STATUS,
+    SEVERITIES,
+    CommandOutcome,
+    EntryKey,
+    Event,
+    HistoryEntry,
+    Incident,
+    IncidentUpdate,
+    Key,
+    NewIncident,
+    Quarantined,
+    QuarantineLifted,
+    Severity,
+    Status,
+    Suppressed,
 )
-
-Key = tuple[str, str, str]  # (stream_id, bank, entry_id)
-EntryKey = tuple[str, str]  # (bank, entry_id)
-
-
-@dataclass(frozen=True, slots=True)
-class IncidentPolicy:
-    strong_distance: int = 31  # at or below: alert on the first sample
-    confirm_k: int = 2  # weaker matches need k of the last n samples ...
-    confirm_n: int = 3
-    confirm_window_s: float = 30.0  # ... within this much media time
-    update_interval_s: float = 30.0  # at most one routine update per incident this often
-    close_after_s: float = 120.0  # wall time without a match before an incident closes
-    quarantine_streams: int = 5  # an entry opening incidents on this many streams ...
-    quarantine_window_s: float = 300.0  # ... within this window is a suspected noisy list entry
-    quarantine_s: float = 3600.0
-    remember_incidents: int = 1000  # final incidents kept for late commands
-    remember_commands: int = 10_000  # command ids kept for MQTT redelivery
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.confirm_k <= self.confirm_n:
-            raise ValueError("need 1 <= confirm_k <= confirm_n")
-        if self.quarantine_streams < 1 or self.remember_incidents < 1 or self.remember_commands < 1:
-            raise ValueError("quarantine_streams, remember_incidents and remember_commands must be >= 1")
-        for name in ("confirm_window_s", "update_interval_s", "close_after_s", "quarantine_window_s",
-                     "quarantine_s"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0")
-
-
-@dataclass(frozen=True, slots=True)
-class ClassifierPolicy:
-    confirm_k: int = 3  # k of the last n classified samples over the threshold ...
-    confirm_n: int = 5
-    window_s: float = 20.0  # ... within this much media time
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.confirm_k <= self.confirm_n:
-            raise ValueError("need 1 <= confirm_k <= confirm_n")
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryEntry:
-    action: str  # a command action, or "close" for the monitor's own closures
-    moderator: str | None  # None: the monitor itself
-    at: float
-    reason: str
-    result: str | None = None  # terminate: "requested", then what the server API answered
-    command_id: str | None = None  # internal: record_result finds the entry by it; not published
-
-    def to_message(self) -> dict[str, Any]:
-        return {"action": self.action, "moderator": self.moderator, "at": utc_iso(self.at),
-                "reason": self.reason, "result": self.result}
-
-
-@dataclass(frozen=True, slots=True)
-class Incident:
-    """An immutable snapshot; events carry the state as it was when they were made."""
-
-    incident_id: str
-    stream_id: str
-    bank: str
-    entry_id: str
-    entry_label: str | None
-    severity: Severity
-    status: Status
-    first_seen: float
-    last_seen: float
-    first_media_time_s: float
-    last_media_time_s: float
-    samples: int
-    best_distance: int
-    threshold: int
-    alert_ids: tuple[str, ...]
-    history: tuple[HistoryEntry, ...]
-    updated_at: float
-    kind: str = "match"  # or "classification": bank is the analysis, entry_id the label
-    best_score: float | None = None  # classifications: the highest score so far ...
-    score_threshold: float | None = None
-    model_id: str | None = None
-    sample_hash: str | None = None  # ... and the PDQ hash of that sample
-
-    @property
-    def key(self) -> Key:
-        return (self.stream_id, self.bank, self.entry_id)
-
-    @property
-    def is_open(self) -> bool:
-        return self.status in OPEN_STATUSES
-
-    def to_message(self, node: str, stream_url: str) -> dict[str, Any]:
-        msg = self._match_message(node, stream_url)
-        if self.kind == "classification":  # match incidents keep exactly their fields
-            msg.update(best_distance=None, threshold=None, kind=self.kind, label=self.entry_id,
-                       best_score=self.best_score, score_threshold=self.score_threshold, model_id=self.model_id)
-        return msg
-
-    def _match_message(self, node: str, stream_url: str) -> dict[str, Any]:
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "type": "incident",
-            "incident_id": self.incident_id,
-            "node": node,
-            "stream_id": self.stream_id,
-            "stream_url": stream_url,
-            "bank": self.bank,
-            "entry_id": self.entry_id,
-            "entry_label": self.entry_label,
-            "severity": self.severity,
-            "status": self.status,
-            "first_seen": utc_iso(self.first_seen),
-            "last_seen": utc_iso(self.last_seen),
-            "first_media_time_s": round(self.first_media_time_s, 3),
-            "last_media_time_s": round(self.last_media_time_s, 3),
-            "samples": self.samples,
-            "best_distance": self.best_distance,
-            "threshold": self.threshold,
-            "alert_ids": list(self.alert_ids),
-            "history": [h.to_message() for h in self.history],
-            "updated_at": utc_iso(self.updated_at),
-        }
-
-
-# -- events ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class NewIncident:
-    """Send one alert for `finding`, with `alert_id` and the incident id, then publish the incident."""
-
-    incident: Incident
-    finding: Finding
-    alert_id: str  # already listed in incident.alert_ids: use it as the alert's alert_id
-    kind: ClassVar[str] = "new_incident"
-
-
-@dataclass(frozen=True, slots=True)
-class IncidentUpdate:
-    """Publish the incident message (retained); no alert."""
-
-    incident: Incident
-    reason: str  # "better match", "activity", "quiet", "stream ended", "terminate result"
-    kind: ClassVar[str] = "incident_update"
-
-
-@dataclass(frozen=True, slots=True)
-class Quarantined:
-    """Reported once per quarantine; alerts for this entry are suppressed on every stream until `until`."""
-
-    bank: str
-    entry_id: str
-    streams: tuple[str, ...]
-    until: float
-    kind: ClassVar[str] = "quarantined"
-
-
-@dataclass(frozen=True, slots=True)
-class QuarantineLifted:
-    bank: str
-    entry_id: str
-    kind: ClassVar[str] = "quarantine_lifted"
-
-
-@dataclass(frozen=True, slots=True)
-class Suppressed:
-    """A match that alerted nobody; count it, do not publish it."""
-
-    finding: Finding
-    why: str  # "unconfirmed", "quarantined", "dismissed", "terminated"
-    kind: ClassVar[str] = "suppressed"
-
-
-Event = NewIncident | IncidentUpdate | Quarantined | QuarantineLifted | Suppressed
-
-
-class CommandError(ValueError):
-    """A console command that cannot be applied; the message starts with the offending field."""
-
-    def __init__(self, field_name: str, problem: str) -> None:
-        super().__init__(f"{field_name}: {problem}")
-        self.field = field_name
-
-
-@dataclass(frozen=True, slots=True)
-class CommandOutcome:
-    """Publish `incident` when `changed`; a duplicate (redelivered command_id) changes nothing."""
-
-    incident: Incident
-    changed: bool
-    duplicate: bool
-    proposed_negative_entry: EntryKey | None  # dismiss: (bank, entry_id) proposed for a negative bank
-    message: str
-
+from monitor.incidents.policy import ClassifierPolicy, IncidentPolicy
+from pipelines.base import Finding
 
 # -- internal state --------------------------------------------------------------------------------------
 
@@ -265,20 +72,12 @@ class _Seen:
     matches: Mapping[EntryKey, int]  # best distance per entry in this sample
 
 
-@dataclass(frozen=True, slots=True)
-class _Command:
-    command_id: str
-    action: Action
-    incident_id: str
-    moderator: str
-    reason: str
-    stream_id: str | None
-
 
 @dataclass(slots=True)
 class _Shadow:
     until: float
     why: str
+
 
 
 class IncidentBook:
@@ -528,9 +327,9 @@ class IncidentBook:
             self._recent.popitem(last=False)
 
     # -- console commands ---------------------------------------------------------------------------------------
-    def apply_command(self, cmd: Mapping[str, Any]) -> CommandOutcome:
+    def apply_command(self, cmd: Mapping[str, object]) -> CommandOutcome:
         """Validate and apply a console command; raises CommandError naming the field it rejects."""
-        c = _parse_command(cmd)
+        c = parse_command(cmd)
         prior = self._commands.get(c.command_id)
         if prior is not None:
             signature, outcome = prior
@@ -560,7 +359,7 @@ class IncidentBook:
             self._commands.popitem(last=False)
         return outcome
 
-    def _transition(self, inc: Incident, c: _Command, target: Status) -> Incident:
+    def _transition(self, inc: Incident, c: ParsedCommand, target: Status) -> Incident:
         now = self.clock()
         entry = HistoryEntry(c.action, c.moderator, now, c.reason,
                              "requested" if c.action == "terminate" else None, c.command_id)
@@ -595,55 +394,3 @@ class IncidentBook:
             self._remember(new)
         return [IncidentUpdate(new, "terminate result")]
 
-
-def _show(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _text(cmd: Mapping[str, Any], name: str, limit: int, *, required: bool = True, empty_ok: bool = False) -> str:
-    value = cmd.get(name)
-    if value is None and not required:
-        return ""
-    if not isinstance(value, str):
-        raise CommandError(name, "missing" if value is None else f"must be a string, got {_show(value)}")
-    if not empty_ok and not value.strip():
-        raise CommandError(name, "must not be empty")
-    if len(value) > limit:
-        raise CommandError(name, f"longer than {limit} characters")
-    bad = forbidden_char(value)
-    if bad is not None:  # a forged log line, a terminal escape, a name that reads backwards
-        raise CommandError(name, f"contains {describe_char(bad[1])} at position {bad[0]}: control, separator and "
-                                 "bidirectional characters are not accepted")
-    return value
-
-
-def _parse_command(cmd: object) -> _Command:
-    if not isinstance(cmd, Mapping):
-        raise CommandError("command", f"must be a JSON object, got {type(cmd).__name__}")
-    unknown = sorted(str(k) for k in cmd if k not in _COMMAND_FIELDS)
-    if unknown:
-        raise CommandError(unknown[0], "unknown field")
-    version = cmd.get("schema_version")
-    if type(version) is not int or version != SCHEMA_VERSION:
-        raise CommandError("schema_version", f"must be {SCHEMA_VERSION}, got {_show(version)}")
-    if cmd.get("type") != "command":
-        raise CommandError("type", f"must be 'command', got {_show(cmd.get('type'))}")
-    command_id = _text(cmd, "command_id", MAX_ID)
-    action = cmd.get("action")
-    if not isinstance(action, str) or action not in ACTION_STATUS:
-        raise CommandError("action", f"must be one of {', '.join(ACTION_STATUS)}, got {_show(action)}")
-    incident_id = _text(cmd, "incident_id", MAX_ID)
-    moderator = _text(cmd, "moderator", MAX_MODERATOR).strip()
-    reason = _text(cmd, "reason", MAX_REASON, required=False, empty_ok=True)
-    stream_id = _text(cmd, "stream_id", MAX_ID) if cmd.get("stream_id") is not None else None
-    if cmd.get("at") is not None:
-        _text(cmd, "at", 64)  # the monitor records its own time; a console's clock is only informative
-    return _Command(command_id, cast(Action, action), incident_id, moderator, reason, stream_id)
-
-
-__all__ = [
-    "ClassifierPolicy", "CommandError", "CommandOutcome", "Event", "HistoryEntry", "Incident", "IncidentBook",
-    "IncidentPolicy", "IncidentUpdate", "NewIncident", "QuarantineLifted", "Quarantined", "Severity", "Status",
-    "Suppressed",
-]

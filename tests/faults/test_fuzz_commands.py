@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monitor.common.safetext import EscapingFormatter, forbidden_char, printable
-from monitor.incidents.book import MAX_MODERATOR, MAX_REASON, CommandError, IncidentBook, IncidentPolicy, NewIncident
+from monitor.incidents import MAX_MODERATOR, MAX_REASON, CommandError, IncidentBook, IncidentPolicy, NewIncident
 from pipelines.base import Finding
 
 BIDI = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"

@@ -230,7 +230,7 @@ def test_finding3_lock_is_held_across_processes(tmp_path: Path) -> None:
 
 
 def _book_with_incident() -> tuple[Any, Any]:
-    from monitor.incidents.book import IncidentBook, IncidentPolicy, NewIncident
+    from monitor.incidents import IncidentBook, IncidentPolicy, NewIncident
     from pipelines.base import Finding
 
     book = IncidentBook(IncidentPolicy(), {"b1": "high"}, lambda: 1000.0)
@@ -254,7 +254,7 @@ HOSTILE = ["alice\n12:00:00 INFO monitor: incident x: dismiss by bob", "alice\x1
 @pytest.mark.parametrize("text", HOSTILE)
 @pytest.mark.parametrize("field", ["moderator", "reason"])
 def test_finding5_command_parser_refuses_control_characters(field: str, text: str) -> None:
-    from monitor.incidents.book import CommandError
+    from monitor.incidents import CommandError
 
     book, inc = _book_with_incident()
     with pytest.raises(CommandError) as err:

@@ -15,7 +15,7 @@ import pytest
 from monitor.common.errors import ConfigError
 from monitor.config.models import MatchingConfig, build_config
 from monitor.contracts.alerts import alert_schema, build_alert
-from monitor.incidents.book import ClassifierPolicy, IncidentBook, IncidentPolicy, NewIncident, Suppressed
+from monitor.incidents import ClassifierPolicy, IncidentBook, IncidentPolicy, NewIncident, Suppressed
 from monitor.runtime.analyses import make_analyses
 from monitor.runtime.supervisor import Analysis
 from monitor_tools.classifier_models import TESTCARD_LABELS, build_testcard_model, colour_bar_card

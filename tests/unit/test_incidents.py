@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from monitor.incidents.book import (
+from monitor.incidents import (
     CommandError,
     Event,
     Incident,
