@@ -18,7 +18,7 @@ import xml.etree.ElementTree as ET
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 from urllib.parse import quote
 
 import aiohttp
@@ -85,13 +85,13 @@ class _Reply:
     def describe(self) -> str:
         return f"{self.method} {self.url}: HTTP {self.status}: {self.snippet() or '(empty body)'}"
 
-    def json(self) -> Any:
+    def json(self) -> object:
         try:
             return json.loads(self.body)
         except (ValueError, RecursionError):
             raise ServerAPIError(f"{self.method} {self.url}: reply is not JSON: {self.snippet()!r}") from None
 
-    def json_object(self) -> dict[str, Any]:
+    def json_object(self) -> dict[str, object]:
         doc = self.json()
         if not isinstance(doc, dict):
             raise ServerAPIError(f"{self.method} {self.url}: expected a JSON object: {self.snippet()!r}")
@@ -325,17 +325,18 @@ class SrsAPI(ServerAPI):
 
     kind = "srs"
 
-    async def _streams(self) -> list[dict[str, Any]]:
+    async def _streams(self) -> list[dict[str, object]]:
         reply = await self._call("GET", "/api/v1/streams", {"start": "0", "count": str(_SRS_PAGE)})
         if reply.status != 200:
             raise ServerAPIError(reply.describe())
         doc = reply.json_object()
-        if doc.get("code", 0) != 0 or not isinstance(doc.get("streams"), list):
+        streams = doc.get("streams")
+        if doc.get("code", 0) != 0 or not isinstance(streams, list):
             raise ServerAPIError(f"SRS refused to list streams: {reply.describe()}")
-        return [s for s in doc["streams"] if isinstance(s, dict)]
+        return [s for s in streams if isinstance(s, dict)]
 
     @staticmethod
-    def _publisher_cid(stream: Mapping[str, Any]) -> str | None:
+    def _publisher_cid(stream: Mapping[str, object]) -> str | None:
         publish = stream.get("publish")
         if isinstance(publish, dict) and publish.get("active") and publish.get("cid"):
             return str(publish["cid"])

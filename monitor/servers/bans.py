@@ -24,7 +24,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import (
     AwareDatetime,
@@ -315,7 +315,7 @@ class BanList:
         if not raw.strip():
             return {}
         try:
-            doc: Any = json.loads(raw)
+            doc: object = json.loads(raw)
         except (ValueError, RecursionError) as exc:
             raise BanListError(f"ban list {self._path} is not valid JSON: {exc}") from None
         if not isinstance(doc, dict) or not isinstance(doc.get("bans"), builtins.list):
