@@ -32,7 +32,8 @@ import numpy.typing as npt
 
 from pipelines.errors import BankFormatError
 from pipelines.fingerprint import DEFAULT_THRESHOLDS, SIGNAL_TYPES
-from pipelines.hamming import CODE_BYTES, Codes, LinearIndex, hex_to_code
+from pipelines.hamming import CODE_BYTES, Codes, hex_to_code
+from pipelines.index import HammingIndex, LinearIndex
 from pipelines.mih import MultiIndexHashIndex
 
 log = logging.getLogger(__name__)
@@ -81,11 +82,11 @@ class Bank:
         if len(base) != len(entries):
             raise ValueError("codes and entries differ in length")
         self._base_codes, self._base_entries = base, list(entries)
-        self._index = MultiIndexHashIndex(base, np.arange(len(base), dtype=np.int64))
+        self._index: HammingIndex = MultiIndexHashIndex(base, np.arange(len(base), dtype=np.int64))
         self._removed: frozenset[int] = frozenset()
         self._extra_codes = np.empty((0, CODE_BYTES), dtype=np.uint8)
         self._extra_entries: list[Entry] = []
-        self._extra_index = LinearIndex(self._extra_codes, np.empty(0, dtype=np.int64))
+        self._extra_index: HammingIndex = LinearIndex(self._extra_codes, np.empty(0, dtype=np.int64))
 
     def __len__(self) -> int:
         return len(self._base_entries) - len(self._removed) + len(self._extra_entries)
@@ -115,12 +116,13 @@ class Bank:
     def lookup_many(self, codes: Codes) -> list[list[BankMatch]]:
         """One result list per probe (the views and variants of one sample are searched in one batch)."""
         codes = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1, CODE_BYTES)
+        extra = self._extra_index.search_batch(codes, self.threshold) if self._extra_entries else None
         out: list[list[BankMatch]] = []
         for i, (rows, dists) in enumerate(self._index.search_batch(codes, self.threshold)):
             hits = [BankMatch(self._base_entries[int(r)], int(d))
                     for r, d in zip(rows, dists, strict=True) if int(r) not in self._removed]
-            if self._extra_entries:
-                xr, xd = self._extra_index.search(codes[i], self.threshold)
+            if extra is not None:
+                xr, xd = extra[i]
                 hits += [BankMatch(self._extra_entries[int(r)], int(d)) for r, d in zip(xr, xd, strict=True)]
                 hits.sort(key=lambda m: m.distance)
             out.append(hits)

@@ -1,4 +1,4 @@
-"""Exact Hamming radius search over 256-bit codes by multi-index hashing (MIH).
+"""Exact Hamming radius and k-nearest search over 256-bit codes by multi-index hashing (MIH).
 
 Layout. The 256 bits are cut into m disjoint contiguous substrings (m = 11-12 at 1M-10M codes,
 chosen by a cost model under a memory cap: 2x raw, or raw + 16 MB for small banks). Table j
@@ -18,6 +18,10 @@ are deduplicated after verification, when few are left. The radius is per call; 
 means many probes, and the cost model (checked again against the real bucket sizes, which
 matter for clustered banks) then falls back to a linear scan.
 
+Nearest. `nearest(query, k)` runs radius searches at growing radii (NEAREST_RADII) while the planner
+puts them below a linear scan; once k entries lie within one, they are the k nearest. The queries
+left are answered by one scan (pipelines/hamming.py: `scan_nearest`).
+
 Updates. `add` appends to a delta buffer that queries scan linearly; `remove` marks main rows
 dead (a sorted row list) and drops delta rows. Past a size threshold both are merged by
 `compact()`, a full rebuild (about a second per million codes).
@@ -33,15 +37,25 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from pipelines.hamming import CODE_BYTES, Codes, Ids
+from pipelines.hamming import (
+    CODE_BITS,
+    CODE_BYTES,
+    Codes,
+    Dists,
+    Ids,
+    Words,
+    as_codes,
+    as_words,
+    scan_nearest,
+    scan_within,
+)
+from pipelines.index import Result, empty_result, ordered
 
-Dists = npt.NDArray[np.int32]
 U32 = npt.NDArray[np.uint32]
-U64 = npt.NDArray[np.uint64]
+U64 = Words
 I64 = npt.NDArray[np.int64]
 Mode = Literal["auto", "mih", "linear"]
 
-CODE_BITS = 8 * CODE_BYTES
 MAX_PREFIX_BITS = 24
 MEMORY_CAP = 1.99  # index bytes / (raw codes + ids) the layout choice stays under ...
 # ... or raw + this, whichever is more: a 100k bank then takes the 16-table layout (12.7 MB instead of 7.7 MB) and
@@ -55,8 +69,8 @@ COST_CALL = 100_000.0  # fixed numpy call overhead of one probed chunk of querie
 COST_LINEAR = 5.0  # one code of a linear scan
 QUERY_CHUNK = 32  # most queries probed together
 CHUNK_ITEMS = 1 << 17  # probes + bucket entries per chunk: keeps temporaries within L2 (few MB)
-SCAN_ROWS = 1 << 14  # rows per block of a linear scan
 PACKED_MAX_ROWS = 1 << 24  # rows addressable by 3-byte permutations
+NEAREST_RADII = (0, 8, 16, 24, 32)  # radius searches a k-nearest search tries before it scans
 
 
 @dataclass(frozen=True)
@@ -150,42 +164,6 @@ def _choose_layout(n: int) -> tuple[int, int]:
     return best[1], best[2]
 
 
-def _as_codes(codes: Codes) -> Codes:
-    arr = np.ascontiguousarray(codes, dtype=np.uint8)
-    if arr.ndim == 1 and arr.size == CODE_BYTES:
-        return arr.reshape(1, CODE_BYTES)
-    if arr.size == 0:
-        return np.empty((0, CODE_BYTES), np.uint8)
-    if arr.ndim != 2 or arr.shape[1] != CODE_BYTES:
-        raise ValueError(f"codes must have shape (N, {CODE_BYTES}), got {arr.shape}")
-    return arr
-
-
-def _as_u64(codes: Codes) -> U64:
-    """(N, 4) little-endian uint64 words of contiguous (N, 32) codes (a view on little-endian)."""
-    return codes.view(np.dtype("<u8")).astype(np.uint64, copy=False)
-
-
-def _scan(c64: U64, query: U64, radius: int) -> tuple[I64, Dists]:
-    """Rows of (N, 4) uint64 codes within radius of one (4,) query, with their distances.
-
-    Blocks of 16k rows keep the temporaries in L2; uint16 sums (<= 256) halve the traffic.
-    """
-    rows_out, dist_out = [], []
-    for lo in range(0, len(c64), SCAN_ROWS):
-        blk = c64[lo : lo + SCAN_ROWS]
-        d = np.bitwise_count(blk[:, 0] ^ query[0]).astype(np.uint16)
-        for j in range(1, 4):
-            d += np.bitwise_count(blk[:, j] ^ query[j])
-        hit = np.flatnonzero(d <= radius)
-        if len(hit):
-            rows_out.append(hit + lo)
-            dist_out.append(d[hit].astype(np.int32))
-    if not rows_out:
-        return np.empty(0, np.int64), np.empty(0, np.int32)
-    return np.concatenate(rows_out).astype(np.int64), np.concatenate(dist_out)
-
-
 def _order_by(keys: U64) -> U64:
     """Rows sorted by key, rows ascending within a key.
 
@@ -229,7 +207,7 @@ class _Plan:
 class MultiIndexHashIndex:
     """Exact radius search over 256-bit codes; same results as `LinearIndex`, much faster.
 
-    Satisfies the `HammingIndex` protocol. Not safe for concurrent updates and searches.
+    Satisfies the `HammingIndex` protocol (pipelines/index.py). Not safe for concurrent updates and searches.
     `tables`, `prefix_bits` and `mode` ("mih" or "linear" forces one plan, "auto" picks the
     cheaper per query) override the planner; tests use them to reach every path on small banks.
     """
@@ -244,7 +222,7 @@ class MultiIndexHashIndex:
         delta_limit: int | None = None,
         mode: Mode = "auto",
     ) -> None:
-        codes = _as_codes(codes)
+        codes = as_codes(codes)
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         if len(ids) != len(codes):
             raise ValueError("codes and ids differ in length")
@@ -286,11 +264,11 @@ class MultiIndexHashIndex:
         def keys_of(c64: U64, part: _Part) -> U64:
             return part.extract(c64) >> np.uint64(part.width - p)
 
-        order = _order_by(keys_of(_as_u64(codes), parts[0]))
+        order = _order_by(keys_of(as_words(codes), parts[0]))
         self._codes: Codes = np.ascontiguousarray(codes[order])
         self._ids: I64 = np.ascontiguousarray(ids[order])
         del order
-        self._c64: U64 = _as_u64(self._codes)  # (N, 4) view on little-endian hosts
+        self._c64: U64 = as_words(self._codes)  # (N, 4) view on little-endian hosts
         # dirs[j, k]: first position of bucket k of table j; all tables in one array so that
         # one gather serves every table of a threshold group.
         self._dirs: U32 = np.zeros((m, self._stride), np.uint32)
@@ -335,7 +313,7 @@ class MultiIndexHashIndex:
 
     def add(self, codes: Codes, ids: Ids) -> None:
         """Append entries; searchable at once, merged into the tables once the delta is large."""
-        codes = _as_codes(codes)
+        codes = as_codes(codes)
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         if len(ids) != len(codes):
             raise ValueError("codes and ids differ in length")
@@ -371,18 +349,18 @@ class MultiIndexHashIndex:
 
     # ------------------------------------------------------------------ search
 
-    def search(self, query: Codes, radius: int) -> tuple[Ids, Dists]:
+    def search(self, query: Codes, radius: int) -> Result:
         """(ids, distances) of all entries within radius, sorted by distance then id."""
         return self.search_batch(np.asarray(query, np.uint8).reshape(1, CODE_BYTES), radius)[0]
 
-    def search_batch(self, queries: Codes, radius: int) -> list[tuple[Ids, Dists]]:
+    def search_batch(self, queries: Codes, radius: int) -> list[Result]:
         """`search` for each row of queries (Q, 32); probing is vectorised across queries."""
-        queries = _as_codes(queries)
+        queries = as_codes(queries)
         nq = len(queries)
         if radius < 0 or nq == 0 or len(self) == 0:
-            return [(np.empty(0, np.int64), np.empty(0, np.int32)) for _ in range(nq)]
+            return [empty_result() for _ in range(nq)]
         radius = min(int(radius), CODE_BITS)
-        q64 = _as_u64(queries)
+        q64 = as_words(queries)
         # Large radii mean many probes per query: fewer queries a chunk keep temporaries bounded.
         step = int(np.clip(CHUNK_ITEMS // max(1.0, self._plan(radius).items), 1, QUERY_CHUNK))
         hits: list[tuple[I64, I64, Dists]] = []  # (query, row, distance); row < 0: ~delta row
@@ -391,9 +369,9 @@ class MultiIndexHashIndex:
             for qi, rows, dist in self._search_main(chunk, radius):
                 hits.append((qi + lo, rows, dist))
             if len(self._dids):
-                d64 = _as_u64(self._dcodes)
+                d64 = as_words(self._dcodes)
                 for k in range(len(chunk)):
-                    rows, dist = _scan(d64, chunk[k], radius)
+                    rows, dist = scan_within(d64, chunk[k], radius)
                     hits.append((np.full(len(rows), lo + k, np.int64), ~rows, dist))
         qi = np.concatenate([h[0] for h in hits]) if hits else np.empty(0, np.int64)
         rows = np.concatenate([h[1] for h in hits]) if hits else np.empty(0, np.int64)
@@ -410,12 +388,50 @@ class MultiIndexHashIndex:
         else:
             ids = self._ids[rows]
         if nq == 1:
-            order = np.lexsort((ids, dist))
-            return [(ids[order], dist[order])]
+            return [ordered(ids, dist)]
         order = np.lexsort((ids, dist, qi))
         qi, ids, dist = qi[order], ids[order], dist[order]
         bounds = np.searchsorted(qi, np.arange(nq + 1))
         return [(ids[a:b], dist[a:b]) for a, b in itertools.pairwise(bounds.tolist())]
+
+    def nearest(self, query: Codes, k: int = 1) -> Result:
+        """(ids, distances) of the k entries nearest to the query, sorted by distance then id."""
+        return self.nearest_batch(np.asarray(query, np.uint8).reshape(1, CODE_BYTES), k)[0]
+
+    def nearest_batch(self, queries: Codes, k: int = 1) -> list[Result]:
+        """`nearest` for each row of queries: radius searches at growing radii while they cost less than a scan
+        (NEAREST_RADII); a query with k entries within one has its answer (none outside lies nearer), the
+        others are answered by one scan of the live entries."""
+        queries = as_codes(queries)
+        out: list[Result] = [empty_result() for _ in range(len(queries))]
+        if k <= 0 or len(self) == 0:
+            return out
+        k = min(k, len(self))
+        todo = np.arange(len(queries))
+        for radius in NEAREST_RADII:
+            if len(todo) == 0 or self._plan(radius).work > COST_LINEAR * len(self._ids):
+                break
+            left = []
+            for i, (ids, dist) in zip(todo.tolist(), self.search_batch(queries[todo], radius), strict=True):
+                if len(ids) >= k:
+                    out[i] = (ids[:k], dist[:k])
+                else:
+                    left.append(i)
+            todo = np.array(left, np.intp)
+        if len(todo):
+            ids, words = self._live()
+            for i, (rows, dist) in zip(todo.tolist(), scan_nearest(words, as_words(queries[todo]), k), strict=True):
+                out[i] = ordered(ids[rows], dist, k)
+        return out
+
+    def _live(self) -> tuple[I64, U64]:
+        """Ids and words of every live entry: the main arrays, or a copy without dead rows plus the delta."""
+        if not len(self._dead) and not len(self._dids):
+            return self._ids, self._c64
+        alive = np.ones(len(self._ids), bool)
+        alive[self._dead] = False
+        codes = np.concatenate([self._codes[alive], self._dcodes])
+        return np.concatenate([self._ids[alive], self._dids]), as_words(codes)
 
     def _plan(self, radius: int) -> _Plan:
         plan = self._plans.get(radius)
@@ -522,6 +538,6 @@ class MultiIndexHashIndex:
     def _scan_main(self, q64: U64, which: npt.NDArray[np.intp], radius: int) -> list[tuple[I64, I64, Dists]]:
         out = []
         for k in which:
-            rows, dist = _scan(self._c64, q64[k], radius)
+            rows, dist = scan_within(self._c64, q64[k], radius)
             out.append((np.full(len(rows), k, np.int64), rows, dist))
         return out

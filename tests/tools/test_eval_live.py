@@ -23,7 +23,7 @@ from monitor_tools.eval.live.common import binom_tail, wilson_low
 from monitor_tools.eval.live.plan import EvalOptions, plan_streams
 from monitor_tools.eval.live.score import score
 from monitor_tools.scans import nearest_and_within, nearest_distances
-from pipelines.hamming import LinearIndex
+from pipelines.index import LinearIndex
 from test_streams.live import Appearance, generate, keyframe_times
 from test_streams.scenes import SCENE_KINDS, SceneBackground, make_schedule
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipelines.banks import Bank, Entry
-from pipelines.hamming import LinearIndex
+from pipelines.index import LinearIndex
 from pipelines.known_content import KnownContentMatcher
 
 

@@ -1,4 +1,5 @@
-"""MultiIndexHashIndex must return exactly what the brute-force LinearIndex returns."""
+"""MultiIndexHashIndex must return exactly what the brute-force LinearIndex returns (radius and k-nearest search),
+and LinearIndex exactly what a full distance table says."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipelines import mih
-from pipelines.hamming import HammingIndex, LinearIndex
+from pipelines.hamming import hamming
+from pipelines.index import HammingIndex, LinearIndex
 from pipelines.mih import (
     SMALL_BANK_EXTRA_BYTES,
     MultiIndexHashIndex,
@@ -179,6 +181,67 @@ def test_mixed_plans_match_linear(seed: int, kind: str, n: int, linear_cost: flo
     linear = LinearIndex(bank, np.arange(n))
     for q, got in zip(queries, batch, strict=True):
         assert same(got, linear.search(q, radius))
+
+
+def reference_nearest(codes: np.ndarray, ids: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first k of every (distance, id), from one full distance table."""
+    d = hamming(codes, query) if len(codes) else np.empty(0, np.int32)
+    order = np.lexsort((ids, d))[:k]
+    return ids[order].astype(np.int64), d[order].astype(np.int32)
+
+
+@SETTINGS
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    kind=st.sampled_from(KINDS),
+    n=st.integers(0, 300),
+    options=index_options,
+    k=st.sampled_from([0, 1, 2, 5, 40, 1000]),
+    removed=st.integers(0, 20),
+    added=st.integers(0, 20),
+)
+def test_nearest_matches_a_full_table(
+    seed: int, kind: str, n: int, options: dict, k: int, removed: int, added: int
+) -> None:
+    """k-nearest, ties broken by id (ids repeat), with dead main rows and a delta buffer in the MIH index."""
+    rng = np.random.default_rng(seed)
+    codes = make_bank(kind, n, rng)
+    ids = rng.integers(0, max(1, n // 2), n).astype(np.int64)
+    index: HammingIndex = MultiIndexHashIndex(codes, ids, delta_limit=10_000, **options)
+    queries = make_queries(codes, 4, rng)
+    if removed and n:
+        gone = rng.integers(0, max(1, n // 2), removed).astype(np.int64)
+        assert isinstance(index, MultiIndexHashIndex)
+        index.remove(gone)
+        keep = ~np.isin(ids, gone)
+        codes, ids = codes[keep], ids[keep]
+    if added:
+        new = make_bank("uniform", added, rng)
+        new_ids = rng.integers(0, n + 10, added).astype(np.int64)
+        assert isinstance(index, MultiIndexHashIndex)
+        index.add(new, new_ids)
+        codes, ids = np.concatenate([codes, new]), np.concatenate([ids, new_ids])
+    linear: HammingIndex = LinearIndex(codes, ids)
+    for engine in (index, linear):
+        batch = engine.nearest_batch(queries, k)
+        assert len(batch) == len(queries)
+        for q, got in zip(queries, batch, strict=True):
+            want = reference_nearest(codes, ids, q, max(k, 0))
+            assert same(got, want), (k, options)
+            assert same(engine.nearest(q, k), want)
+
+
+def test_nearest_scans_past_the_radii_and_blocks() -> None:
+    """Queries far from every code (beyond NEAREST_RADII), a bank over one scan block, more queries than a block."""
+    rng = np.random.default_rng(3)
+    bank = rng.integers(0, 256, (40_000, 32), dtype=np.uint8)
+    ids = np.arange(len(bank), dtype=np.int64)[::-1].copy()
+    queries = np.concatenate([rng.integers(0, 256, (20, 32), dtype=np.uint8), flip(bank[:5], 1, 6, rng)])
+    index = MultiIndexHashIndex(bank, ids)
+    for q, got, lin in zip(queries, index.nearest_batch(queries, 3), LinearIndex(bank, ids).nearest_batch(queries, 3),
+                           strict=True):
+        want = reference_nearest(bank, ids, q, 3)
+        assert same(got, want) and same(lin, want)
 
 
 @pytest.mark.parametrize("m", [4, 7, 8, 11, 12, 16, 64])

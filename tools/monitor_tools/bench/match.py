@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from pipelines.hamming import CODE_BYTES, LinearIndex
+from pipelines.hamming import CODE_BYTES
+from pipelines.index import LinearIndex
 from pipelines.mih import MultiIndexHashIndex
 
 Codes = npt.NDArray[np.uint8]

@@ -39,7 +39,8 @@ from monitor_tools.eval.images.corpus import (
 )
 from monitor_tools.scans import nearest_and_within
 from pipelines.fingerprint import PDQ_DEFAULT_THRESHOLD
-from pipelines.hamming import CODE_BYTES, LinearIndex, hamming
+from pipelines.hamming import CODE_BYTES, hamming
+from pipelines.index import LinearIndex
 from pipelines.robust import (
     SWITCH_NAMES,
     Probe,

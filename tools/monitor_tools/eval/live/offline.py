@@ -18,7 +18,8 @@ from monitor_tools.eval.live.common import FALSE_ALERT_HOURS_TARGET, SAMPLES_PER
 from monitor_tools.eval.live.plan import EvalOptions
 from monitor_tools.scans import distances, nearest_distances
 from pipelines.fingerprint import DEFAULT_THRESHOLDS
-from pipelines.hamming import CODE_BYTES, Codes, LinearIndex, hex_to_code
+from pipelines.hamming import CODE_BYTES, Codes, hex_to_code
+from pipelines.index import LinearIndex
 from pipelines.mih import MultiIndexHashIndex
 from pipelines.robust import SWITCH_NAMES, RobustOptions
 from test_streams.live import (
