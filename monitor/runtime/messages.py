@@ -16,8 +16,9 @@ from typing import Any
 from monitor.runtime.bank_reload import ReloadResult
 from pipelines.base import Finding, SampleInfo
 
-# A worker's sampling counters: {"scheduler": ..., "queue": ..., "classifiers": {name: counts}}, the JSON-ready
-# figures of monitor/ingest/scheduler.py (Scheduler.stats, SampleQueue.stats) and the classifiers' counts.
+# A worker's sampling counters, JSON-ready: {"scheduler": SchedulerStats (monitor/ingest/scheduler.py), "queue":
+# QueueStats (monitor/ingest/queues.py), "classifiers": {name: counts}}. A plain dict because its reader,
+# monitor/ops/sampling_report.py `SamplingReport.update`, takes one.
 WorkerStats = dict[str, Any]
 
 

@@ -273,7 +273,7 @@ def test_finding2_terminate_drops_and_records_when_the_ban_list_cannot_be_writte
 ) -> None:
     engine, server = _terminating_engine(tmp_path)
     (tmp_path / "state" / "bans.json").mkdir()  # the ban list cannot be read or written
-    with caplog.at_level(logging.ERROR, logger="monitor.app.engine"):
+    with caplog.at_level(logging.ERROR, logger="monitor.app"):
         result, records = _terminate(engine)  # before the fix: BanListError, no drop, no record
     assert server.drops == [("live", "cam-key")]
     assert result.ok and "ban failed: " in result.detail and "bans.json" in result.detail

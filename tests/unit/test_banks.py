@@ -240,7 +240,7 @@ def test_finding4_engine_logs_a_workers_reload_failure(tmp_path: Path, caplog: p
             await asyncio.sleep(0.01)
 
     try:
-        with caplog.at_level(logging.ERROR, logger="monitor.app.engine"):
+        with caplog.at_level(logging.ERROR, logger="monitor.app"):
             asyncio.run(go())
     finally:
         engine.state_lock.release()

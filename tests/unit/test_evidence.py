@@ -779,7 +779,7 @@ def test_finding1_engine_signs_publishes_and_logs_heads(tmp_path: Path, caplog: 
                 return
             await asyncio.sleep(0.02)
 
-    with caplog.at_level(logging.INFO, logger="monitor.app.engine"):
+    with caplog.at_level(logging.INFO, logger="monitor.app"):
         asyncio.run(go())
     engine._evidence_writer.shutdown(wait=True)
     assert engine.evidence is not None
