@@ -40,7 +40,7 @@ def test_hot_reload_and_negative_bank(
     positive = tmp_path / "positive.csv"
     positive.write_text("\n".join([rows[0], rows[2]]) + "\n")  # ... and is also on a positive list
     p1, p2 = free_port(), free_port()
-    gens = [gen(p1, "0:2:30"), gen(p2, "1:2:30")]
+    gens = [gen(p1, "0:2:60", 60), gen(p2, "1:2:60", 60)]  # long enough for a loaded machine: killed at the end
     collector = collector_factory(mosquitto.port, "r/#")
     time.sleep(0.5)
     mon = monitor_factory({
