@@ -46,7 +46,7 @@ def test_the_full_scan_finds_exactly_what_a_linear_index_finds() -> None:
             bank[200 + i] = _flip(queries[i], 31 - i, rng)
     index = LinearIndex(bank, np.arange(len(bank), dtype=np.int64))
     for radius in (31, 40):
-        _, counts = nearest_and_within(bank, queries, radius, chunk=1 << 12)
+        _, counts = nearest_and_within(bank, queries, radius)
         assert counts == [len(index.search(q, radius)[0]) for q in queries]
     _, counts = nearest_and_within(bank, queries, 31)
     assert min(counts[:32]) >= 1 and counts[35] == 0

@@ -62,7 +62,7 @@ def histogram_quantiles(before: Scrape | None, after: Scrape | None, name: str,
     total = cum[-1] if cum else 0.0
     out: dict[str, Any] = {"n": int(total), "from": "the engine's histogram, interpolated inside its buckets"}
     for q in qs:
-        key = f"p{q:g}to_ms"
+        key = f"p{q:g}_ms"
         if total <= 0:
             out[key] = None
             continue
