@@ -30,6 +30,12 @@ SIGNAL_TYPES = tuple(DEFAULT_THRESHOLDS)
 PDQ_SIDE = 64
 
 
+def area_resize(rgb: npt.NDArray[np.uint8], size: tuple[int, int]) -> npt.NDArray[np.uint8]:
+    """The picture area-averaged (cv2 INTER_AREA) to size (width, height): hashing, detection and classifier
+    inputs all reduce pictures this way."""
+    return np.asarray(cv2.resize(np.ascontiguousarray(rgb), size, interpolation=cv2.INTER_AREA), np.uint8)
+
+
 def hash_input(rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
     """The view as PDQ sees it: area-reduced to at most PDQ_SIDE x PDQ_SIDE (aspect not kept: PDQ drops it).
     A view already that small comes back as it is (compute_probes reduces the full frame once for several
@@ -38,7 +44,7 @@ def hash_input(rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
     size = (min(w, PDQ_SIDE), min(h, PDQ_SIDE))
     if size == (w, h):
         return np.ascontiguousarray(rgb)
-    return np.asarray(cv2.resize(np.ascontiguousarray(rgb), size, interpolation=cv2.INTER_AREA), np.uint8)
+    return area_resize(rgb, size)
 
 
 def pdq(rgb: npt.NDArray[np.uint8]) -> tuple[Codes, int]:

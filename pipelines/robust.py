@@ -42,6 +42,7 @@ import numpy.typing as npt
 from pipelines.fingerprint import (
     DIHEDRAL,
     DIHEDRAL_INVERSE,
+    area_resize,
     hash_input,
     pdq,
     pdq_dihedral,
@@ -79,7 +80,7 @@ def _detection_copy(rgb: Image) -> Image:
     if side <= DETECT_MAX_SIDE:
         return rgb
     size = (max(16, round(w * DETECT_MAX_SIDE / side)), max(16, round(h * DETECT_MAX_SIDE / side)))
-    return np.asarray(cv2.resize(np.ascontiguousarray(rgb), size, interpolation=cv2.INTER_AREA), np.uint8)
+    return area_resize(rgb, size)
 
 
 @dataclass(frozen=True, slots=True)

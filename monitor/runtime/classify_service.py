@@ -1,4 +1,4 @@
-"""Classification services over HTTPS: a Scorer (pipelines/classifier.py) that posts each sample as a JPEG.
+"""Classification services over HTTPS: a Scorer (pipelines/classifier/scorer.py) that posts each sample as a JPEG.
 
 The sample is encoded to JPEG in memory (never written to disk) and posted to the one configured endpoint, with
 the auth header read from a file; at most `max_concurrency` requests are in flight, each within `timeout_s`.

@@ -29,7 +29,7 @@ from pipelines.classifier import (
     LabelRule,
     SampleBudget,
     Scores,
-    _Waiting,
+    Waiting,
 )
 from pipelines.known_content import KnownContentMatcher
 
@@ -181,7 +181,7 @@ def test_stale_samples_are_dropped_and_counted_with_a_fake_clock() -> None:
                              BatchSettings(batch_size=8, batch_wait_s=0.05, max_sample_age_s=5.0), clock)
     got: list[tuple[str, int]] = []
     clf._sink = lambda s, a, f, t: got.append((s.stream_id, len(f)))
-    items = [_Waiting(sample("a", 1.0), 1000.0), _Waiting(sample("b", 1.0), 1004.0)]
+    items = [Waiting(sample("a", 1.0), 1000.0), Waiting(sample("b", 1.0), 1004.0)]
     clock.t = 1006.0  # the first waited 6 s, the second 2 s
     clf.run_batch(items)
     assert got == [("b", 1)]
