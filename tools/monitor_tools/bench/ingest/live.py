@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import yaml
@@ -54,7 +54,7 @@ from monitor_tools.bench.ingest.metrics import (
 )
 from pipelines.fingerprint import pdq
 from pipelines.hamming import CODE_BYTES
-from test_streams.infra import free_port, stop_process
+from test_streams.infra import NginxRtmp, free_port, stop_process
 
 
 def live_clip(folder: Path, quick: bool) -> Path:
@@ -86,7 +86,7 @@ class MonitorRun:
     proc: subprocess.Popen[bytes]
     metrics_port: int
     log_path: Path
-    log_file: Any
+    log_file: BinaryIO
 
     def tail(self, lines: int = 8) -> list[str]:
         try:
@@ -133,7 +133,8 @@ def start_monitor(work: Path, name: str, sampling: dict[str, Any], streams: list
 
 
 @contextlib.contextmanager
-def publishers(nginx: Any, names: list[str], clip: Path, duration_s: float) -> Iterator[list[Any]]:
+def publishers(nginx: NginxRtmp, names: list[str], clip: Path,
+               duration_s: float) -> Iterator[list[subprocess.Popen[bytes]]]:
     from test_streams.infra import ffmpeg_publish_cmd
 
     pubs: list[subprocess.Popen[bytes]] = []
