@@ -185,7 +185,7 @@ def markdown(doc: dict[str, Any], plots: Sequence[str]) -> str:
     lines += ["", "Recall targets are judged on the observed proportion; with a handful of appearances per "
               "transform the 95% lower bound (shown) is far below the target, so a `yes` says the live run is "
               "consistent with the target, not that it proves it (the offline image benchmark, "
-              "`tools/monitor_tools/eval_images.py`, has the statistical power).", "",
+              "`tools/monitor_tools/eval/images/`, has the statistical power).", "",
               "## Recall per transform", "",
               "| transform | shown | detected | recall | 95% CI low | target | latency from appearance p50/p95 (s) |"
               " offline best distance (median) |",
