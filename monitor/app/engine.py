@@ -350,10 +350,6 @@ class Engine:
         return health_input(self.states, self.last_sample, self.supervisor, self.publisher)
 
     # -- lifecycle ------------------------------------------------------------------------------------
-    async def reload_banks(self) -> bool:
-        """Validate the bank files and hand them to the workers now; False (and logged) if one is refused."""
-        return await self.bank_watcher.reload()
-
     async def _tick(self, stop: asyncio.Event) -> None:
         """Close quiet incidents, lift expired quarantines, and report streams escalated as evasive."""
         while not stop.is_set():

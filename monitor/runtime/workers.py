@@ -3,10 +3,10 @@
 Each worker process runs the ordinary `LocalSupervisor` (one thread per stream) with its own copy of the
 pipelines and banks, so fingerprinting and matching happen next to the decoder and only small results cross
 processes: the typed messages of monitor/runtime/messages.py (`WorkerEvent` up, `WorkerCommand` down), each side
-dispatching on the message's type. Incidents, MQTT and evidence stay in the main
-process. Processes are spawned, not forked: the parent runs an event loop and client threads that must not be
-cloned. Each worker sends its events over a pipe of its own, written by one thread: a process that dies mid-message
-damages only its own pipe, and holds no lock another process waits for.
+dispatching on the message's type; the worker's side is monitor/runtime/worker_process.py. Incidents, MQTT and
+evidence stay in the main process. Processes are spawned, not forked: the parent runs an event loop and client
+threads that must not be cloned. Each worker sends its events over a pipe of its own, written by one thread: a
+process that dies mid-message damages only its own pipe, and holds no lock another process waits for.
 
 A worker that dies (an FFmpeg crash takes its process down) is restarted with its streams, except a hostile one:
 when a worker dies of a fatal signal, `monitor/ingest/crashguard.py` tells which of its streams was inside FFmpeg (the
@@ -23,9 +23,6 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import multiprocessing.connection
-import multiprocessing.queues
-import os
-import queue
 import shutil
 import signal
 import tempfile
@@ -36,24 +33,18 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any, TypeAlias
-
-from pydantic import TypeAdapter
 
 from monitor.common.urls import redact_url
 from monitor.config.models import (
     AnalysisConfig,
     BankConfig,
     IngestConfig,
-    KnownContentAnalysisConfig,
     MatchingConfig,
     SamplingConfig,
     StreamConfig,
 )
 from monitor.ingest import crashguard
 from monitor.ingest.crashguard import CrashTable, Suspects
-from monitor.runtime.analyses import make_analyses
-from monitor.runtime.bank_reload import ReloadResult, load_banks
 from monitor.runtime.messages import (
     AddStream,
     BanksReloaded,
@@ -62,8 +53,6 @@ from monitor.runtime.messages import (
     ReloadBanks,
     RemoveStream,
     Sampled,
-    SampleReport,
-    SampleTiming,
     StateChange,
     StateChanged,
     StopWorker,
@@ -76,12 +65,10 @@ from monitor.runtime.messages import (
     WorkerStopped,
 )
 from monitor.runtime.protocol import EngineSink
-from monitor.runtime.supervisor import LocalSupervisor
-from pipelines.base import Finding, SampleInfo
+from monitor.runtime.worker_process import CommandQueue, WorkerSpec, worker_main
 
 log = logging.getLogger(__name__)
 
-STATS_INTERVAL_S = 5.0
 WATCHDOG_INTERVAL_S = 0.5  # how often the parent looks for dead workers, however busy the event pipes are
 CRASH_STRIKES = 2  # crashes of its worker blamed on one stream ...
 CRASH_WINDOW_S = 600.0  # ... within this long quarantine it
@@ -89,115 +76,6 @@ QUARANTINE_COOLDOWN_S = 1800.0  # a quarantined stream added again before this i
 # Signals a process gets from its own fault (a segfault, an FFmpeg assertion's abort()); SIGKILL and SIGTERM come
 # from outside (the OOM killer, an operator) and blame nobody.
 CRASH_SIGNALS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGABRT)
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """Everything a worker process needs, as plain picklable data."""
-
-    ingest: dict[str, Any]
-    sampling: dict[str, Any]
-    banks: list[dict[str, Any]]
-    matching: dict[str, Any]
-    log_level: int
-    log_json: bool
-    budget_share: float  # each worker holds its part of the global sample budget
-    analyses: list[dict[str, Any]] | None = None  # None: the hash matcher alone
-    store_images: bool = False
-
-
-_ANALYSES: TypeAdapter[list[AnalysisConfig]] = TypeAdapter(list[AnalysisConfig])
-CommandQueue: TypeAlias = "multiprocessing.queues.Queue[WorkerCommand]"  # the parent's commands to one worker
-
-
-class _EventSender:
-    """The child's end of its event pipe. A Connection is not thread-safe, so one thread sends for all."""
-
-    def __init__(self, conn: multiprocessing.connection.Connection) -> None:
-        self.conn = conn
-        self.queue: queue.SimpleQueue[WorkerEvent | None] = queue.SimpleQueue()
-        self.thread = threading.Thread(target=self._run, name="worker-events", daemon=True)
-        self.thread.start()
-
-    def put(self, msg: WorkerEvent) -> None:
-        self.queue.put(msg)
-
-    def _run(self) -> None:
-        while (msg := self.queue.get()) is not None:
-            try:
-                self.conn.send(msg)  # pickled whole before a byte is written: a bad message leaves the pipe intact
-            except OSError:
-                os._exit(1)  # the parent is gone (killed): nobody would see what this process finds
-            except Exception:
-                log.exception("worker: could not send a %s message to the main process", type(msg).__name__)
-
-    def close(self) -> None:
-        """Sends what is queued, then closes the pipe."""
-        self.queue.put(None)
-        self.thread.join()
-        self.conn.close()
-
-
-class _QueueSink:
-    def __init__(self, events: _EventSender, index: int) -> None:
-        self.events = events
-        self.index = index
-
-    def on_bank_reload(self, result: ReloadResult) -> None:
-        """A reload's outcome in this worker, for the main process's log (a failure is seen where one looks)."""
-        self.events.put(BanksReloaded(replace(result, worker=self.index)))
-
-    def on_state(self, change: StateChange) -> None:
-        # A stream thread reports a state before it opens its input: from then on its FFmpeg calls carry its id.
-        if threading.current_thread() is not threading.main_thread():
-            crashguard.bind_stream(change.stream_id)
-        self.events.put(StateChanged(change))
-
-    def on_sample(self, sample: SampleReport, findings: list[Finding], timing: SampleTiming) -> None:
-        self.events.put(Sampled(sample, findings, timing))
-
-    def on_classified(self, sample: SampleInfo, analysis: str, findings: list[Finding], done_at: float) -> None:
-        self.events.put(Classified(sample, analysis, findings, done_at))
-
-
-def _worker_main(index: int, spec: WorkerSpec, commands: CommandQueue, conn: multiprocessing.connection.Connection,
-                 table: CrashTable, crash_dump: str) -> None:
-    """Runs in the child: builds the pipelines, then obeys add/remove/stop until told to stop."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us in order
-    crashguard.install(table, Path(crash_dump))
-    events = _EventSender(conn)
-    from monitor.ops.logs import setup_logging
-
-    setup_logging("info", "json" if spec.log_json else "text")
-    logging.getLogger("monitor").setLevel(spec.log_level)  # as quiet as the parent's "monitor" loggers
-    banks = load_banks([BankConfig.model_validate(d) for d in spec.banks])
-    analyses = (_ANALYSES.validate_python(spec.analyses) if spec.analyses is not None
-                else [KnownContentAnalysisConfig(kind="known_content")])
-    supervisor = LocalSupervisor(IngestConfig.model_validate(spec.ingest), SamplingConfig.model_validate(spec.sampling),
-                            make_analyses(analyses, banks, MatchingConfig.model_validate(spec.matching),
-                                          spec.store_images),
-                            _QueueSink(events, index), spec.budget_share)
-    events.put(WorkerReady(index))
-    while True:
-        try:
-            cmd = commands.get(timeout=STATS_INTERVAL_S)
-        except queue.Empty:
-            events.put(WorkerStatsReport(index, supervisor.stats()[0]))
-            continue
-        match cmd:
-            case AddStream(stream):
-                supervisor.add_stream(StreamConfig.model_validate(stream))
-            case RemoveStream(stream_id):
-                supervisor.remove_stream(stream_id)
-            case Boost(stream_id, seconds):
-                supervisor.boost(stream_id, seconds)
-            case ReloadBanks(configs):
-                supervisor.reload_banks([BankConfig.model_validate(d) for d in configs])
-            case StopWorker():
-                supervisor.stop_all()
-                events.put(WorkerStopped(index))
-                events.close()
-                return
 
 
 @dataclass
@@ -253,7 +131,7 @@ class ShardedSupervisor:
         receiver, sender = self.ctx.Pipe(duplex=False)
         table = CrashTable(self.ctx)
         self._dump_path(i).unlink(missing_ok=True)  # what is there after a crash is that crash's
-        proc = self.ctx.Process(target=_worker_main, args=(i, self.spec, commands, sender, table,
+        proc = self.ctx.Process(target=worker_main, args=(i, self.spec, commands, sender, table,
                                                            str(self._dump_path(i))),
                                 name=f"monitor-worker-{i}", daemon=True)
         proc.start()
