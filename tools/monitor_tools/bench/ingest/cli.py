@@ -38,7 +38,6 @@ from monitor_tools.bench.ingest.inputs import (
 from monitor_tools.bench.ingest.live import bench_live, live_clip
 from monitor_tools.bench.ingest.offline import bench_throughput
 
-# -- main -----------------------------------------------------------------------------------------------------
 DESCRIPTION = (ingest.__doc__ or "").split("\n")[0]
 
 

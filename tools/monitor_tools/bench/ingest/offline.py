@@ -25,7 +25,6 @@ from pipelines.known_content import KnownContentMatcher
 from pipelines.robust import SWITCH_NAMES
 
 
-# -- 1. throughput --------------------------------------------------------------------------------------------
 @dataclass
 class AlertBook:
     """Alert bookkeeping, worst case: the alert dict is built for every match (no cooldown, no incidents)."""
@@ -110,8 +109,6 @@ def stage_breakdown(path: Path, cfg: IngestConfig, bank: Bank) -> dict[str, floa
                 t1 = t4
             t = cpu()
     return {f"{k}_ms_per_keyframe": round(v / max(1, n) * 1e3, 3) for k, v in totals.items()}
-
-
 
 
 def bench_matcher(bank: Bank, single_probe: bool = False) -> KnownContentMatcher:

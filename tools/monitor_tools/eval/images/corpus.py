@@ -39,6 +39,7 @@ NO_MATCH = 257  # distance standing for "no usable probe" (every view under the 
 SAMPLES_PER_HOUR = 1800  # one sample every 2 s
 BANK_SIZE = 1_000_000
 
+
 def _only(*names: str) -> RobustOptions:
     return RobustOptions(**{n: n in names for n in SWITCH_NAMES})
 
@@ -55,12 +56,6 @@ DEFAULT_KEY = "pipeline/default"
 # A bank given this wider threshold alerts on matches beyond incidents.strong_distance (31) only when 2 of 3
 # samples confirm them: the targets table also shows recall there (docs/eval-images.md).
 WIDE_THRESHOLD = 44
-
-# The issue's targets at the default configuration (precision >= 99.99%): transform -> minimum recall.
-TARGETS: dict[str, float] = {
-    "reencode": 0.99, "blocky": 0.99, "downscale": 0.99, "gamma": 0.99, "watermark": 0.99,
-    "letterbox": 0.95, "pillarbox": 0.95, "mirror": 0.95, "crop10": 0.70,
-}
 
 
 def say(msg: str) -> None:
@@ -150,6 +145,7 @@ def bank_crops_row(probes: list[Probe], bank: tuple[Codes, npt.NDArray[np.intp]]
     hist = pair_hist.setdefault(BANK_CROPS_KEY, np.zeros(257, np.int64))
     hist += np.bincount(np.delete(d, own), minlength=257)[:257]
     return d.astype(np.int32)
+
 
 def apply_transform(name: str, img: Image, seed: int, pool: Sequence[Image]) -> Image:
     """A transform of test_streams.transforms by name; the layout ones draw their decorations from `pool`."""

@@ -6,8 +6,6 @@ from typing import Any
 
 from monitor_tools.eval.images.corpus import BANK_CROPS_KEY, DEFAULT_KEY, WIDE_THRESHOLD
 
-# -- report ----------------------------------------------------------------------------------------------------
-
 
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
@@ -66,6 +64,7 @@ def markdown(doc: dict[str, Any]) -> str:
                      f"{_pct(t['recall_bank_crops'])} | {yes[t['met_bank_crops']]} | "
                      f"{_pct(t['recall_at_wide'])} | {yes[t['met_at_wide']]} |")
     return "\n".join(lines) + "\n"
+
 
 def markdown_natural(doc: dict[str, Any]) -> str:
     """Per split, one row per transform: recall (%) at 31 of plain PDQ, the default switches (natural and generated

@@ -79,7 +79,6 @@ class _Recorded(Sequence[Image]):
         return self._images[i]
 
 
-
 @dataclass
 class _SplitScores:
     classes: list[str]  # per sample: picture class

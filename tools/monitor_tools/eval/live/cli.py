@@ -35,8 +35,6 @@ from monitor_tools.eval.live.run import LiveRun, run_live
 from monitor_tools.eval.live.score import score
 from pipelines.hamming import hex_to_code
 
-# -- main ------------------------------------------------------------------------------------------------------
-
 
 def _choose(infra: str, transport: str) -> tuple[str, str]:
     from test_streams.infra import missing_tools

@@ -26,8 +26,6 @@ from test_streams.live import (
     Appearance,
 )
 
-# -- offline hashing: match and non-match distances, the 1M estimate ------------------------------------------
-
 
 def matcher_options(mcfg: MonitorConfig) -> tuple[RobustOptions, int, int]:
     """The matcher's robustness switches (from `matching:` when the config has them), minimum quality, and the

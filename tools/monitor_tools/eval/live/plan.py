@@ -21,8 +21,6 @@ from test_streams.live import (
     write_bank,
 )
 
-# -- the plan --------------------------------------------------------------------------------------------------
-
 
 @dataclass
 class EvalOptions:

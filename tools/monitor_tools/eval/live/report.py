@@ -16,8 +16,6 @@ from monitor_tools.eval.live.common import (
     REPORTED_ONLY,
 )
 
-# -- report ----------------------------------------------------------------------------------------------------
-
 
 def fmt(v: Any, nd: int = 2) -> str:
     if v is None:

@@ -25,8 +25,6 @@ from test_streams.live import (
     Appearance,
 )
 
-# -- infrastructure --------------------------------------------------------------------------------------------
-
 
 class AlertSubscriber:
     """A real MQTT subscriber on its own network thread: every alert (deduplicated by alert_id) with the wall time

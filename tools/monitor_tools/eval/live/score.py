@@ -7,8 +7,6 @@ from typing import Any
 
 from monitor_tools.eval.live.common import RECALL_TARGETS, iso_time, percentiles, wilson_low
 
-# -- scoring ---------------------------------------------------------------------------------------------------
-
 
 def score(truths: dict[str, dict[str, Any]], alerts: Sequence[tuple[dict[str, Any], float]],
           states: dict[str, list[tuple[str, float]]] | None = None, *, strong_distance: int = 16,
