@@ -141,8 +141,14 @@ class ShardedSupervisor:
 
     def _send(self, i: int, cmd: WorkerCommand) -> None:
         commands = self.commands[i]
-        if commands is not None:
-            commands.put(cmd)
+        if commands is None:
+            raise RuntimeError("the sharded supervisor is not started")
+        commands.put(cmd)
+
+    def _broadcast(self, cmd: WorkerCommand) -> None:
+        for commands in self.commands:
+            if commands is not None:
+                commands.put(cmd)
 
     def _handle(self, msg: WorkerEvent) -> None:
         match msg:
@@ -297,8 +303,7 @@ class ShardedSupervisor:
     def reload_banks(self, banks: Sequence[BankConfig]) -> None:
         data = [b.model_dump(mode="json") for b in banks]
         self.spec = replace(self.spec, banks=data)  # a restarted worker loads these too
-        for i in range(self.n):
-            self._send(i, ReloadBanks(data))
+        self._broadcast(ReloadBanks(data))
 
     def stream_ids(self) -> list[str]:
         with self._lock:
@@ -312,8 +317,7 @@ class ShardedSupervisor:
 
     def stop_all(self, timeout_s: float = 15.0) -> None:
         self._stopping = True
-        for i in range(self.n):
-            self._send(i, StopWorker())
+        self._broadcast(StopWorker())
         deadline = time.monotonic() + timeout_s
         for proc in self.procs:
             if proc is not None:
