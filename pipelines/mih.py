@@ -1,7 +1,7 @@
 """Exact Hamming radius and k-nearest search over 256-bit codes by multi-index hashing (MIH).
 
 Layout. The 256 bits are cut into m disjoint contiguous substrings (m = 11-12 at 1M-10M codes,
-chosen by a cost model under a memory cap: 2x raw, or raw + 16 MB for small banks). Table j
+chosen by a cost model under a memory cap: 2x raw, or raw + 16 MB for small banks; pipelines/mih_plan.py). Table j
 indexes substring j by its top p bits (p ~ log2(N) - 2) in CSR form: `dirs[j]` holds 2**p + 1
 bucket offsets and the permutation of the main-array rows in bucket order, packed in 3 bytes
 (uint16 + uint8) while N <= 2**24. The main arrays are sorted by table 0's key, so table 0 needs
@@ -31,12 +31,12 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from math import comb
 from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
+from pipelines import mih_plan
 from pipelines.hamming import (
     CODE_BITS,
     CODE_BYTES,
@@ -56,112 +56,9 @@ U64 = Words
 I64 = npt.NDArray[np.int64]
 Mode = Literal["auto", "mih", "linear"]
 
-MAX_PREFIX_BITS = 24
-MEMORY_CAP = 1.99  # index bytes / (raw codes + ids) the layout choice stays under ...
-# ... or raw + this, whichever is more: a 100k bank then takes the 16-table layout (12.7 MB instead of 7.7 MB) and
-# answers a sample's 11 probes in 0.4 ms instead of 2.2 ms. From ~420k codes up the ratio decides.
-SMALL_BANK_EXTRA_BYTES = 16 << 20
-# Planner costs in ns on one core (measured on a Xeon, 10M codes). Only ratios matter.
-COST_PROBE = 35.0  # one bucket lookup: two random reads in an offset array, range expansion
-COST_ENTRY = 35.0  # one bucket entry: packed-row read, random read of its code, distance
-COST_VERIFY = 20.0  # one row within the substring threshold: dedupe, result handling
-COST_CALL = 100_000.0  # fixed numpy call overhead of one probed chunk of queries
-COST_LINEAR = 5.0  # one code of a linear scan
 QUERY_CHUNK = 32  # most queries probed together
 CHUNK_ITEMS = 1 << 17  # probes + bucket entries per chunk: keeps temporaries within L2 (few MB)
-PACKED_MAX_ROWS = 1 << 24  # rows addressable by 3-byte permutations
 NEAREST_RADII = (0, 8, 16, 24, 32)  # radius searches a k-nearest search tries before it scans
-
-
-@dataclass(frozen=True)
-class _Part:
-    """Bits [64 * word + shift, ... + width) of a code, read from its little-endian uint64s."""
-
-    word: int
-    shift: int
-    width: int
-
-    @property
-    def crosses(self) -> bool:
-        return self.shift + self.width > 64
-
-    @property
-    def next_word(self) -> int:
-        return min(self.word + 1, CODE_BYTES // 8 - 1)
-
-    def extract(self, c64: U64) -> U64:
-        """Substring values of every row of (N, 4) uint64 codes."""
-        v = c64[:, self.word] >> np.uint64(self.shift)
-        if self.crosses:
-            v |= c64[:, self.word + 1] << np.uint64(64 - self.shift)
-        return v & np.uint64((1 << self.width) - 1)
-
-
-def _parts(m: int) -> list[_Part]:
-    """m contiguous substrings, widths differing by at most one bit."""
-    out, start = [], 0
-    for j in range(m):
-        width = CODE_BITS // m + (1 if j < CODE_BITS % m else 0)
-        out.append(_Part(start // 64, start % 64, width))
-        start += width
-    return out
-
-
-def _thresholds(radius: int, m: int) -> list[int]:
-    """Per-table thresholds summing to radius - m + 1 (generalised pigeonhole), spread evenly."""
-    need = radius - (m - 1)
-    return [(need + j) // m for j in range(m)]
-
-
-def _n_masks(bits: int, flips: int) -> int:
-    """How many `bits`-bit masks have at most `flips` set bits."""
-    return sum(comb(bits, k) for k in range(min(flips, bits) + 1))
-
-
-def _flip_masks(bits: int, max_flips: int) -> U32:
-    """All `bits`-bit masks with at most max_flips set bits, ordered by popcount.
-
-    Built level by level (k bits = k-1 bits plus a higher one): cost follows the output size.
-    """
-    levels = [np.zeros(1, np.uint32)]
-    top = np.full(1, -1, np.int64)  # highest set bit of each mask of the previous level
-    for _ in range(min(max_flips, bits)):
-        prev = levels[-1]
-        parts, tops = [], []
-        for b in range(bits):
-            sel = top < b
-            parts.append(prev[sel] | np.uint32(1 << b))
-            tops.append(np.full(int(sel.sum()), b, np.int64))
-        levels.append(np.concatenate(parts))
-        top = np.concatenate(tops)
-    return np.concatenate(levels)
-
-
-def _estimate(n: int, m: int, p: int, radius: int) -> float:
-    """Planner cost (ns) of one query on a uniform bank with m tables and p-bit prefixes."""
-    cost = 0.0
-    for part, t in zip(_parts(m), _thresholds(radius, m), strict=True):
-        if t >= 0:
-            cost += _n_masks(p, t) * (COST_PROBE + COST_ENTRY * n / 2**p)
-            cost += COST_VERIFY * n * _n_masks(part.width, t) / 2**part.width
-    return cost
-
-
-def _choose_layout(n: int) -> tuple[int, int]:
-    """(tables, prefix bits) cheapest at radius 31 whose memory stays under the cap (MEMORY_CAP x raw, or raw +
-    SMALL_BANK_EXTRA_BYTES for small banks)."""
-    perm_bytes = 3 if n <= PACKED_MAX_ROWS else 4
-    cap_per_code = max(40 * MEMORY_CAP, 40 + SMALL_BANK_EXTRA_BYTES / max(n, 1))
-    best: tuple[float, int, int] = (float("inf"), 8, 1)
-    for m in range(8, 17):
-        for p in range(1, min(MAX_PREFIX_BITS, CODE_BITS // m) + 1):
-            per_code = 40 + (m - 1) * perm_bytes + m * 4 * (2**p + 1) / max(n, 1)
-            if p > 1 and n >= 256 and per_code > cap_per_code:
-                break
-            cost = _estimate(n, m, p, 31)
-            if cost < best[0]:
-                best = (cost, m, p)
-    return best[1], best[2]
 
 
 def _order_by(keys: U64) -> U64:
@@ -228,8 +125,8 @@ class MultiIndexHashIndex:
             raise ValueError("codes and ids differ in length")
         if tables is not None and not 4 <= tables <= 64:
             raise ValueError("tables must be in 4..64 (a substring must fit in 64 bits)")
-        if prefix_bits is not None and not 1 <= prefix_bits <= MAX_PREFIX_BITS:
-            raise ValueError(f"prefix_bits must be in 1..{MAX_PREFIX_BITS}")
+        if prefix_bits is not None and not 1 <= prefix_bits <= mih_plan.MAX_PREFIX_BITS:
+            raise ValueError(f"prefix_bits must be in 1..{mih_plan.MAX_PREFIX_BITS}")
         if mode not in ("auto", "mih", "linear"):
             raise ValueError("mode must be auto, mih or linear")
         self._fixed = (tables, prefix_bits)
@@ -243,11 +140,11 @@ class MultiIndexHashIndex:
         n = len(codes)
         if n >= 2**32 - 1:
             raise ValueError("at most 2**32 - 2 codes")
-        m, p = _choose_layout(n)
+        m, p = mih_plan.choose_layout(n)
         m = self._fixed[0] or m
-        parts = _parts(m)
+        parts = mih_plan.parts(m)
         p = min(self._fixed[1] or p, min(part.width for part in parts))
-        self._m, self._p, self._parts = m, p, parts
+        self._m, self._p, self.parts = m, p, parts
         self._plans: dict[int, _Plan] = {}
         self._masks: U32 = np.zeros(1, np.uint32)  # flip masks for the largest threshold so far
         self._mask_flips = 0
@@ -261,7 +158,7 @@ class MultiIndexHashIndex:
         self._p_keyshift = np.array([q.width - p for q in parts], np.uint64)
         self._stride = (1 << p) + 1
 
-        def keys_of(c64: U64, part: _Part) -> U64:
+        def keys_of(c64: U64, part: mih_plan.Part) -> U64:
             return part.extract(c64) >> np.uint64(part.width - p)
 
         order = _order_by(keys_of(as_words(codes), parts[0]))
@@ -275,7 +172,7 @@ class MultiIndexHashIndex:
         # Rows in bucket order of tables 1..m-1, back to back (table j at (j - 1) * N) so that
         # one gather serves every table: low 16 bits + high 8 bits while N <= 2**24, else
         # uint32 rows and no high part. Table 0 is the main order itself.
-        packed = n <= PACKED_MAX_ROWS
+        packed = n <= mih_plan.PACKED_MAX_ROWS
         self._perm_lo: npt.NDArray[np.unsignedinteger] = np.empty((m - 1) * n, np.uint16 if packed else np.uint32)
         self._perm_hi: npt.NDArray[np.uint8] | None = np.empty((m - 1) * n, np.uint8) if packed else None
         for j, part in enumerate(parts):
@@ -409,7 +306,7 @@ class MultiIndexHashIndex:
         k = min(k, len(self))
         todo = np.arange(len(queries))
         for radius in NEAREST_RADII:
-            if len(todo) == 0 or self._plan(radius).work > COST_LINEAR * len(self._ids):
+            if len(todo) == 0 or self._plan(radius).work > mih_plan.COST_LINEAR * len(self._ids):
                 break
             left = []
             for i, (ids, dist) in zip(todo.tolist(), self.search_batch(queries[todo], radius), strict=True):
@@ -436,17 +333,17 @@ class MultiIndexHashIndex:
     def _plan(self, radius: int) -> _Plan:
         plan = self._plans.get(radius)
         if plan is None:
-            thresholds = _thresholds(radius, self._m)
+            thresholds = mih_plan.thresholds(radius, self._m)
             top = min(max(thresholds), self._p)
             if top > self._mask_flips or len(self._masks) == 1:
-                self._masks = _flip_masks(self._p, max(top, self._mask_flips))
+                self._masks = mih_plan.flip_masks(self._p, max(top, self._mask_flips))
                 self._mask_flips = max(top, self._mask_flips)
             groups = []
             for t in sorted({t for t in thresholds if t >= 0}):
                 tables = np.array([j for j, tj in enumerate(thresholds) if tj == t], np.intp)
-                groups.append((t, tables, self._masks[: _n_masks(self._p, t)]))
+                groups.append((t, tables, self._masks[: mih_plan.n_masks(self._p, t)]))
             n = len(self._ids)
-            work = _estimate(n, self._m, self._p, radius)
+            work = mih_plan.estimate(n, self._m, self._p, radius)
             probes = sum(len(masks) * len(tables) for _, tables, masks in groups)
             items = probes * (1 + n / 2**self._p)
             plan = self._plans[radius] = _Plan(groups, work, items, probes)
@@ -459,8 +356,8 @@ class MultiIndexHashIndex:
         if n == 0:
             return []
         plan = self._plan(radius)
-        lin_cost = COST_LINEAR * n
-        if self._mode == "linear" or (self._mode == "auto" and plan.work + COST_CALL / nq > lin_cost):
+        lin_cost = mih_plan.COST_LINEAR * n
+        if self._mode == "linear" or (self._mode == "auto" and plan.work + mih_plan.COST_CALL / nq > lin_cost):
             return self._scan_main(q64, np.arange(nq), radius)
 
         # Phase 1: bucket ranges of every probe of every table, one gather per threshold group.
@@ -490,7 +387,7 @@ class MultiIndexHashIndex:
         # Clustered banks can have huge buckets: such queries are cheaper to scan linearly.
         heavy = np.zeros(nq, bool)
         if self._mode == "auto":
-            heavy = entries * COST_ENTRY + plan.probes * COST_PROBE > lin_cost
+            heavy = entries * mih_plan.COST_ENTRY + plan.probes * mih_plan.COST_PROBE > lin_cost
         out = self._scan_main(q64, np.flatnonzero(heavy), radius) if heavy.any() else []
         light = np.flatnonzero(~heavy)
         if len(light) == 0:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from monitor_tools.bench.match import flip_bits, main
-from pipelines.mih import SMALL_BANK_EXTRA_BYTES
+from pipelines.mih_plan import SMALL_BANK_EXTRA_BYTES
 
 LATENCY_KEYS = {"build_s", "memory_bytes", "qps_single", "qps_batched", "mean_ms", "p50_ms", "p95_ms", "p99_ms"}
 

@@ -10,17 +10,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipelines import mih
+from pipelines import mih_plan
 from pipelines.hamming import hamming
 from pipelines.index import HammingIndex, LinearIndex
-from pipelines.mih import (
-    SMALL_BANK_EXTRA_BYTES,
-    MultiIndexHashIndex,
-    _flip_masks,
-    _n_masks,
-    _parts,
-    _thresholds,
-)
+from pipelines.mih import MultiIndexHashIndex
+from pipelines.mih_plan import SMALL_BANK_EXTRA_BYTES, flip_masks, n_masks, parts, thresholds
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 KINDS = ("uniform", "duplicates", "clustered", "sparse")
@@ -172,9 +166,9 @@ def test_mixed_plans_match_linear(seed: int, kind: str, n: int, linear_cost: flo
     bank = make_bank(kind, n, rng)
     with pytest.MonkeyPatch.context() as mp:
         for name, value in [("COST_PROBE", 0.0), ("COST_VERIFY", 0.0), ("COST_CALL", 0.0)]:
-            mp.setattr(mih, name, value)
-        mp.setattr(mih, "COST_ENTRY", 1.0)
-        mp.setattr(mih, "COST_LINEAR", linear_cost)
+            mp.setattr(mih_plan, name, value)
+        mp.setattr(mih_plan, "COST_ENTRY", 1.0)
+        mp.setattr(mih_plan, "COST_LINEAR", linear_cost)
         index = MultiIndexHashIndex(bank, np.arange(n), tables=16, prefix_bits=8)
         queries = make_queries(bank, 6, rng)
         batch = index.search_batch(queries, radius)
@@ -246,23 +240,23 @@ def test_nearest_scans_past_the_radii_and_blocks() -> None:
 
 @pytest.mark.parametrize("m", [4, 7, 8, 11, 12, 16, 64])
 def test_parts_partition_the_code(m: int) -> None:
-    parts = _parts(m)
-    covered = sorted(b for p in parts for b in range(64 * p.word + p.shift, 64 * p.word + p.shift + p.width))
+    substrings = parts(m)
+    covered = sorted(b for p in substrings for b in range(64 * p.word + p.shift, 64 * p.word + p.shift + p.width))
     assert covered == list(range(256))
 
 
 @pytest.mark.parametrize("m", [4, 8, 11, 16])
 @pytest.mark.parametrize("radius", [0, 1, 5, 10, 31, 52, 64, 256])
 def test_thresholds_pigeonhole(m: int, radius: int) -> None:
-    t = _thresholds(radius, m)
+    t = thresholds(radius, m)
     assert sum(t) >= radius - m + 1 and min(t) >= -1 and max(t) - min(t) <= 1
 
 
 @pytest.mark.parametrize(("bits", "flips"), [(1, 0), (1, 3), (5, 2), (12, 3), (20, 2)])
 def test_flip_masks(bits: int, flips: int) -> None:
-    masks = _flip_masks(bits, flips)
+    masks = flip_masks(bits, flips)
     want = {sum(1 << b for b in c) for k in range(min(flips, bits) + 1) for c in itertools.combinations(range(bits), k)}
-    assert len(masks) == len(want) == _n_masks(bits, flips)
+    assert len(masks) == len(want) == n_masks(bits, flips)
     assert set(masks.tolist()) == want
     assert np.all(np.diff(np.bitwise_count(masks)) >= 0)  # fewer flips first: a prefix serves smaller t
 
