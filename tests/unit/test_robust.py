@@ -11,20 +11,10 @@ from hypothesis import strategies as st
 
 from pipelines.banks import Bank, Entry
 from pipelines.base import Sample
+from pipelines.detect import BAR_MAX_FRACTION, Bars, Box, detect_bars, detect_boxes, even_out, is_overlay
 from pipelines.fingerprint import DIHEDRAL, pdq, pdq_dihedral, phash, phash_dihedral
 from pipelines.known_content import KnownContentMatcher
-from pipelines.robust import (
-    BAR_MAX_FRACTION,
-    Bars,
-    Box,
-    RobustOptions,
-    compute_probes,
-    detect_bars,
-    detect_boxes,
-    even_out,
-    is_overlay,
-    select_probes,
-)
+from pipelines.robust import RobustOptions, compute_probes, select_probes
 from test_streams import transforms as tf
 from test_streams.images import Background, known_image
 

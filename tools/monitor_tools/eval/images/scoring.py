@@ -38,6 +38,7 @@ from monitor_tools.eval.images.corpus import (
     usable_probes,
 )
 from monitor_tools.scans import nearest_and_within
+from pipelines.detect import detect_bars
 from pipelines.fingerprint import PDQ_DEFAULT_THRESHOLD
 from pipelines.hamming import CODE_BYTES, hamming
 from pipelines.index import LinearIndex
@@ -46,7 +47,6 @@ from pipelines.robust import (
     Probe,
     RobustOptions,
     compute_probes,
-    detect_bars,
 )
 from test_streams.images import Background
 from test_streams.transforms import TRANSFORMS, jpeg, letterbox
