@@ -27,9 +27,11 @@ from pipelines.classifier import (
     ClassifierPipeline,
     Frame,
     LabelRule,
+    Normalisation,
     SampleBudget,
     Scores,
     Waiting,
+    to_scores,
 )
 from pipelines.known_content import KnownContentMatcher
 
@@ -144,6 +146,30 @@ def test_batcher_flushes_at_b_samples_or_t_ms() -> None:
     assert bt.wait_s(1.03) == pytest.approx(0.02)
     assert not bt.due(1.04) and bt.due(1.05)
     assert bt.flush() == [4] and bt.wait_s(2.0) is None
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("colour_order", ["rgb", "bgr"])
+def test_normalisation_resizes_reorders_scales_and_lays_out(layout: str, colour_order: str) -> None:
+    """A flat colour stays flat through the area resize, so each channel's value is (pixel * scale - mean) / std."""
+    norm = Normalisation((6, 4), colour_order, layout, 2 / 255, (0.1, 0.2, 0.3), (0.5, 1.0, 2.0))
+    frame = np.empty((9, 15, 3), np.uint8)
+    frame[:] = (10, 100, 200)
+    x = norm.apply(frame)
+    assert x.dtype == np.float32 and (1, *x.shape) == norm.shape(1) == norm.blank(1).shape
+    pixel = np.array([10, 100, 200] if colour_order == "rgb" else [200, 100, 10], np.float32)
+    want = (pixel * np.float32(2 / 255) - np.array([0.1, 0.2, 0.3], np.float32)) / np.array([0.5, 1.0, 2.0], np.float32)
+    per_channel = x.reshape(3, -1) if layout == "nchw" else x.reshape(-1, 3).T
+    assert np.allclose(per_channel, want[:, None])
+    assert norm.batch([frame, frame]).shape == norm.shape(2)
+    assert norm.channels_height_width([1, 3, 4, 6] if layout == "nchw" else [1, 4, 6, 3]) == (3, 4, 6)
+
+
+def test_outputs_become_scores() -> None:
+    raw = np.array([[0.0, np.log(3.0)], [2.0, -2.0]], np.float32)
+    assert np.array_equal(to_scores(raw, "probabilities"), raw)
+    assert np.allclose(to_scores(raw, "logits_softmax")[0], [0.25, 0.75])
+    assert np.allclose(to_scores(raw, "logits_sigmoid")[1], [1 / (1 + np.exp(-2)), 1 / (1 + np.exp(2))])
 
 
 class CountingScorer:

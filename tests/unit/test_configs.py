@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from monitor.config import models
+from monitor.config.analyses import ClassifierConfig, OnnxClassifierConfig, ServiceClassifierConfig
 from monitor.config.models import build_config, load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -32,3 +34,12 @@ def test_grafana_dashboard_uses_only_metrics_the_monitor_exports() -> None:
     families = {m.name for m in Metrics().registry.collect()}
     missing = {n for n in missing if n.removesuffix("_total").removesuffix("_bucket") not in families}
     assert not missing, missing
+
+
+def test_every_section_is_importable_from_models() -> None:
+    """monitor/config/ is split by concern; `monitor.config.models` still names every section."""
+    assert all(hasattr(models, name) for name in models.__all__)
+    assert issubclass(OnnxClassifierConfig, ClassifierConfig) and issubclass(ServiceClassifierConfig, ClassifierConfig)
+    assert set(ClassifierConfig.model_fields) == {"name", "labels", "sampling", "incidents"}
+    assert set(ClassifierConfig.model_fields) <= set(OnnxClassifierConfig.model_fields) & set(
+        ServiceClassifierConfig.model_fields)
