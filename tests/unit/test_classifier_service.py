@@ -24,8 +24,8 @@ from PIL import Image
 
 from monitor.common.errors import ConfigError
 from monitor.config.models import MatchingConfig, ServiceClassifierConfig, build_config
-from monitor.runtime.classify_service import CircuitBreaker, ServiceScorer, map_scores
 from monitor.runtime.analyses import make_analyses
+from monitor.runtime.classify_service import CircuitBreaker, ServiceScorer, map_scores
 from pipelines.base import Sample
 from pipelines.classifier import ClassifierPipeline
 from test_streams.broker import free_port
