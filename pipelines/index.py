@@ -60,8 +60,7 @@ class LinearIndex:
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         if len(ids) != len(codes):
             raise ValueError("codes and ids differ in length")
-        self._codes = codes
-        self._words = as_words(codes)
+        self._words = as_words(codes)  # a view: the codes stay alive through it
         self._ids = ids
 
     def __len__(self) -> int:
