@@ -1,4 +1,4 @@
-"""The state directory: private modes for its files, one SQLite set-up, one monitor at a time.
+"""The state directory: private modes for its files, one monitor at a time (SQLite files: monitor/common/sqlite.py).
 
 The outbox and the evidence log hold publisher addresses, stream URLs and moderator names: the directory is
 made 0700 and every file in it 0600. SQLite gives a database's `-wal` and `-shm` files the mode of the

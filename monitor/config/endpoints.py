@@ -78,7 +78,7 @@ class BrokerConfig(Strict):
 
 
 class HooksConfig(Strict):
-    """HTTP endpoint the streaming servers call on publish/unpublish (see monitor/servers/hooks.py)."""
+    """HTTP endpoint the streaming servers call on publish/unpublish (see monitor/servers/hooks/)."""
 
     enabled: bool = False
     host: str = "127.0.0.1"

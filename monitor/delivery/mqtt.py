@@ -24,11 +24,7 @@ from monitor.common.errors import BrokerError
 from monitor.common.urls import redact_url
 from monitor.config.models import BrokerConfig
 from monitor.contracts import topics
-from monitor.delivery.connection import MqttConnection, describe_connect_error, protocol_name
-
-# monitor/console/tui.py imports these two from here (until it uses MqttConnection).
-from monitor.delivery.connection import make_client as make_client
-from monitor.delivery.connection import negotiate_protocol as negotiate_protocol
+from monitor.delivery.connection import MqttConnection, describe_connect_error, negotiate_protocol, protocol_name
 from monitor.delivery.outbox import Outbox, OutboxError, OutboxMessage
 
 log = logging.getLogger(__name__)

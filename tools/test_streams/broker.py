@@ -1,7 +1,7 @@
 """An in-process MQTT broker (amqtt) for the demo and for tests that need no system service.
 
-amqtt speaks MQTT 3.1.1 only; clients fall back to it (see mqtt.negotiate_protocol). Its default config listens
-on every interface with anonymous access, so it is always bound to 127.0.0.1 here.
+amqtt speaks MQTT 3.1.1 only; clients fall back to it (see monitor.delivery.connection.negotiate_protocol). Its
+default config listens on every interface with anonymous access, so it is always bound to 127.0.0.1 here.
 """
 
 from __future__ import annotations

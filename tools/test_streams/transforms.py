@@ -1,6 +1,6 @@
 """Synthetic transforms of a picture, as a stream or a re-upload might apply them, plus two more generators of
 benign pictures (geometric compositions and soft backgrounds) for the image benchmark
-(tools/monitor_tools/eval_images.py).
+(tools/monitor_tools/eval/images/).
 
 Every transform takes an RGB uint8 (H, W, 3) array and a seed and returns a new RGB uint8 array; the same
 (picture, seed) always gives the same result. `TRANSFORMS` names them.
