@@ -16,3 +16,5 @@ def test_demo_detects_every_known_image_and_nothing_else() -> None:
     assert r.stdout.count("ALERT  stream demo-known") == 2
     assert "ALERT  stream demo-clean" not in r.stdout
     assert "expected 2, detected 2, false alerts 0, alerts on demo-clean 0" in r.stdout
+    # The demo stops watching a stream when its publisher is done: no reconnect attempts after the last alert.
+    assert "reconnecting" not in r.stdout + r.stderr, r.stdout + r.stderr

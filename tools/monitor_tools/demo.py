@@ -77,10 +77,15 @@ def _make_bank(folder: Path) -> Path:
     return bank
 
 
+LINGER_S = 3.0  # how long a demo stream's connection stays open after its last frame
+
+
 def _start_generator(port: int, duration: float, shows: list[tuple[int, float, float]], seed: int,
                      truth: Path, card: Path | None = None) -> subprocess.Popen[bytes]:
+    # --linger: the truth file appears when every frame is sent, and the connection stays open a while after it, so
+    # the demo stops watching the stream before the monitor could see its end as a dropped connection.
     cmd = [sys.executable, "-m", "test_streams.live", f"tcp://127.0.0.1:{port}?listen=1",
-           "--duration", str(duration), "--seed", str(seed), "--truth", str(truth)]
+           "--duration", str(duration), "--seed", str(seed), "--truth", str(truth), "--linger", str(LINGER_S)]
     for img, start, end in shows:
         cmd += ["--show", f"{img}:{start}:{end}"]
     if card is not None:
@@ -147,6 +152,8 @@ async def _demo(folder: Path, duration_s: float) -> int:
         print("demo: no classifier (install the onnx extra: pip install -e '.[onnx]')", flush=True)
     known_port, clean_port = free_port(), free_port()
     truth_known, truth_clean = folder / "truth-known.json", folder / "truth-clean.json"
+    for stale in (truth_known, truth_clean):  # a kept folder's last run: its files would end the streams at once
+        stale.unlink(missing_ok=True)
     gens = [_start_generator(known_port, duration_s, shows, 1, truth_known, card),
             _start_generator(clean_port, duration_s, [], 2, truth_clean)]
     received: dict[str, float] = {}
@@ -176,10 +183,14 @@ async def _demo(folder: Path, duration_s: float) -> int:
             console = asyncio.create_task(run_console(cfg.broker, as_json=False, stop=console_stop,
                                                       on_alert=on_alert))
             runner = asyncio.create_task(engine.run(stop))
-            watched = dict(zip(("demo-known", "demo-clean"), gens, strict=True))
+            watched = dict(zip(("demo-known", "demo-clean"), zip(gens, (truth_known, truth_clean),
+                                                                      strict=True), strict=True))
             while watched and not runner.done():
-                for sid, g in list(watched.items()):
-                    if g.poll() is not None:  # its publisher is done: stop watching it (no reconnect attempts)
+                for sid, (g, truth_file) in list(watched.items()):
+                    # Every frame sent (its truth file is written) or its publisher gone: stop watching it, so
+                    # its end is not reported as a lost connection with reconnect attempts.
+                    if truth_file.exists() or g.poll() is not None:
+                        await asyncio.sleep(0.5)  # the last frames are on their way through the socket
                         engine.unwatch(sid)  # what the reader had read is still analysed
                         del watched[sid]
                 await asyncio.sleep(0.1)

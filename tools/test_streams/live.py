@@ -288,8 +288,11 @@ def generate(output: str, *, width: int = 640, height: int = 360, fps: int = 25,
              duration_s: float = 30.0, shows: Sequence[Appearance] = (), seed: int = 1,
              realtime: bool = True, truth_path: Path | None = None, scenes: bool | Sequence[Scene] = False,
              scene_kinds: Sequence[str] = SCENE_KINDS, bank_path: Path | None = None,
-             hls_list_size: int = 6, bank_crops: bool = False) -> dict[str, object]:
+             hls_list_size: int = 6, bank_crops: bool = False, linger_s: float = 0.0) -> dict[str, object]:
     """Encode and write the stream; returns the ground truth (also written to truth_path).
+
+    `linger_s`: after the last frame, write the truth file, then keep the output open this long before closing it
+    (a reader that sees the truth file knows every frame was sent, and can stop before the connection ends).
 
     `scenes`: True for a seeded scene schedule (test_streams.scenes), or the schedule itself; False keeps the
     single panning texture. `bank_path`: also write the CSV bank of the shown originals (entry ids go into the
@@ -357,11 +360,22 @@ def generate(output: str, *, width: int = 640, height: int = 360, fps: int = 25,
                     max_lag = max(max_lag, -ahead)
         for packet in stream.encode():
             container.mux(packet)
+        if linger_s > 0:
+            _finish_truth(truth, shows, fps, duration_s, gop, keyframe_wall, first_wall, max_lag, truth_path)
+            time.sleep(linger_s)
     finally:
         container.close()
         for p in pictures.values():
             if isinstance(p, _Clip):
                 p.close()
+    if linger_s <= 0:
+        _finish_truth(truth, shows, fps, duration_s, gop, keyframe_wall, first_wall, max_lag, truth_path)
+    return truth
+
+
+def _finish_truth(truth: dict[str, object], shows: Sequence[Appearance], fps: int, duration_s: float, gop: int,
+                  keyframe_wall: dict[int, float], first_wall: dict[int, float], max_lag: float,
+                  truth_path: Path | None) -> None:
     appearances = []
     for k, a in enumerate(shows):
         keys = [{"t": round(i / fps, 6), "wall": keyframe_wall.get(i)}
@@ -371,7 +385,6 @@ def generate(output: str, *, width: int = 640, height: int = 360, fps: int = 25,
     truth["max_lag_s"] = round(max_lag, 3)  # how far the encoder fell behind real time at worst
     if truth_path is not None:
         truth_path.write_text(json.dumps(truth, indent=2))
-    return truth
 
 
 def keyframe_times(duration_s: float, fps: int, gop_s: float) -> list[float]:
@@ -404,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scene-kinds", default=",".join(SCENE_KINDS), help="comma-separated subset of the kinds")
     p.add_argument("--fast", action="store_true", help="do not pace to real time")
     p.add_argument("--truth", type=Path, help="write the ground truth JSON here")
+    p.add_argument("--linger", type=float, default=0.0, metavar="S",
+                   help="after the last frame, write the truth file, then keep the output open S seconds")
     p.add_argument("--bank", type=Path, help="write the CSV bank of the shown originals here")
     p.add_argument("--bank-crops", action="store_true", help="the bank also holds crop windows of each picture")
     args = p.parse_args(argv)
@@ -419,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         generate(args.output, width=args.width, height=args.height, fps=args.fps, gop_s=args.gop,
                  duration_s=args.duration, shows=shows, seed=args.seed, realtime=not args.fast,
                  truth_path=args.truth, scenes=scenes, scene_kinds=kinds, bank_path=args.bank,
-                 bank_crops=args.bank_crops)
+                 bank_crops=args.bank_crops, linger_s=args.linger)
     except (av.error.FFmpegError, OSError) as exc:  # reader went away, server refused, disk full
         print(f"test stream: {exc}", file=sys.stderr)
         return 1
