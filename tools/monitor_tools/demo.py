@@ -29,7 +29,7 @@ from monitor.ingest.hashfiles import hash_file
 from pipelines.banks import format_bank
 from test_streams.broker import EmbeddedBroker, free_port
 from test_streams.images import known_image
-from test_streams.infra import stop_process
+from test_streams.infra import stop_process, wait_listening
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +156,8 @@ async def _demo(folder: Path, duration_s: float) -> int:
         stale.unlink(missing_ok=True)
     gens = [_start_generator(known_port, duration_s, shows, 1, truth_known, card),
             _start_generator(clean_port, duration_s, [], 2, truth_clean)]
+    for port, g in zip((known_port, clean_port), gens, strict=True):  # so the first connection is not refused
+        wait_listening(port, 60, g)
     received: dict[str, float] = {}
     alerts: list[dict[str, Any]] = []
 

@@ -33,6 +33,39 @@ def wait_port(port: int, timeout_s: float = 10.0, proc: subprocess.Popen[bytes] 
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s} s")
 
 
+def listening(port: int) -> bool | None:
+    """Whether a TCP socket listens on `port`, read from /proc/net/tcp{,6} without connecting (a one-shot
+    `?listen=1` server would take a probe connection as its client); None where /proc cannot tell."""
+    found_any = False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        found_any = True
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 3 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                return True
+    return False if found_any else None
+
+
+def wait_listening(port: int, timeout_s: float = 10.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Waits until something listens on `port` without connecting to it (see `listening`)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        state = listening(port)
+        if state is None:  # no /proc: a fixed grace period instead
+            time.sleep(1.0)
+            return
+        if state:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s} s")
+
+
 def missing_tools() -> list[str]:
     need = {"mosquitto": "mosquitto", "nginx": "nginx", "ffmpeg": "ffmpeg"}
     out = [pkg for tool, pkg in need.items() if shutil.which(tool) is None]
