@@ -149,7 +149,7 @@ async def _demo(folder: Path, duration_s: float) -> int:
         print(f"demo: the known stream shows a test card at {CARD_SHOW[0]:g}-{CARD_SHOW[1]:g} s for the "
               "demonstration classifier (an ONNX model built by the project)", flush=True)
     elif CARD_SHOW[1] <= duration_s:
-        print("demo: no classifier (install the onnx extra: pip install -e '.[onnx]')", flush=True)
+        print("demo: no classifier (install the onnx extra: pip install -e '.[onnx]' -e 'tools[onnx]')", flush=True)
     known_port, clean_port = free_port(), free_port()
     truth_known, truth_clean = folder / "truth-known.json", folder / "truth-clean.json"
     for stale in (truth_known, truth_clean):  # a kept folder's last run: its files would end the streams at once
