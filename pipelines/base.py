@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -85,7 +85,7 @@ class BatchedPipeline(Protocol):
 
     def stop(self) -> None: ...
 
-    def stats(self) -> dict[str, int]: ...
+    def stats(self) -> Mapping[str, object]: ...  # JSON-ready counters (pipelines/classifier/stats.py)
 
 
 class Pipeline(Protocol):

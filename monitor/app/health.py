@@ -97,7 +97,9 @@ class MetricDeltas:
         self._counted[id(counter)] = total
 
     def dropped(self, workers: Sequence[WorkerStats]) -> None:
-        """Drop counters from the workers' cumulative figures, as increments (Prometheus counters only grow)."""
+        """Drop counters from the workers' cumulative figures, as increments (Prometheus counters only grow); the
+        classifiers' series from their figures (monitor/ops/classifier_metrics.py)."""
+        self.metrics.classifiers.update(workers)
         seen: dict[tuple[str, str], float] = {}
         for worker in workers:
             for sid, st in worker["scheduler"]["streams"].items():

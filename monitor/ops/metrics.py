@@ -18,6 +18,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from monitor.ops.classifier_metrics import ClassifierMetrics
 from monitor.ops.sampling_report import SamplingMetrics
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,8 @@ class Metrics:
         self.quarantined = Gauge("monitor_quarantined_entries", "Bank entries quarantined as noisy", registry=r)
         # blind intervals, forward decoding, evasion (monitor/ops/sampling_report.py)
         self.sampling = SamplingMetrics(r)
+        # classifiers, from the workers' figures at scrape time (monitor/ops/classifier_metrics.py)
+        self.classifiers = ClassifierMetrics(r)
         self.hook_publishes = Counter("monitor_hook_publishes", "Publish hook decisions by outcome (watched, "
                                       "refused, allowed_unwatched, banned, unpublish_ignored, gate_expired) "
                                       "and reason", ["outcome", "reason"], registry=r)

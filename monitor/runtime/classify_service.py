@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from monitor.config.models import ServiceClassifierConfig
-from pipelines.classifier import Frame, ModelError, Scores
+from pipelines.classifier import Frame, ModelError, ScorerFigures, Scores
 
 if TYPE_CHECKING:
     import aiohttp
@@ -134,6 +134,7 @@ class ServiceScorer:
             raise ModelError("ca_file", f"cannot load {cfg.ca_file}: {exc}") from None
         self.breaker = CircuitBreaker(cfg.breaker_failures, cfg.breaker_reset_s, clock)
         self.errors: dict[str, int] = {}  # by kind: timeout, http_503, tls, connect, answer, circuit_open
+        self._errors_lock = threading.Lock()  # counted on the adapter's loop, read by the classifier's stats
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="classify-service", daemon=True)
         self._thread.start()
@@ -141,7 +142,15 @@ class ServiceScorer:
         self._limit = asyncio.Semaphore(cfg.max_concurrency)
 
     def _count(self, kind: str) -> None:
-        self.errors[kind] = self.errors.get(kind, 0) + 1
+        with self._errors_lock:
+            self.errors[kind] = self.errors.get(kind, 0) + 1
+
+    def figures(self) -> ScorerFigures:
+        """The circuit and the errors by kind, for the classifier's stats (monitor/ops/classifier_metrics.py)."""
+        with self._errors_lock:
+            errors = dict(self.errors)
+        return {"service": {"circuit": self.breaker.state, "circuit_opened": self.breaker.opened_total,
+                            "errors": errors}}
 
     async def _session_(self) -> aiohttp.ClientSession:
         import aiohttp

@@ -17,8 +17,9 @@ from monitor.runtime.bank_reload import ReloadResult
 from pipelines.base import Finding, SampleInfo
 
 # A worker's sampling counters, JSON-ready: {"scheduler": SchedulerStats (monitor/ingest/scheduler.py), "queue":
-# QueueStats (monitor/ingest/queues.py), "classifiers": {name: counts}}. A plain dict because its reader,
-# monitor/ops/sampling_report.py `SamplingReport.update`, takes one.
+# QueueStats (monitor/ingest/queues.py), "classifiers": {name: ClassifierFigures (pipelines/classifier/stats.py)}}.
+# A plain dict because its readers, monitor/ops/sampling_report.py `SamplingReport.update` and
+# monitor/ops/classifier_metrics.py `ClassifierMetrics.update`, take one.
 WorkerStats = dict[str, Any]
 
 

@@ -42,7 +42,9 @@ DENSE_MIN_INTERVAL_S = 0.25  # new and boosted streams: keyframes up to 4 a seco
 
 
 @dataclass(frozen=True, slots=True)
-class _Queued:
+class QueuedSample:
+    """A sample waiting for the analysis threads, with what decoding it cost (benchmarks feed `Analysis` these)."""
+
     sample: Sample
     decode_s: float
 
@@ -74,7 +76,7 @@ class StreamWorker(threading.Thread):
     """Reads one stream and queues its samples; never waits for the analysis (a slow one costs samples)."""
 
     def __init__(self, stream: StreamConfig, ingest: IngestConfig, scheduler: Scheduler,
-                 samples: SampleQueue[_Queued], sink: EngineSink) -> None:
+                 samples: SampleQueue[QueuedSample], sink: EngineSink) -> None:
         super().__init__(name=f"stream-{stream.id}", daemon=True)
         self.stream = stream
         self.ingest = ingest
@@ -119,7 +121,7 @@ class StreamWorker(threading.Thread):
                     self.samples += 1
                     sample = Sample(self.stream.id, frame.media_time_s, frame.received_at, frame.rgb)
                     with contextlib.suppress(QueueClosed):
-                        self.queue.put(_Queued(sample, frame.decoded_at - frame.received_at))
+                        self.queue.put(QueuedSample(sample, frame.decoded_at - frame.received_at))
                 if self.stop_event.is_set():
                     break
                 if not live:
@@ -146,7 +148,7 @@ class StreamWorker(threading.Thread):
 class Analysis(threading.Thread):
     """Runs the pipelines on queued samples, oldest first; samples older than the queue's limit are dropped."""
 
-    def __init__(self, samples: SampleQueue[_Queued], pipelines: Sequence[AnyPipeline], sink: EngineSink,
+    def __init__(self, samples: SampleQueue[QueuedSample], pipelines: Sequence[AnyPipeline], sink: EngineSink,
                  index: int) -> None:
         super().__init__(name=f"analysis-{index}", daemon=True)
         self.queue = samples
@@ -212,7 +214,7 @@ class LocalSupervisor:
                                    boost_factor=sampling.boost_factor,
                                    dense_min_interval_s=min(sampling.min_interval_s, DENSE_MIN_INTERVAL_S),
                                    forward_budget_per_s=sampling.forward_budget_per_s)
-        self.queue: SampleQueue[_Queued] = SampleQueue(sampling.queue_size, sampling.max_sample_age_s)
+        self.queue: SampleQueue[QueuedSample] = SampleQueue(sampling.queue_size, sampling.max_sample_age_s)
         self.analysis = [Analysis(self.queue, self.pipelines, sink, i) for i in range(sampling.analysis_threads)]
         for a in self.analysis:
             a.start()

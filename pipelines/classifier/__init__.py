@@ -8,7 +8,9 @@ comes from an injected clock. The parts, one concern each:
   - pipeline.py: the queue, the batching thread, the findings (`ClassifierPipeline`);
   - scorer.py: the `Scorer` protocol a model or a service implements, `ModelError`;
   - tensors.py: a model's input normalisation and output mapping;
-  - onnx_model.py: an ONNX model loaded, checked against the configuration and run (`OnnxScorer`).
+  - onnx_model.py: an ONNX model loaded, checked against the configuration and run (`OnnxScorer`);
+  - stats.py: the figures a classifier reports (counters, batch size and inference time histograms, a service's
+    circuit), which the main process turns into metrics.
 ONNX Runtime is imported only when an `OnnxScorer` is built (the optional `onnx` extra).
 """
 
@@ -22,16 +24,28 @@ from pipelines.classifier.pipeline import (
     LabelRule,
     Waiting,
 )
-from pipelines.classifier.scorer import Frame, ModelError, Scorer, Scores, file_sha256
+from pipelines.classifier.scorer import (
+    FigureReporting,
+    Frame,
+    ModelError,
+    Scorer,
+    ScorerFigures,
+    Scores,
+    file_sha256,
+)
+from pipelines.classifier.stats import ClassifierFigures, HistogramFigures, ServiceFigures
 from pipelines.classifier.tensors import Normalisation, to_scores
 
 __all__ = [
     "BatchSettings",
     "Batcher",
     "BudgetSettings",
+    "ClassifierFigures",
     "ClassifierPipeline",
     "ClassifierStats",
+    "FigureReporting",
     "Frame",
+    "HistogramFigures",
     "LabelRule",
     "ModelError",
     "Normalisation",
@@ -39,7 +53,9 @@ __all__ = [
     "OnnxSettings",
     "SampleBudget",
     "Scorer",
+    "ScorerFigures",
     "Scores",
+    "ServiceFigures",
     "Waiting",
     "file_sha256",
     "to_scores",

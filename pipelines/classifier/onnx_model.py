@@ -3,11 +3,13 @@ checking that it takes the configured input and gives one score per label, and r
 
 Every check raises ModelError naming the config field at fault, so that `monitor run` refuses a model that
 cannot run as configured in one line before anything starts. Inputs and outputs go through
-pipelines/classifier/tensors.py.
+pipelines/classifier/tensors.py. Which execution providers were asked for and which the session uses is logged
+at start and reported in the classifier's figures; the CUDA path has not been run (no GPU where this was built).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +17,10 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from pipelines.classifier.scorer import Frame, ModelError, Scores, file_sha256
+from pipelines.classifier.scorer import Frame, ModelError, ScorerFigures, Scores, file_sha256
 from pipelines.classifier.tensors import Normalisation, Tensor, to_scores
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +47,14 @@ def _dim(d: object) -> int | None:
     return d if isinstance(d, int) and d > 0 else None
 
 
+def choose_providers(setting: str, available: Sequence[str]) -> list[str]:
+    """The execution providers asked of ONNX Runtime, in order: CUDA first when `setting` is "auto" and the
+    installed onnxruntime offers it (onnxruntime-gpu), the CPU always (the fallback)."""
+    if setting == "auto" and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:200]
 
@@ -63,10 +75,8 @@ class OnnxScorer:
         opts.intra_op_num_threads = s.threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
-        available = ort.get_available_providers()
-        providers = ["CPUExecutionProvider"]
-        if s.providers == "auto" and "CUDAExecutionProvider" in available:
-            providers.insert(0, "CUDAExecutionProvider")
+        available = list(ort.get_available_providers())
+        providers = choose_providers(s.providers, available)
         try:
             self.session = ort.InferenceSession(str(s.model), opts, providers=providers)
         except Exception as exc:
@@ -108,6 +118,9 @@ class OnnxScorer:
             raise ModelError("labels", f"{len(s.labels)} labels configured, the model's output "
                                        f"{outputs[0].name!r} has {out.shape[1]}")
         self.output_name = str(outputs[0].name)
+        # logged once the model passed every check (a refused one says only why, in one line)
+        log.info("classifier model %s (%s): execution providers %s (providers: %s; onnxruntime offers %s)",
+                 s.model.name, self.model_id[:19], ", ".join(self.providers), s.providers, ", ".join(available))
 
     def preprocess(self, frame: Frame) -> Tensor:
         """One frame as the model takes it (pipelines/classifier/tensors.py)."""
@@ -124,6 +137,9 @@ class OnnxScorer:
         if not frames:
             return []
         return list(self.infer(self.norm.batch(frames)))
+
+    def figures(self) -> ScorerFigures:
+        return {"providers": ",".join(self.providers)}
 
     def close(self) -> None:
         pass

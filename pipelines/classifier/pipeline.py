@@ -25,7 +25,14 @@ import numpy as np
 
 from pipelines.base import ClassifiedSink, Finding, Sample, SampleInfo
 from pipelines.classifier.budget import BudgetSettings, SampleBudget
-from pipelines.classifier.scorer import ModelError, Scorer, Scores
+from pipelines.classifier.scorer import FigureReporting, ModelError, Scorer, Scores
+from pipelines.classifier.stats import (
+    BATCH_SIZE_BOUNDS,
+    INFERENCE_S_BOUNDS,
+    ClassifierFigures,
+    Histogram,
+    new_run,
+)
 from pipelines.fingerprint import pdq
 from pipelines.hamming import code_to_hex
 
@@ -89,6 +96,7 @@ class ClassifierStats:
     dropped_full: int = 0  # the classifier fell behind: the oldest waiting sample was dropped
     dropped_stale: int = 0  # waited longer than max_sample_age_s
     classified: int = 0
+    hit_samples: int = 0  # classified with at least one label over its threshold
     failed: int = 0  # the scorer could not score it (a service error, an open circuit)
     batches: int = 0
     findings: int = 0
@@ -124,6 +132,10 @@ class ClassifierPipeline:
         self.nice = nice  # added to the classifier thread's niceness (0: as the hash path)
         self.keep_images = keep_images  # evidence.store_images: findings carry the sample as PNG
         self.counts = ClassifierStats()
+        self.run_id = new_run()  # the figures of this instance (pipelines/classifier/stats.py)
+        self.max_score = dict.fromkeys(scorer.labels, 0.0)
+        self.batch_sizes = Histogram(BATCH_SIZE_BOUNDS)
+        self.inference_s = Histogram(INFERENCE_S_BOUNDS)
         self._queue: queue.Queue[Waiting] = queue.Queue(batch.queue_size)
         self._lock = threading.Lock()
         self._sink: ClassifiedSink | None = None
@@ -163,9 +175,23 @@ class ClassifierPipeline:
     def forget(self, stream_id: str) -> None:
         self.budget.forget(stream_id)
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> ClassifierFigures:
+        """Every figure since the pipeline was built, JSON-ready (pipelines/classifier/stats.py)."""
         with self._lock:
-            return self.counts.as_dict()
+            c = self.counts
+            out: ClassifierFigures = {
+                "run": self.run_id, "model_id": self.model_id, "offered": c.offered,
+                "skipped_budget": c.skipped_budget, "queued": c.queued, "dropped_full": c.dropped_full,
+                "dropped_stale": c.dropped_stale, "classified": c.classified, "hit_samples": c.hit_samples,
+                "failed": c.failed, "batches": c.batches, "findings": c.findings, "max_score": dict(self.max_score),
+                "batch_size": self.batch_sizes.figures(), "inference_s": self.inference_s.figures()}
+        if isinstance(self.scorer, FigureReporting):
+            extra = self.scorer.figures()
+            if "providers" in extra:
+                out["providers"] = extra["providers"]
+            if "service" in extra:
+                out["service"] = extra["service"]
+        return out
 
     # -- the classifier's thread ------------------------------------------------------------------------
     def start(self, sink: ClassifiedSink) -> None:
@@ -212,9 +238,13 @@ class ClassifierPipeline:
             self.counts.dropped_stale += len(items) - len(fresh)
         if not fresh:
             return
+        t0 = time.perf_counter()
         scores = self.scorer.score([w.sample.rgb for w in fresh])
+        took = time.perf_counter() - t0
         with self._lock:
             self.counts.batches += 1
+            self.batch_sizes.observe(len(fresh))
+            self.inference_s.observe(took)
         for w, row in zip(fresh, scores, strict=True):
             if row is None:
                 with self._lock:
@@ -223,7 +253,11 @@ class ClassifierPipeline:
             findings = self.findings(w.sample, row)
             with self._lock:
                 self.counts.classified += 1
+                self.counts.hit_samples += 1 if findings else 0
                 self.counts.findings += len(findings)
+                for label, score in zip(self.scorer.labels, row.tolist(), strict=True):
+                    if score > self.max_score[label]:
+                        self.max_score[label] = round(float(score), 6)
             if self._sink is not None:
                 s = w.sample
                 self._sink(SampleInfo(s.stream_id, s.media_time_s, s.received_at), self.name, findings, time.time())

@@ -7,10 +7,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypedDict, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
+
+from pipelines.classifier.stats import ServiceFigures
 
 Frame = npt.NDArray[np.uint8]  # (H, W, 3) RGB
 Scores = npt.NDArray[np.float32]  # one 0-1 score per label
@@ -34,6 +36,18 @@ class Scorer(Protocol):
     def score(self, frames: Sequence[Frame]) -> list[Scores | None]: ...
 
     def close(self) -> None: ...
+
+
+class ScorerFigures(TypedDict, total=False):
+    providers: str  # an ONNX model's execution providers, in order of preference
+    service: ServiceFigures  # a service's circuit and errors
+
+
+@runtime_checkable
+class FigureReporting(Protocol):
+    """A scorer with figures of its own for the classifier's stats (pipelines/classifier/stats.py)."""
+
+    def figures(self) -> ScorerFigures: ...
 
 
 def file_sha256(path: Path) -> str:

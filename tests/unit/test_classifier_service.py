@@ -233,3 +233,20 @@ def test_service_config_errors_name_the_field(tmp_path: Path, certs: dict[str, P
     with pytest.raises(ConfigError, match=r"^analyses\[0\] \(vendor\)\.label_map: maps to labels that are not"):
         make_analyses(build_config({"analyses": [entry(svc, certs, label_map={"x": "nope"})]}).analyses, [],
                       MatchingConfig())
+
+
+def test_the_pipeline_reports_the_services_circuit_and_errors(service: Service, certs: dict[str, Path]) -> None:
+    """What monitor/ops/classifier_metrics.py renders as monitor_classifier_circuit and _service_errors_total."""
+    from pipelines.classifier import BatchSettings, BudgetSettings, LabelRule
+
+    service.mode = "error"
+    s = scorer(service, certs, max_concurrency=1)
+    clf = ClassifierPipeline("vendor", s, [LabelRule("bright", 0.6, "low")], BudgetSettings(), BatchSettings())
+    assert clf.stats()["service"] == {"circuit": "closed", "circuit_opened": 0, "errors": {}}
+    clf.process(Sample("s", 0.0, 0.0, WHITE))
+    for _ in range(3):
+        s.score([WHITE])
+    st = clf.stats()
+    assert st["service"] == {"circuit": "open", "circuit_opened": 1, "errors": {"http_503": 3, "circuit_open": 1}}
+    assert st["model_id"] == "vendor-bars-v3" and "providers" not in st
+    clf.stop()

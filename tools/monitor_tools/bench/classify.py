@@ -103,7 +103,7 @@ def hash_path_ab(model: Path, streams: int, rate_per_stream: float, seconds: flo
     from monitor.config.models import MatchingConfig
     from monitor.ingest.queues import SampleQueue
     from monitor.runtime.analyses import make_matcher
-    from monitor.runtime.supervisor import Analysis, _Queued
+    from monitor.runtime.supervisor import Analysis, QueuedSample
     from monitor_tools.classifier_models import colour_bar_card
     from pipelines.banks import Bank, Entry
     from pipelines.classifier import (
@@ -138,7 +138,7 @@ def hash_path_ab(model: Path, streams: int, rate_per_stream: float, seconds: flo
                                      BatchSettings(batch_size=8, batch_wait_s=0.05, queue_size=64))
             clf.start(sink.on_classified)
             pipelines.append(clf)
-        q: SampleQueue[_Queued] = SampleQueue(64, 2.0)
+        q: SampleQueue[QueuedSample] = SampleQueue(64, 2.0)
         analysis = Analysis(q, pipelines, sink, 0)
         analysis.start()
         interval = 1.0 / (streams * rate_per_stream)
@@ -152,7 +152,7 @@ def hash_path_ab(model: Path, streams: int, rate_per_stream: float, seconds: flo
             sid, mt = f"s{i % streams}", float(i // streams)
             with sink.lock:
                 sink.ready[(sid, mt)] = time.perf_counter()
-            q.put(_Queued(Sample(sid, mt, time.time(), frames[i % len(frames)]), 0.0))
+            q.put(QueuedSample(Sample(sid, mt, time.time(), frames[i % len(frames)]), 0.0))
             i += 1
             next_at += interval
         q.close()
