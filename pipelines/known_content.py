@@ -2,7 +2,8 @@
 
 Besides the plain hash of the frame, the matcher looks up the probes of pipelines.robust: the frame without black
 bars, its 8 rotations/mirrors, detected inner pictures (picture-in-picture) and corner overlays evened out, the
-frame re-toned by a few gammas, optionally fixed crops and quadrants.
+frame re-toned by a few gammas, the frame re-extended as the crop of a larger original, edge strips (bands, chat
+columns) smeared over, optionally fixed crops and quadrants.
 Each switch is a keyword argument; the defaults are the recommended configuration (docs/eval-images.md).
 A sample yields at most one Finding per (bank, entry): the probe at the smallest distance, whose hash is the
 Finding's `sample_hash` (so `distance` is the distance between `sample_hash` and the entry).
@@ -61,11 +62,13 @@ class KnownContentMatcher:
         crops: bool = False,
         pip: bool = False,
         tones: bool = True,
+        reextend: bool = True,
+        strips: bool = True,
     ) -> None:
         self._banks: tuple[Bank, ...] = tuple(banks)
         self.min_quality = min_quality
         self.options = RobustOptions(strip_bars=strip_bars, dihedral=dihedral, crops=crops, pip=pip, boxes=boxes,
-                                     tones=tones)
+                                     tones=tones, reextend=reextend, strips=strips)
         self.stats = MatcherStats()
         self._lock = threading.Lock()
 

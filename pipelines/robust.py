@@ -18,6 +18,15 @@ triples -- that are looked up alongside the plain hash of the full frame:
 - `tones`: the frame re-toned by four gamma curves (`TONE_GAMMAS`): a stream whose brightness, contrast or gamma
   was changed moves PDQ by up to ~40 bits (gamma recall at 31: 96.3% -> 99.0%, docs/eval-images.md). Identity
   orientation only.
+- `reextend`: the frame as the crop of a larger original: the 64x64 reduction PDQ hashes is shrunk to 95 % and
+  re-extended to 64x64 by repeating its edge pixels, the missing 5 % placed on a 4x4 grid of positions
+  (`REEXTEND_FRACTION`, `REEXTEND_STEPS`). A clip shown cropped lacks its border; PDQ is dominated by low
+  frequencies, and a picture at its original scale and place with a smeared border is nearer its bank code than the
+  crop itself (tuning split, natural pictures: crop 5 % recall at 31: 0.9 % -> 72 %, at ~1 ms). 16 probes of 64x64.
+- `strips`: the frame with an edge strip replaced by its neighbouring row or column repeated: the bottom and top 20 %
+  (a ticker or caption band over the picture) and the right and left 30 % (a chat column), `STRIPS`. The strip's
+  content is gone either way; smearing the edge of what is left keeps PDQ's low frequencies nearer the picture's than
+  the band's or column's block does (tuning split: band 47 -> 60 %, chat 20 -> 26 %). 4 probes of 64x64.
 - `boxes`: inner rectangles found by long straight edges (`detect_boxes`): a picture-in-picture window, content
   inset in a stream layout or framed by a non-black border. Up to 3 per sample. A small box in a corner is more
   often an overlay on the picture (a logo plate, a chat box, a semi-transparent watermark): the frame is also
@@ -42,6 +51,7 @@ from pipelines.detect import MAX_BOXES, Image, detect_bars, detect_boxes, even_o
 from pipelines.fingerprint import (
     DIHEDRAL,
     DIHEDRAL_INVERSE,
+    area_resize,
     hash_input,
     pdq,
     pdq_dihedral,
@@ -50,7 +60,7 @@ from pipelines.fingerprint import (
 )
 from pipelines.hamming import Codes
 
-SWITCH_NAMES = ("strip_bars", "dihedral", "crops", "pip", "boxes", "tones")
+SWITCH_NAMES = ("strip_bars", "dihedral", "crops", "pip", "boxes", "tones", "reextend", "strips")
 FULL = "full"
 STRIPPED = "stripped"
 CROP_VIEWS = ("crop90_c", "crop80_c", "crop90_tl", "crop90_tr", "crop90_bl", "crop90_br")
@@ -61,6 +71,15 @@ OVERLAY_VIEWS = tuple(f"overlay{i + 1}" for i in range(MAX_BOXES))
 # 64x64 reduction PDQ hashes anyway, so each costs a lookup table and a PDQ of 64x64 (~0.1 ms).
 TONE_GAMMAS = (1 / 0.65, 1 / 0.8, 1 / 1.35, 1 / 1.55)
 TONE_VIEWS = tuple(f"tone{i + 1}" for i in range(len(TONE_GAMMAS)))
+# `reextend`: the share of each side a crop is assumed to have cut away, and the grid of positions of the missing part
+# (0: all of it at the top/left ... 1: all at the bottom/right). Chosen on the tuning split (docs/eval-images.md).
+REEXTEND_FRACTION = 0.05
+REEXTEND_STEPS = (0.0, 1 / 3, 2 / 3, 1.0)
+REEXTEND_VIEWS = tuple(f"reext_{iy}{ix}" for iy in range(len(REEXTEND_STEPS)) for ix in range(len(REEXTEND_STEPS)))
+# `strips`: (view name, edge, share of the side) of each strip smeared over.
+STRIPS = (("strip_b20", "bottom", 0.20), ("strip_t20", "top", 0.20), ("strip_r30", "right", 0.30),
+          ("strip_l30", "left", 0.30))
+STRIP_VIEWS = tuple(name for name, _, _ in STRIPS)
 _TONE_LUTS = [np.clip((np.arange(256) / 255.0) ** g * 255.0 + 0.5, 0, 255).astype(np.uint8) for g in TONE_GAMMAS]
 
 
@@ -74,6 +93,8 @@ class RobustOptions:
     pip: bool = False
     boxes: bool = True
     tones: bool = True
+    reextend: bool = True
+    strips: bool = True
 
     @classmethod
     def none(cls) -> RobustOptions:
@@ -149,6 +170,34 @@ def pip_views(rgb: Image) -> Iterator[tuple[str, Image]]:
         yield name, _window(rgb, 0.5, 0.5, ay, ax)
 
 
+def reextend_views(small: Image) -> Iterator[tuple[str, Image]]:
+    """The 64x64 reduction `small` shrunk to (1 - REEXTEND_FRACTION) of each side and padded back to its size by
+    repeating edge pixels, the padding split at each REEXTEND_STEPS position (names in REEXTEND_VIEWS)."""
+    h, w = small.shape[:2]
+    if h < 8 or w < 8:  # no room for a border of a few percent
+        return
+    ih, iw = max(1, round(h * (1 - REEXTEND_FRACTION))), max(1, round(w * (1 - REEXTEND_FRACTION)))
+    inner = area_resize(small, (iw, ih))
+    names = iter(REEXTEND_VIEWS)
+    for ay in REEXTEND_STEPS:
+        for ax in REEXTEND_STEPS:
+            top, left = round((h - ih) * ay), round((w - iw) * ax)
+            yield next(names), np.asarray(cv2.copyMakeBorder(inner, top, h - ih - top, left, w - iw - left,
+                                                             cv2.BORDER_REPLICATE), np.uint8)
+
+
+def strip_views(small: Image) -> Iterator[tuple[str, Image]]:
+    """`small` with each strip of STRIPS replaced by the row or column next to it, repeated (names in STRIP_VIEWS)."""
+    h, w = small.shape[:2]
+    if h < 8 or w < 8:  # too small to keep anything of the picture beside a strip
+        return
+    for name, edge, share in STRIPS:
+        k = max(1, round(share * (h if edge in ("top", "bottom") else w)))
+        rest = {"bottom": small[: h - k], "top": small[k:], "right": small[:, : w - k], "left": small[:, k:]}[edge]
+        pad = {"bottom": (0, k, 0, 0), "top": (k, 0, 0, 0), "right": (0, 0, 0, k), "left": (0, 0, k, 0)}[edge]
+        yield name, np.asarray(cv2.copyMakeBorder(rest, *pad, cv2.BORDER_REPLICATE), np.uint8)
+
+
 # -- probes ----------------------------------------------------------------------------------------------------
 
 
@@ -186,6 +235,12 @@ def compute_probes(
     if opts.tones:
         for name, table in zip(TONE_VIEWS, _TONE_LUTS, strict=True):
             probes += _view_probes(name, np.asarray(cv2.LUT(small, table), np.uint8), False, signals)
+    if opts.reextend:
+        for name, view in reextend_views(small):
+            probes += _view_probes(name, view, False, signals)
+    if opts.strips:
+        for name, view in strip_views(small):
+            probes += _view_probes(name, view, False, signals)
     if opts.crops:
         for name, view in crop_views(rgb):
             probes += _view_probes(name, view, False, signals)
@@ -215,6 +270,8 @@ def select_probes(probes: list[Probe], options: RobustOptions) -> list[Probe]:
             or (p.view in PIP_VIEWS and options.pip)
             or (p.view in BOX_VIEWS + OVERLAY_VIEWS and options.boxes)
             or (p.view in TONE_VIEWS and options.tones)
+            or (p.view in REEXTEND_VIEWS and options.reextend)
+            or (p.view in STRIP_VIEWS and options.strips)
         ):
             keep.append(p)
     return keep

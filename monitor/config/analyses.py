@@ -26,6 +26,8 @@ class MatchingConfig(Strict):
     crops: bool = False  # a few fixed crops of each sample
     pip: bool = False  # the four quadrants and the centre at 1/4 area
     tones: bool = True  # the frame re-toned by four gammas (brightness/contrast/gamma changed by the stream)
+    reextend: bool = True  # the frame as a 5 % crop of its original, re-extended at 16 positions (cropped clips)
+    strips: bool = True  # edge strips smeared over: bottom/top 20 % (bands), right/left 30 % (chat columns)
 
 
 class ClassLabelConfig(Strict):

@@ -27,7 +27,8 @@ from pipelines.registry import AnyPipeline, BuildContext
 def make_matcher(banks: Sequence[Bank], m: MatchingConfig) -> KnownContentMatcher:
     """The known-content matcher on `banks`, with the configured matching settings."""
     return KnownContentMatcher(banks, m.min_quality, strip_bars=m.strip_bars, dihedral=m.dihedral, boxes=m.boxes,
-                               crops=m.crops, pip=m.pip, tones=m.tones)
+                               crops=m.crops, pip=m.pip, tones=m.tones,
+                               reextend=m.reextend, strips=m.strips)
 
 
 @registry.register("known_content")

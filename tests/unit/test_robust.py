@@ -14,7 +14,15 @@ from pipelines.base import Sample
 from pipelines.detect import BAR_MAX_FRACTION, Bars, Box, detect_bars, detect_boxes, even_out, is_overlay
 from pipelines.fingerprint import DIHEDRAL, pdq, pdq_dihedral, phash, phash_dihedral
 from pipelines.known_content import KnownContentMatcher
-from pipelines.robust import RobustOptions, compute_probes, select_probes
+from pipelines.robust import (
+    REEXTEND_VIEWS,
+    STRIP_VIEWS,
+    RobustOptions,
+    compute_probes,
+    reextend_views,
+    select_probes,
+    strip_views,
+)
 from test_streams import transforms as tf
 from test_streams.images import Background, known_image
 
@@ -232,6 +240,42 @@ def test_gamma_changed_pictures_found_through_the_tone_views() -> None:
     assert on >= off + 2 and via_tone >= 2, (off, on, via_tone)
 
 
+def test_cropped_pictures_found_through_the_reextended_views() -> None:
+    pictures = [known_image(s, W, H) for s in range(80, 110)]
+    bank = bank_of(pictures)
+    off = on = via = 0
+    for seed, pic in enumerate(pictures):
+        shown = sample(as_stream(tf.crop5(pic, seed)))
+        off += bool(KnownContentMatcher([bank], reextend=False).process(shown))
+        matches = KnownContentMatcher([bank]).process_detailed(shown)
+        assert {m.finding.entry_id for m in matches} <= {f"e{seed}"}  # never another picture
+        on += bool(matches)
+        via += bool(matches) and matches[0].view.startswith("reext_")
+    assert on >= off + 5 and via >= 5, (off, on, via)
+
+
+def test_strip_views_replace_only_the_strip() -> None:
+    small = np.arange(64 * 64 * 3, dtype=np.uint32).reshape(64, 64, 3).astype(np.uint8)
+    views = dict(strip_views(small))
+    assert list(views) == list(STRIP_VIEWS)
+    k = round(0.2 * 64)
+    bottom = views["strip_b20"]
+    assert bottom.shape == small.shape and np.array_equal(bottom[: 64 - k], small[: 64 - k])
+    assert (bottom[64 - k :] == small[64 - k - 1]).all()  # the row above the strip, repeated
+    left = views["strip_l30"]
+    assert (left[:, : round(0.3 * 64)] == small[:, round(0.3 * 64) : round(0.3 * 64) + 1]).all()
+
+
+def test_reextend_views_are_the_shrunk_frame_padded_back() -> None:
+    small = np.ascontiguousarray(known_image(3, 64, 64))
+    views = dict(reextend_views(small))
+    assert list(views) == list(REEXTEND_VIEWS) and len(views) == 16
+    assert all(v.shape == small.shape for v in views.values())
+    corner = views["reext_00"]  # all padding at the bottom and right: the shrunk picture at the top left
+    assert not np.array_equal(corner, views["reext_33"])
+    assert (corner[-1] == corner[-2]).all() and (corner[:, -1] == corner[:, -2]).all()
+
+
 def test_pip_in_a_quadrant_found_by_pip_switch(pictures: list[np.ndarray]) -> None:
     bank = bank_of(pictures)
     pic = pictures[2]
@@ -302,7 +346,8 @@ def test_constructible_as_before(pictures: list[np.ndarray]) -> None:
 def test_select_probes_equals_compute_probes(pictures: list[np.ndarray]) -> None:
     frames = [pictures[0], as_stream(tf.letterbox(pictures[1], 1)), as_stream(tf.pip(pictures[2], 2))]
     variants = [RobustOptions.none(), RobustOptions(), RobustOptions(strip_bars=False, crops=True),
-                RobustOptions(dihedral=False, pip=True, boxes=False), RobustOptions.all()]
+                RobustOptions(dihedral=False, pip=True, boxes=False), RobustOptions(reextend=False),
+                RobustOptions(strips=False, tones=False), RobustOptions.all()]
     for f in frames:
         everything = compute_probes(f, RobustOptions.all())
         for opts in variants:
