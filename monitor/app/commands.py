@@ -7,6 +7,11 @@ proposes its bank entry for a negative bank (negative-proposals.jsonl), and a di
 written as feedback for the model's vendor (classifier-feedback.jsonl, with the best-scoring sample's image
 only under evidence.store_images). A terminate runs through the engine and its result is recorded on the
 incident.
+
+Whose command: a signed envelope (monitor/incidents/commands.py `open_signed`) from a console whose public key
+is in web.trusted_command_keys records its moderator as verified, with the key id, role and any approver; a
+plain command (the Textual console) records its moderator as declared, or is refused under
+web.require_signed_commands (`CommandTrustPolicy`).
 """
 
 from __future__ import annotations
@@ -21,9 +26,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from monitor.app import records
+from monitor.config.web import WebConfig
 from monitor.evidence.records import IMAGE_KEY
+from monitor.evidence.signing import key_id, load_public_key
 from monitor.incidents import CommandError, Event, Incident, IncidentBook, Key
+from monitor.incidents.commands import DECLARED, CommandTrust, is_signed, open_signed
 from monitor.servers.api import DropResult
 from pipelines.base import Finding
 
@@ -93,18 +103,49 @@ def _append_line(path: Path, record: Mapping[str, object]) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+class CommandTrustPolicy:
+    """Which consoles' signatures the monitor trusts (web.trusted_command_keys), and whether it needs one."""
+
+    def __init__(self, keys: Mapping[str, Ed25519PublicKey] | None = None, *, require: bool = False,
+                 max_age_s: float = 300.0) -> None:
+        self.keys = dict(keys or {})
+        self.require = require
+        self.max_age_s = max_age_s
+
+    @classmethod
+    def from_config(cls, cfg: WebConfig) -> CommandTrustPolicy:
+        """The policy of the `web:` section; KeyFileError (one line naming the file) for a key that cannot load."""
+        keys = {key_id(k): k for k in (load_public_key(p) for p in cfg.trusted_command_keys)}
+        return cls(keys, require=cfg.require_signed_commands, max_age_s=cfg.command_max_age_s)
+
+    def open(self, cmd: Command) -> tuple[Command, CommandTrust]:
+        """The command to apply and whose word it is; CommandError when it must be refused."""
+        if is_signed(cmd):
+            return open_signed(cmd, self.keys, now=time.time(), max_age_s=self.max_age_s)
+        if self.require:
+            raise CommandError("signature", "this monitor accepts signed commands only "
+                                            "(web.require_signed_commands)")
+        return cmd, DECLARED
+
+
 class Commands:
     """Applies console commands to the incident book and carries out what follows from them."""
 
     def __init__(self, host: CommandHost, incidents: IncidentBook, state_dir: Path, images: ClassifierImages,
-                 store_images: bool) -> None:
+                 store_images: bool, trust: CommandTrustPolicy | None = None) -> None:
         self.host = host
         self.incidents = incidents
         self.state_dir = state_dir
         self.images = images
         self.store_images = store_images
+        self.trust = trust if trust is not None else CommandTrustPolicy()
 
     def handle(self, cmd: Command) -> None:
+        try:
+            cmd, trust = self.trust.open(cmd)
+        except CommandError as exc:
+            log.warning("refused a console command: %s", exc)
+            return
         try:
             outcome = self.incidents.apply_command(cmd)
         except CommandError as exc:
@@ -114,8 +155,10 @@ class Commands:
         if outcome.duplicate:
             return  # MQTT delivered it again; it was applied once
         action = str(cmd["action"])
-        self.host.record("action", inc.stream_id, records.action(cmd, outcome), inc.incident_id)
-        log.info("incident %s: %s by %r (%r)", inc.incident_id, action, cmd["moderator"], outcome.message)
+        self.host.record("action", inc.stream_id, {**records.action(cmd, outcome), **trust.evidence()},
+                         inc.incident_id)
+        log.info("incident %s: %s by %r (%s, %r)", inc.incident_id, action, cmd["moderator"],
+                 "verified" if trust.verified else "declared", outcome.message)
         if outcome.changed:
             self.host.send_incident(inc, f"{action} by {cmd['moderator']}")
         if action == "dismiss" and outcome.changed and inc.kind == "classification":

@@ -20,7 +20,7 @@ from typing import Any, assert_never
 
 from monitor.app import records
 from monitor.app.banks import BankWatcher, NegativeBanks, load_banks
-from monitor.app.commands import ClassifierImages, Command, Commands, parse_command
+from monitor.app.commands import ClassifierImages, Command, Commands, CommandTrustPolicy, parse_command
 from monitor.app.enforcement import Enforcer
 from monitor.app.health import MetricDeltas, forget_stream_metrics, health_input, health_message, observe_sample
 from monitor.app.publishing import Announcer, flush_on_shutdown
@@ -112,7 +112,8 @@ class Engine:
         self.streams = Streams(self, self.origins, self.namer, self.states)
         self.enforcer = Enforcer(cfg.terminate, self.bans, self.namer)
         self.class_images = ClassifierImages()
-        self.commands = Commands(self, self.incidents, cfg.state_dir, self.class_images, cfg.evidence.store_images)
+        self.commands = Commands(self, self.incidents, cfg.state_dir, self.class_images, cfg.evidence.store_images,
+                                 CommandTrustPolicy.from_config(cfg.web))
         self.alert_listeners: list[AlertListener] = []
         self.alerts_sent = 0
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -39,6 +39,7 @@ from monitor.config.endpoints import (
 )
 from monitor.config.ingest import BankConfig, BankReloadConfig, IngestConfig, SamplingConfig, StreamConfig
 from monitor.config.outputs import DeliveryConfig, EvidenceConfig, IncidentsConfig, TerminateConfig
+from monitor.config.web import WebConfig
 
 __all__ = [
     "BROKER_PASSWORD_ENV",
@@ -70,6 +71,7 @@ __all__ = [
     "Strict",
     "TerminateConfig",
     "TopicLevel",
+    "WebConfig",
     "build_config",
     "hook_secret",
     "load_config",
@@ -102,6 +104,7 @@ class MonitorConfig(Strict):
     servers: list[ServerConfig] = Field(default_factory=list)
     terminate: TerminateConfig = TerminateConfig()
     metrics: MetricsConfig = MetricsConfig()
+    web: WebConfig = WebConfig()  # the web console (monitor/config/web.py)
     # What runs on each sample, built by kind (pipelines/registry.py); the default is the hash matcher alone.
     analyses: list[AnalysisConfig] = Field(default_factory=_only_the_hash_matcher)
     log_format: Literal["text", "json"] = "text"

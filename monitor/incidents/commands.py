@@ -1,14 +1,22 @@
 """Console commands as the incident book accepts them: `parse_command` checks every field of one (as JSON,
-from MQTT) and raises `CommandError` naming the field it rejects.
+from MQTT) and raises `CommandError` naming the field it rejects. Signed commands (`seal_command`,
+`open_signed`): the envelope a console with its own Ed25519 key sends, and the trust it earns (`CommandTrust`).
 
 The limits agree with the Command contract (monitor/contracts/messages.py; tests/unit/test_contracts.py).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Final, cast
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from monitor.common.safetext import describe_char, forbidden_char
 from monitor.incidents.model import ACTION_STATUS, SCHEMA_VERSION, Action
@@ -86,3 +94,93 @@ def parse_command(cmd: object) -> ParsedCommand:
         _text(cmd, "at", 64)  # the monitor records its own time; a console's clock is only informative
     return ParsedCommand(command_id, cast(Action, action), incident_id, moderator, reason, stream_id)
 
+
+
+# ------------------------------------------------------------------------------------------- signed commands
+# A console with its own key (the web console, monitor/web/) publishes each command as an envelope:
+#   {"type": "signed_command", "format": "lsmc-command-1", "key_id": K, "signature": base64 Ed25519,
+#    "signed": "<JSON text of {"command": {...the Command...}, "role": R, "approved_by": name | null}>"}
+# The signature covers b"lsmc-command-1\n" + the UTF-8 of "signed" exactly as sent (no re-serialisation).
+# A monitor that trusts K records the command's moderator as verified (monitor/app/commands.py).
+
+SIGNED_TYPE: Final = "signed_command"
+SIGNED_FORMAT: Final = "lsmc-command-1"
+_ENVELOPE_FIELDS: Final = frozenset({"type", "format", "key_id", "signature", "signed"})
+MAX_SIGNED = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class CommandTrust:
+    """Whose word a command is: verified (a trusted console signed it for its logged-in user) or declared."""
+
+    verified: bool
+    key_id: str | None = None
+    role: str | None = None
+    approved_by: str | None = None
+
+    def evidence(self) -> dict[str, object]:
+        """What the action's evidence record adds: verified, and for a signed command its key, role, approver."""
+        if not self.verified:
+            return {"verified": False}
+        return {"verified": True, "key_id": self.key_id, "role": self.role, "approved_by": self.approved_by}
+
+
+DECLARED: Final = CommandTrust(False)
+
+
+def signed_message(signed: str) -> bytes:
+    """The bytes a command envelope's signature covers."""
+    return SIGNED_FORMAT.encode("ascii") + b"\n" + signed.encode("utf-8")
+
+
+def seal_command(key: Ed25519PrivateKey, key_id: str, command: Mapping[str, object], *, role: str,
+                 approved_by: str | None = None) -> dict[str, object]:
+    """The envelope for command, signed with key (whose public half has the id key_id)."""
+    signed = json.dumps({"command": dict(command), "role": role, "approved_by": approved_by},
+                        sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    signature = base64.b64encode(key.sign(signed_message(signed))).decode("ascii")
+    return {"type": SIGNED_TYPE, "format": SIGNED_FORMAT, "key_id": key_id, "signature": signature, "signed": signed}
+
+
+def is_signed(cmd: Mapping[str, object]) -> bool:
+    return cmd.get("type") == SIGNED_TYPE
+
+
+def open_signed(envelope: Mapping[str, object], keys: Mapping[str, Ed25519PublicKey], *, now: float,
+                max_age_s: float) -> tuple[dict[str, object], CommandTrust]:
+    """The command inside a signed envelope and its trust; CommandError naming the field that fails.
+
+    Refused: unknown fields, an unknown key, a bad signature, a command whose `at` is missing or further than
+    max_age_s from now (a captured envelope replayed after the incident book forgot its command_id)."""
+    unknown = sorted(str(k) for k in envelope if k not in _ENVELOPE_FIELDS)
+    if unknown:
+        raise CommandError(unknown[0], "unknown field in a signed command")
+    if envelope.get("format") != SIGNED_FORMAT:
+        raise CommandError("format", f"must be {SIGNED_FORMAT!r}, got {_show(envelope.get('format'))}")
+    kid, signature, signed = envelope.get("key_id"), envelope.get("signature"), envelope.get("signed")
+    if not isinstance(kid, str) or kid not in keys:
+        raise CommandError("key_id", f"not a trusted command key: {_show(kid)}")
+    if not isinstance(signed, str) or len(signed) > MAX_SIGNED:
+        raise CommandError("signed", f"must be a string of at most {MAX_SIGNED} characters")
+    try:
+        raw = base64.b64decode(signature if isinstance(signature, str) else "", validate=True)
+        keys[kid].verify(raw, signed_message(signed))
+    except (binascii.Error, ValueError, InvalidSignature):
+        raise CommandError("signature", f"does not verify with key {kid}") from None
+    try:
+        inner = json.loads(signed)
+    except json.JSONDecodeError:
+        raise CommandError("signed", "is not JSON") from None
+    if not isinstance(inner, dict) or not isinstance(inner.get("command"), dict):
+        raise CommandError("signed", "must hold a command object")
+    cmd: dict[str, object] = inner["command"]
+    role, approved_by = inner.get("role"), inner.get("approved_by")
+    at = cmd.get("at")
+    try:
+        sent = datetime.fromisoformat(str(at)).timestamp() if isinstance(at, str) else None
+    except ValueError:
+        sent = None
+    if sent is None or abs(now - sent) > max_age_s:
+        raise CommandError("at", f"a signed command must be sent within {max_age_s:g} s of now, got {_show(at)}")
+    return cmd, CommandTrust(True, kid, str(role) if role is not None else None,
+                             str(approved_by) if approved_by is not None else None)

@@ -1,0 +1,153 @@
+"""The web console's HTTP guard and routes, through aiohttp's test client (no broker: commands are captured)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp.test_utils import TestClient, TestServer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from monitor.config.models import build_config
+from monitor.web.actions import CommandSigner
+from monitor.web.server import WebConsole, make_app
+from tests.unit.test_web_queue import incident
+
+PASSWORD = "a long enough password"
+Scenario = Callable[[TestClient[Any, Any], WebConsole, list[tuple[str, dict[str, object]]]], Awaitable[None]]
+
+
+def run(tmp_path: Path, scenario: Scenario, **web: object) -> None:
+    cfg = build_config({"state_dir": str(tmp_path / "state"), "web": {"login_max_failures": 3, **web}})
+    sent: list[tuple[str, dict[str, object]]] = []
+    console = WebConsole.build(cfg, lambda node, cmd: sent.append((node, cmd)))
+    console.signer = CommandSigner(Ed25519PrivateKey.generate())
+    for name, role in (("alice", "moderator"), ("bob", "moderator"), ("victor", "viewer"), ("lena", "lead")):
+        console.users.add(name, PASSWORD, role)  # type: ignore[arg-type]
+    console.queue.update(incident("i1", "2026-01-01T00:00:01Z"))
+
+    async def go() -> None:
+        async with TestClient(TestServer(make_app(console))) as client:
+            await scenario(client, console, sent)
+        console.audit.close()
+
+    asyncio.run(go())
+
+
+async def login(client: TestClient[Any, Any], user: str) -> dict[str, Any]:
+    client.session.cookie_jar.clear()
+    r = await client.post("/api/login", json={"user": user, "password": PASSWORD})
+    assert r.status == 200, await r.text()
+    data: dict[str, Any] = await r.json()
+    return data
+
+
+async def post(client: TestClient[Any, Any], me: dict[str, Any], path: str, body: object = None) -> Any:
+    return await client.post(path, json=body, headers={"X-CSRF-Token": me["csrf"]})
+
+
+def test_login_cookie_wrong_password_and_rate_limit(tmp_path: Path) -> None:
+    async def scenario(client: TestClient[Any, Any], console: WebConsole, sent: Any) -> None:
+        r = await client.post("/api/login", json={"user": "alice", "password": "wrong password"})
+        assert r.status == 401 and "wrong user name or password" in (await r.json())["error"]
+        me = await login(client, "alice")
+        cookie = r2 = None
+        r2 = await client.post("/api/login", json={"user": "alice", "password": PASSWORD})
+        cookie = r2.headers["Set-Cookie"]
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
+        assert "Secure" not in cookie  # plain http on 127.0.0.1
+        assert me["role"] == "moderator" and me["csrf"]
+        for _ in range(3):
+            await client.post("/api/login", json={"user": "bob", "password": "wrong password"})
+        r = await client.post("/api/login", json={"user": "bob", "password": PASSWORD})
+        assert r.status == 429 and "Retry-After" in r.headers
+        assert r.headers["Content-Security-Policy"].startswith("default-src 'self'")
+
+    run(tmp_path, scenario)
+
+
+def test_secure_cookie_behind_a_trusted_proxy(tmp_path: Path) -> None:
+    async def scenario(client: TestClient[Any, Any], console: WebConsole, sent: Any) -> None:
+        r = await client.post("/api/login", json={"user": "alice", "password": PASSWORD},
+                              headers={"X-Forwarded-Proto": "https"})
+        assert "Secure" in r.headers["Set-Cookie"]
+
+    run(tmp_path, scenario, trust_proxy=True)
+
+
+def test_csrf_origin_and_expired_session_are_refused(tmp_path: Path) -> None:
+    async def scenario(client: TestClient[Any, Any], console: WebConsole, sent: Any) -> None:
+        me = await login(client, "alice")
+        r = await client.post("/api/incidents/i1/claim")
+        assert r.status == 403 and "CSRF" in (await r.json())["error"]
+        r = await client.post("/api/incidents/i1/claim", headers={"X-CSRF-Token": "forged"})
+        assert r.status == 403
+        r = await client.post("/api/incidents/i1/claim", headers={"X-CSRF-Token": me["csrf"],
+                                                                  "Origin": "https://evil.example"})
+        assert r.status == 403 and "cross-origin" in (await r.json())["error"]
+        token = client.session.cookie_jar.filter_cookies(client.make_url("/"))["lsm_session"].value
+        console.sessions.get(token).created -= 10 * 86400  # type: ignore[union-attr]
+        r = await post(client, me, "/api/incidents/i1/claim")
+        assert r.status == 401 and "expired" in (await r.json())["error"]
+        r = await client.get("/api/me")
+        assert r.status == 401
+
+    run(tmp_path, scenario)
+
+
+def test_claims_roles_actions_and_the_two_person_rule(tmp_path: Path) -> None:
+    async def scenario(client: TestClient[Any, Any], console: WebConsole,
+                       sent: list[tuple[str, dict[str, object]]]) -> None:
+        viewer = await login(client, "victor")
+        r = await post(client, viewer, "/api/incidents/i1/claim")
+        assert r.status == 403 and "moderator" in (await r.json())["error"]
+        r = await client.get("/api/incidents/i1")
+        assert r.status == 200 and (await r.json())["incident"]["incident_id"] == "i1"
+        assert (await client.get("/api/audit")).status == 403
+        alice = await login(client, "alice")
+        r = await post(client, alice, "/api/incidents/i1/action", {"action": "acknowledge"})
+        assert r.status == 409 and "claim it first" in (await r.json())["error"]
+        assert (await post(client, alice, "/api/incidents/i1/claim")).status == 200
+        bob = await login(client, "bob")
+        r = await post(client, bob, "/api/incidents/i1/claim")
+        assert r.status == 409 and "claimed by alice" in (await r.json())["error"]
+        alice = await login(client, "alice")
+        r = await post(client, alice, "/api/incidents/i1/action", {"action": "dismiss"})
+        assert r.status == 400  # a dismiss says why
+        r = await post(client, alice, "/api/incidents/i1/action", {"action": "acknowledge"})
+        assert r.status == 200
+        node, env = sent[-1]
+        inner = json.loads(str(env["signed"]))
+        assert node == "node-1" and env["type"] == "signed_command"
+        assert inner["command"]["moderator"] == "alice" and inner["command"]["action"] == "acknowledge"
+        r = await post(client, alice, "/api/incidents/i1/action", {"action": "terminate", "reason": "known"})
+        assert r.status == 202  # terminate.ban with no ban_hours: permanent, needs a second person
+        approval = (await r.json())["pending_approval"]
+        assert len(sent) == 1
+        r = await post(client, alice, f"/api/approvals/{approval}/approve")
+        assert r.status == 403
+        lena = await login(client, "lena")
+        r = await post(client, lena, f"/api/approvals/{approval}/approve")
+        assert r.status == 200
+        inner = json.loads(str(sent[-1][1]["signed"]))
+        assert inner["command"]["action"] == "terminate" and inner["command"]["moderator"] == "alice"
+        assert inner["approved_by"] == "lena"
+        audit = (await (await client.get("/api/audit")).json())["entries"]
+        events = [e["audit"] for e in audit]
+        assert {"login", "claim", "action", "ban_requested", "ban_approved", "incident_view"} <= set(events)
+
+    run(tmp_path, scenario)
+
+
+def test_pages_are_served_without_a_session(tmp_path: Path) -> None:
+    async def scenario(client: TestClient[Any, Any], console: WebConsole, sent: Any) -> None:
+        r = await client.get("/")
+        assert r.status == 200 and "<title>Moderation console</title>" in await r.text()
+        assert (await client.get("/static/app.js")).status == 200
+        assert (await client.get("/static/../users.py")).status == 404
+        assert (await client.get("/api/events")).status == 401
+
+    run(tmp_path, scenario)
