@@ -11,16 +11,19 @@ import asyncio
 import base64
 import binascii
 import json
+import sqlite3
 from collections.abc import Callable
 from dataclasses import asdict
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from monitor.contracts.base import ContractError
+from monitor.contracts.messages import Incident
 from monitor.evidence.export import export_incident
-from monitor.evidence.records import IMAGE_KEY
-from monitor.evidence.store import EvidenceError
+from monitor.evidence.records import IMAGE_KEY, EvidenceRecord
+from monitor.evidence.store import SELECT_RECORDS, EvidenceError, db_error, open_readonly
 from monitor.evidence.verify import verify
 from monitor.web.actions import build_command
 from monitor.web.queue import QueueError
@@ -35,6 +38,15 @@ __all__ = ["IncidentRoutes"]
 
 Need = Callable[[web.Request, Role], Session]
 MAX_REASON = 1000
+
+
+def _minus_minute(iso: str) -> str:
+    """An ISO time a minute earlier, as the evidence log writes times (UTC, Z), for a `recorded_at >=` bound."""
+    try:
+        t = datetime.fromisoformat(iso) - timedelta(minutes=1)
+    except ValueError:
+        return ""
+    return t.strftime("%Y-%m-%dT%H:%M:%S")
 
 
 class IncidentRoutes:
@@ -56,30 +68,45 @@ class IncidentRoutes:
         ]
 
     # ------------------------------------------------------------------ reading
-    def _evidence(self, incident_id: str) -> tuple[list[dict[str, object]], bool]:
-        """The incident's match records without images, and whether one of them holds an image."""
+    def _match_rows(self, inc: Incident, *, images_only: bool = False) -> list[EvidenceRecord]:
+        """The incident's newest 50 match records, oldest first.
+
+        Match records are written before the incident book names their incident (monitor/app/engine.py
+        `_handle_sample`), so they are found by stream, bank and entry from the incident's first sighting on."""
         log = self.c.audit.log
         if log is None:
-            return [], False
+            return []
+        conn = open_readonly(log.path)
+        try:
+            rows = conn.execute(
+                f"{SELECT_RECORDS} WHERE kind = 'match' AND stream_id = ? AND json_extract(body, '$.bank') = ?"
+                " AND json_extract(body, '$.entry_id') = ? AND recorded_at >= ?"
+                + (f" AND json_extract(body, '$.{IMAGE_KEY}') IS NOT NULL" if images_only else "")
+                + " ORDER BY seq DESC LIMIT 50",
+                (inc.stream_id, inc.bank, inc.entry_id, _minus_minute(inc.first_seen))).fetchall()
+        except sqlite3.Error as exc:
+            raise db_error(log.path, exc) from exc
+        finally:
+            conn.close()
+        return [EvidenceRecord(*row) for row in reversed(rows)]
+
+    def _evidence(self, inc: Incident) -> tuple[list[dict[str, object]], bool]:
+        """The incident's match records as the view shows them (images left out), and whether one holds one."""
         matches: list[dict[str, object]] = []
-        has_image = False
-        for rec in log.records(incident_id):
-            if rec.kind != "match":
-                continue
+        for rec in self._match_rows(inc):
             data = json.loads(rec.body)
-            if not isinstance(data, dict):
-                continue
-            has_image = has_image or IMAGE_KEY in data
-            matches.append({"seq": rec.seq, "hash": rec.hash, "recorded_at": rec.recorded_at,
-                            **{k: v for k, v in data.items() if k != IMAGE_KEY}, "has_image": IMAGE_KEY in data})
-        return matches, has_image
+            if isinstance(data, dict):
+                matches.append({"seq": rec.seq, "hash": rec.hash, "recorded_at": rec.recorded_at,
+                                "observed_at": rec.recorded_at, **{k: v for k, v in data.items() if k != IMAGE_KEY},
+                                "has_image": IMAGE_KEY in data})
+        return matches, any(m["has_image"] for m in matches)
 
     async def detail(self, request: web.Request) -> web.StreamResponse:
         s = self.need(request, "viewer")
         inc = self.c.queue.get(request.match_info["id"])
         loop = asyncio.get_running_loop()
         try:
-            matches, has_image = await loop.run_in_executor(None, self._evidence, inc.incident_id)
+            matches, has_image = await loop.run_in_executor(None, self._evidence, inc)
             verification: dict[str, object] | None = None
             if self.c.audit.log is not None:
                 rep = await loop.run_in_executor(None, verify, self.c.audit.log.path)
@@ -102,13 +129,14 @@ class IncidentRoutes:
         if not self.c.cfg.evidence.store_images or log is None:
             raise QueueError("images are not kept (evidence.store_images is off)", 404)
         png: bytes | None = None
-        for rec in log.records(inc.incident_id):
-            data = json.loads(rec.body) if rec.kind == "match" else None
-            if isinstance(data, dict) and isinstance(data.get(IMAGE_KEY), str):
-                try:
-                    png = base64.b64decode(data[IMAGE_KEY], validate=True)
-                except (binascii.Error, ValueError):
-                    continue
+        rows = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: self._match_rows(inc, images_only=True))
+        for rec in rows[-1:]:
+            data = json.loads(rec.body)
+            try:
+                png = base64.b64decode(str(data[IMAGE_KEY]), validate=True)
+            except (binascii.Error, ValueError, KeyError, TypeError):
+                png = None
         if png is None:
             raise QueueError(f"incident {inc.incident_id} has no stored image", 404)
         self.c.audit.record("image_view", user=s.user, role=s.role, stream_id=inc.stream_id,
@@ -199,6 +227,10 @@ class IncidentRoutes:
             export = await asyncio.get_running_loop().run_in_executor(None, export_incident, log.path, incident_id)
         except KeyError:
             raise QueueError(f"no evidence of incident {incident_id}", 404) from None
+        if not export.get("matches"):
+            matches, _ = await asyncio.get_running_loop().run_in_executor(
+                None, self._evidence, self.c.queue.get(incident_id))
+            export = {**export, "matches": matches}
         report = cybertip_report(export, viewed_by=self.c.audit.viewers(incident_id))
         self.c.audit.record("report_export", user=s.user, role=s.role, incident_id=incident_id, format=fmt)
         name = f"cybertip-{incident_id}.{fmt}"
