@@ -132,3 +132,18 @@ def test_test_card_for_six_seconds_gives_one_classification_incident_and_alert(
     assert run_cli("evidence", "export", str(evidence), a["incident_id"], "--out", str(report_path)).returncode == 0
     report = report_path.read_text()
     assert a["model_id"] in report and "carol" in report and a["sample_hash"] in report
+
+
+@pytest.mark.realinfra
+@pytest.mark.slow
+def test_bench_clean_mode_reports_what_a_natural_stream_gave(tmp_path: Path) -> None:
+    """`monitor bench classify --clean-minutes N`, shortened: natural pictures through nginx-rtmp to `monitor run`
+    with the demonstration classifier at its defaults; the figures come from the monitor's own /metrics."""
+    from monitor_tools.bench.classify_live import clean_run
+
+    out = clean_run(tmp_path, 0.25)
+    assert "skipped" not in out, out
+    assert out["samples_classified"] >= 1 and out["samples_analysed"] >= out["samples_classified"], out
+    assert out["inferences"]["failed"] == 0 and set(out["max_score"]) == {"testcard", "other"}
+    assert out["max_score"]["testcard"] < out["threshold"]
+    assert out["incidents_zero"] and out["classification_alerts"] == out["classification_incidents"] == 0

@@ -12,6 +12,9 @@
 3. With `--live N`: the same A/B on live streams: nginx-rtmp, N `-c copy` publishers of a clip that shows a known
    image 2 s in every 10 s, `monitor run` (worker processes) and Mosquitto, once without and once with the
    classifier at every 4th sample; keyframe packet read to the alert's arrival at a subscriber, p50/p95.
+4. With `--clean-minutes N` (on its own): N minutes of natural pictures on one live stream through the
+   demonstration classifier at its defaults: samples classified, the highest score per label, incidents (none?).
+The live parts are in tools/monitor_tools/bench/classify_live.py.
 """
 
 from __future__ import annotations
@@ -31,15 +34,15 @@ import numpy as np
 from pipelines.base import Finding, Sample, SampleInfo
 
 
-def _log(msg: str) -> None:
+def log_progress(msg: str) -> None:
     print(f"[bench classify] {msg}", file=sys.stderr, flush=True)
 
 
-def _pct(values: list[float], q: float) -> float | None:
+def pct(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
 
-def _ms(v: float | None) -> float | None:
+def ms(v: float | None) -> float | None:
     return None if v is None else round(v * 1e3, 2)
 
 
@@ -60,7 +63,7 @@ def inference_cost(model: Path, quick: bool) -> dict[str, Any]:
         for i in range(reps):
             scorer.preprocess(frames[i % 16])
         pre = (time.perf_counter() - t0) / reps
-        row: dict[str, Any] = {"providers": list(scorer.providers), "preprocess_ms_per_sample": _ms(pre)}
+        row: dict[str, Any] = {"providers": list(scorer.providers), "preprocess_ms_per_sample": ms(pre)}
         for b in (1, 4, 8, 16):
             scorer.infer(x[:b])  # warm
             n = max(2, (16 if quick else 64) // b)
@@ -69,11 +72,11 @@ def inference_cost(model: Path, quick: bool) -> dict[str, Any]:
                 t0 = time.perf_counter()
                 scorer.infer(x[:b])
                 times.append((time.perf_counter() - t0) / b)
-            row[f"batch_{b}_ms_per_sample"] = _ms(float(np.median(times)))
+            row[f"batch_{b}_ms_per_sample"] = ms(float(np.median(times)))
         single, best = row["batch_1_ms_per_sample"], min(row[f"batch_{b}_ms_per_sample"] for b in (4, 8, 16))
         row["batched_speedup"] = round(single / best, 2) if best else None
         out[f"threads_{threads}"] = row
-        _log(f"threads {threads}: single {single} ms/sample, best batched {best} ms/sample")
+        log_progress(f"threads {threads}: single {single} ms/sample, best batched {best} ms/sample")
     return out
 
 
@@ -158,116 +161,15 @@ def hash_path_ab(model: Path, streams: int, rate_per_stream: float, seconds: flo
         q.close()
         analysis.join(30)
         row: dict[str, Any] = {"offered": i, "analysed": len(sink.lat), "dropped_hash_queue": i - len(sink.lat),
-                               "p50_ms": _ms(_pct(sink.lat, 50)), "p95_ms": _ms(_pct(sink.lat, 95))}
+                               "p50_ms": ms(pct(sink.lat, 50)), "p95_ms": ms(pct(sink.lat, 95))}
         if clf is not None:
             clf.stop()
             row["classifier"] = clf.stats()
         out[label] = row
-        _log(f"{label}: hash path p95 {row['p95_ms']} ms over {len(sink.lat)} samples")
+        log_progress(f"{label}: hash path p95 {row['p95_ms']} ms over {len(sink.lat)} samples")
     a, b = out["without_classifier"]["p95_ms"], out["with_classifier_every_4th"]["p95_ms"]
     out["p95_change_pct"] = round((b - a) / a * 100, 1) if a and b is not None else None
     return out
-
-
-def live_ab(model: Path, work: Path, streams: int, seconds: float, reverse: bool = False) -> dict[str, Any]:
-    """Live: nginx-rtmp, `streams` copy publishers of a clip showing a known image 2 s in every 10 s, `monitor run`
-    (worker processes) and Mosquitto; keyframe packet read (the alert's received_at) to the alert's arrival at a
-    subscriber, p50/p95, without and with the classifier at every 4th sample, one after the other."""
-    import subprocess
-
-    import paho.mqtt.client as paho
-    import yaml
-    from paho.mqtt.enums import CallbackAPIVersion
-    from PIL import Image
-
-    from monitor.ingest.hashfiles import hash_file
-    from pipelines.banks import format_bank
-    from test_streams.images import known_image
-    from test_streams.infra import Mosquitto, NginxRtmp, ffmpeg_publish_cmd, missing_tools, stop_process
-
-    missing = missing_tools()
-    if missing:
-        return {"skipped": f"needs {' '.join(missing)}"}
-    png = work / "known.png"
-    Image.fromarray(known_image(0)).save(png)
-    bank = work / "bank.csv"
-    bank.write_text(format_bank([next(hash_file(png)).hex], "csv", "pdq", ["known.png"]))
-    clip = work / "clip.flv"
-    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25",
-                    "-loop", "1", "-framerate", "25", "-i", str(png), "-filter_complex",
-                    "[1:v]scale=640:360,format=yuv420p[k];[0:v][k]overlay=enable='between(mod(t,10),5,7)'"
-                    ":shortest=1[v]", "-map", "[v]", "-t", "20", "-c:v", "libx264", "-preset", "veryfast",
-                    "-pix_fmt", "yuv420p", "-g", "50", "-keyint_min", "50", "-sc_threshold", "0", "-bf", "0",
-                    "-f", "flv", str(clip)], check=True)
-    out: dict[str, Any] = {"streams": streams, "seconds": seconds, "clip": "640x360 25 fps, 2 s GOP, known "
-                           "image 2 s in every 10 s, published with -c copy"}
-    nginx, mosq = NginxRtmp().start(), Mosquitto().start()
-    try:
-        halves: list[tuple[str, list[dict[str, Any]]]] = [
-            ("without_classifier", [{"kind": "known_content"}]),
-            ("with_classifier_every_4th", [{"kind": "known_content"}, {
-                "kind": "onnx_classifier", "name": "bench", "model": str(model), "input_size": [224, 224],
-                "output": "logits_softmax", "labels": [{"name": f"c{i}", "threshold": None} for i in range(1000)],
-                "sampling": {"every_k": 4, "dense_every": 4}}])]
-        out["order"] = [h[0] for h in (halves[::-1] if reverse else halves)]
-        for label, analyses in (halves[::-1] if reverse else halves):
-            arrivals: list[tuple[float, dict[str, Any]]] = []
-            lock = threading.Lock()
-
-            def on_message(client: Any, userdata: Any, msg: Any,
-                           arrivals: list[tuple[float, dict[str, Any]]] = arrivals,
-                           lock: threading.Lock = lock) -> None:
-                with lock:
-                    arrivals.append((time.time(), json.loads(msg.payload)))
-
-            sub = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-{time.time_ns()}")
-            sub.on_connect = lambda c, u, f, rc, p: c.subscribe("b/+/alerts/#", qos=1)
-            sub.on_message = on_message
-            sub.connect("127.0.0.1", mosq.port)
-            sub.loop_start()
-            names = [f"s{i}" for i in range(streams)]
-            pubs = [subprocess.Popen(ffmpeg_publish_cmd(nginx.rtmp_url(n), duration_s=seconds + 30,
-                                                        source=str(clip)), stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL) for n in names]
-            cfg = {"node": "bench", "state_dir": str(work / f"state-{label}"),
-                   "broker": {"url": mosq.url, "topic_prefix": "b"},
-                   "streams": [{"id": n, "url": nginx.rtmp_url(n)} for n in names],
-                   "banks": [{"name": "known", "path": str(bank)}],
-                   # every stream shows the same entry: no quarantine as a noisy entry
-                   "incidents": {"close_after_s": 2.0, "quarantine_streams": 100_000}, "analyses": analyses,
-                   "log_level": "warning",
-                   "ingest": {"backoff_initial_s": 0.3, "backoff_max_s": 2.0}}
-            cfg_path = work / f"{label}.yaml"
-            cfg_path.write_text(yaml.safe_dump(cfg))
-            log_path = work / f"{label}.log"
-            with open(log_path, "wb") as logf:
-                mon = subprocess.Popen([sys.executable, "-m", "monitor", "run", "--config", str(cfg_path)],
-                                       stdout=logf, stderr=subprocess.STDOUT)
-            _log(f"{label}: {streams} live streams for {seconds:.0f} s")
-            time.sleep(seconds)
-            stop_process(mon, 20)
-            for p in pubs:
-                stop_process(p, 2)
-            sub.loop_stop()
-            sub.disconnect()
-            lat = [t - _iso(a["received_at"]) for t, a in arrivals if a.get("kind") == "match"]
-            row = {"alerts": len(lat), "streams_alerted": len({a["stream_id"] for _, a in arrivals}),
-                   "keyframe_to_alert_p50_ms": _ms(_pct(lat, 50)), "keyframe_to_alert_p95_ms": _ms(_pct(lat, 95)),
-                   "classification_alerts": sum(1 for _, a in arrivals if a.get("kind") == "classification")}
-            out[label] = row
-            _log(f"{label}: {row}")
-    finally:
-        nginx.close()
-        mosq.close()
-    a, b = (out[k]["keyframe_to_alert_p95_ms"] for k in ("without_classifier", "with_classifier_every_4th"))
-    out["p95_change_pct"] = round((b - a) / a * 100, 1) if a and b is not None else None
-    return out
-
-
-def _iso(text: str) -> float:
-    from datetime import datetime
-
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -281,9 +183,21 @@ def main(argv: list[str] | None = None) -> int:
                    help="also the live A/B: N streams through nginx-rtmp, monitor run and Mosquitto")
     p.add_argument("--live-seconds", type=float, default=60.0)
     p.add_argument("--live-reverse", action="store_true", help="the live half with the classifier first")
+    p.add_argument("--clean-minutes", type=float, default=None, metavar="N",
+                   help="only this: N minutes of natural pictures through the demonstration classifier at its "
+                        "defaults; samples classified, max score per label, incidents")
     args = p.parse_args(argv)
+    from monitor_tools.bench.classify_live import clean_run, live_ab
     from monitor_tools.classifier_models import build_mobilenet_like
 
+    if args.clean_minutes is not None:
+        if args.clean_minutes <= 0:
+            p.error(f"--clean-minutes: {args.clean_minutes:g} is not a positive number of minutes")
+        with tempfile.TemporaryDirectory(prefix="bench-classify-") as tmp:
+            clean = clean_run(Path(tmp), args.clean_minutes)
+        print(json.dumps({"machine": {"cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)},
+                          "clean": clean}, indent=2))
+        return 0
     with tempfile.TemporaryDirectory(prefix="bench-classify-") as tmp:
         model, params = build_mobilenet_like(Path(tmp) / "mobilenet_like.onnx")
         report: dict[str, Any] = {
@@ -291,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             "model": {"shape": "MobileNet v1 (width 1.0), random weights", "input": [1, 3, 224, 224],
                       "parameters": params, "file_mb": round(model.stat().st_size / 2**20, 1)},
         }
-        _log(f"model: {params} parameters")
+        log_progress(f"model: {params} parameters")
         report["inference"] = inference_cost(model, args.quick)
         if not args.skip_ab:
             report["hash_path"] = hash_path_ab(model, args.streams or (10 if args.quick else 50), args.rate,
