@@ -66,6 +66,11 @@ AlertListener = Callable[[dict[str, Any]], None]  # an alert as published (monit
 
 def build_supervisor(cfg: MonitorConfig, banks: Sequence[Bank], sink: EngineSink) -> Supervisor:
     """Threads in this process with `workers: 0`, else worker processes (one per core unless `workers` says)."""
+    if cfg.cluster.engine == "ray":  # stream actors on a Ray cluster; banks go to its object store once
+        from monitor.cluster.supervisor import RaySupervisor
+
+        return RaySupervisor(cfg.cluster, cfg.ingest, cfg.sampling, banks, cfg.matching, sink,
+                             cfg.log_format == "json", analyses=cfg.analyses, store_images=cfg.evidence.store_images)
     n_workers = (os.cpu_count() or 1) if cfg.workers is None else cfg.workers
     if n_workers == 0:
         return LocalSupervisor(cfg.ingest, cfg.sampling,

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 
 from monitor import __version__
-from monitor.cli import bank, bans, console, hash_files, run, users, web
+from monitor.cli import bank, bans, cluster, console, hash_files, run, users, web
 from monitor.common.errors import USER_ERRORS
 from monitor.ops.logs import setup_logging
 
@@ -24,10 +24,10 @@ ENTRY_POINT_GROUP = "monitor.commands"
 OWN_PARSER = {"evidence": "verify the evidence log (--pubkey: its signed heads), export an incident report, make a "
                           "signing key (keygen)"}
 TOOL_COMMANDS = {"demo": "self-contained demo: generated live stream, embedded broker, console",
-                 "bench": "benchmarks that print JSON: `bench ingest|match|soak|evasion|classify [--quick]`",
+                 "bench": "benchmarks that print JSON: `bench ingest|match|soak|evasion|classify|cluster [--quick]`",
                  "eval": "detection evaluation on live test streams (see `monitor eval --help`)"}
 _MODULES = {"run": run, "console": console, "hash": hash_files, "bank": bank, "bans": bans, "web": web,
-            "users": users}
+            "users": users, "cluster": cluster}
 
 
 def plugin_commands() -> dict[str, Command]:

@@ -29,6 +29,7 @@ from monitor.config.analyses import (
     ServiceClassifierConfig,
 )
 from monitor.config.base import STREAM_ID_RE, ServerKind, Severity, Strict, TopicLevel, first_duplicate
+from monitor.config.cluster import ClusterConfig
 from monitor.config.endpoints import (
     BROKER_PASSWORD_ENV,
     BrokerConfig,
@@ -52,6 +53,7 @@ __all__ = [
     "ClassifierConfig",
     "ClassifierIncidentsConfig",
     "ClassifierSamplingConfig",
+    "ClusterConfig",
     "DeliveryConfig",
     "EvidenceConfig",
     "HooksConfig",
@@ -90,6 +92,7 @@ class MonitorConfig(Strict):
     # Worker processes that decode and analyse streams (threads inside). None: one per core.
     # 0: everything in the main process (debugging, tiny deployments).
     workers: int | None = Field(None, ge=0, le=256)
+    cluster: ClusterConfig = ClusterConfig()  # engine: ray runs the streams on a Ray cluster instead
     broker: BrokerConfig = BrokerConfig()
     streams: list[StreamConfig] = Field(default_factory=list)
     banks: list[BankConfig] = Field(default_factory=list)

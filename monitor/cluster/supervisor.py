@@ -1,0 +1,438 @@
+"""The `Supervisor` protocol (monitor/runtime/protocol.py) over stream actors on a Ray cluster.
+
+The engine holds a `RaySupervisor` as it holds the local ones; nothing above it changes. It starts stream actors
+(monitor/cluster/actor.py) on the cluster's nodes, `cpus_per_actor` CPUs each, pinned to their node; the
+`Coordinator` (monitor/cluster/coordinator.py) decides which actor runs which stream. One pump thread polls every
+actor for its events (in order, at most `BATCH` a call) and hands them to the engine exactly as the sharded
+supervisor does; each answer is also that actor's heartbeat and load report. It looks for joined and leaving
+nodes every `node_poll_s`: a joined node gets actors, a leaving one is drained.
+
+An actor that has not answered for `dead_after_s` (a crash, its node killed: Ray's own health check takes ~16 s)
+is killed and its streams are started on the others; meanwhile each of them reports `reconnecting`. Whatever had
+reached the engine is the engine's (its outbox); a stream restarted elsewhere may repeat the last seconds, which
+the incident book folds into the open incident.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, TypeAlias, cast
+
+from monitor.cluster.actor import ActorBatch, StreamActor
+from monitor.cluster.banks import BankData, publish
+from monitor.cluster.coordinator import Coordinator, Move
+from monitor.common.errors import UserError
+from monitor.common.urls import redact_url
+from monitor.config.models import (
+    AnalysisConfig,
+    BankConfig,
+    ClusterConfig,
+    IngestConfig,
+    MatchingConfig,
+    SamplingConfig,
+    StreamConfig,
+)
+from monitor.runtime.bank_reload import load_banks
+from monitor.runtime.messages import (
+    BanksReloaded,
+    Classified,
+    Sampled,
+    StateChange,
+    StateChanged,
+    StreamState,
+    WorkerEvent,
+    WorkerStats,
+    WorkerStatsReport,
+)
+from monitor.runtime.protocol import EngineSink
+from monitor.runtime.worker_process import WorkerSpec
+from pipelines.banks import Bank
+
+if TYPE_CHECKING:
+    from ray import ObjectRef
+    from ray.actor import ActorHandle
+
+    Handle: TypeAlias = ActorHandle[StreamActor]
+    PollRef: TypeAlias = ObjectRef[ActorBatch]
+    ReadyRef: TypeAlias = ObjectRef[str]
+    BankRef: TypeAlias = ObjectRef[BankData]
+
+log = logging.getLogger(__name__)
+
+BATCH = 5000  # events one poll takes from an actor
+IDLE_POLL_S = 0.1  # an actor that had nothing is asked again after this long
+START_TIMEOUT_S = 120.0  # an actor not ready by then (its node died meanwhile) is given up
+FIRST_ACTORS_S = 60.0  # start() waits this long for the actors it started, so configured streams spread at once
+ACTOR_PREFIX = "stream-actor-"  # actors are named this plus node and number, in the configured namespace
+
+
+class ClusterError(UserError):
+    """The Ray cluster cannot be reached or used as configured."""
+
+
+def connect(cfg: ClusterConfig) -> None:
+    """ray.init for `cluster.address`; a failure is one line naming the setting."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray's fatal-signal handler would turn the SIGTERM that stops the monitor in order into an abort (read by
+    # Ray when it is first imported)
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+    try:
+        import ray
+    except ImportError:
+        raise ClusterError("cluster.engine: ray needs Ray installed: pip install '.[ray]'") from None
+    if ray.is_initialized():
+        return
+    try:
+        if cfg.address == "local":
+            ray.init(namespace=cfg.namespace, include_dashboard=False, configure_logging=False,
+                     log_to_driver=True)
+        else:
+            ray.init(address=cfg.address, namespace=cfg.namespace, configure_logging=False, log_to_driver=True)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ClusterError(f"cluster.address {cfg.address}: cannot join the Ray cluster: {first}") from None
+
+
+def alive_nodes(include_head: bool) -> dict[str, float]:
+    """Node id -> CPUs of the live nodes that may run stream actors."""
+    import ray
+
+    out: dict[str, float] = {}
+    listed: list[dict[str, object]] = ray.nodes()  # type: ignore[no-untyped-call]
+    nodes = [n for n in listed if n.get("Alive")]
+    for n in nodes:
+        resources = n.get("Resources")
+        if not isinstance(resources, dict):
+            continue
+        head = "node:__internal_head__" in resources
+        if head and not include_head and len(nodes) > 1:
+            continue  # the head runs the engine (and Ray's own services); actors go to the workers
+        out[str(n["NodeID"])] = float(resources.get("CPU", 0.0))
+    return out
+
+
+class RaySupervisor:
+    """Streams over stream actors on a Ray cluster; the engine's side."""
+
+    quarantined_total = 0  # an input that crashes its actor is moved like any lost stream (no quarantine here)
+
+    def __init__(self, cluster: ClusterConfig, ingest: IngestConfig, sampling: SamplingConfig, banks: Sequence[Bank],
+                 matching: MatchingConfig, sink: EngineSink, log_json: bool = False,
+                 analyses: Sequence[AnalysisConfig] | None = None, store_images: bool = False) -> None:
+        self.cfg = cluster
+        self.spec = WorkerSpec(ingest.model_dump(mode="json"), sampling.model_dump(mode="json"), [],
+                               matching.model_dump(mode="json"), logging.getLogger("monitor").getEffectiveLevel(),
+                               log_json, 1.0, None if analyses is None else [a.model_dump(mode="json")
+                                                                               for a in analyses], store_images)
+        self.banks = list(banks)
+        self.bank_refs: list[BankRef] = []
+        self.sink = sink
+        self.coordinator = Coordinator(cluster.dead_after_s)
+        self.handles: dict[str, Handle] = {}
+        self.starting: dict[str, tuple[Handle, ReadyRef, str, float]] = {}  # actor -> (handle, ready ref, node, t)
+        self.polls: dict[PollRef, str] = {}  # outstanding poll ref -> actor
+        self.next_poll: dict[str, float] = {}
+        self.streams: dict[str, StreamConfig] = {}
+        self.urls: dict[str, str] = {}
+        self.worker_stats: dict[str, WorkerStats] = {}
+        self.moved = 0  # streams started elsewhere because their actor died or its node left
+        self.lost_actors = 0
+        self._counter = 0
+        self._first_ready = threading.Event()
+        self._stopping = False
+        self._lock = threading.RLock()
+        self._pump = threading.Thread(target=self._run, name="ray-actors", daemon=True)
+        self._next_nodes = 0.0
+
+    # -- the protocol -----------------------------------------------------------------------------------
+    def start(self) -> None:
+        connect(self.cfg)
+        self.bank_refs = publish(self.banks)
+        self._sync_nodes()
+        if not self.starting:
+            raise ClusterError(f"cluster.cpus_per_actor {self.cfg.cpus_per_actor:g}: no node of the Ray cluster "
+                               "has that many CPUs free")
+        self._pump.start()
+        # the configured streams are added next: wait for the first actors, so they spread over all of them
+        deadline = time.monotonic() + FIRST_ACTORS_S
+        while self.starting and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not self._first_ready.is_set():
+            log.warning("no stream actor ready after %.0f s; streams wait for one", FIRST_ACTORS_S)
+
+    def add_stream(self, stream: StreamConfig) -> None:
+        with self._lock:
+            if stream.id in self.streams:
+                raise ValueError(f"stream {stream.id!r} is already monitored")
+            self.streams[stream.id] = stream
+            self.urls[stream.id] = redact_url(stream.url)
+            self._carry_out([self.coordinator.place(stream.id)])
+
+    def remove_stream(self, stream_id: str) -> None:
+        with self._lock:
+            if self.streams.pop(stream_id, None) is None:
+                return
+            actor = self.coordinator.remove(stream_id)
+            handle = self.handles.get(actor) if actor is not None else None
+        if handle is not None:
+            handle.remove_stream.remote(stream_id)
+        else:  # it was waiting for an actor: no thread of its own to say so
+            self.sink.on_state(StateChange(stream_id, StreamState.ENDED, "removed", time.time(), 0))
+
+    def has_stream(self, stream_id: str) -> bool:
+        return stream_id in self.streams
+
+    def stream_ids(self) -> list[str]:
+        with self._lock:
+            return list(self.streams)
+
+    def dead_streams(self) -> list[str]:
+        """Streams no actor runs now (waiting for one); a stream that ended inside its actor says so itself."""
+        with self._lock:
+            return [sid for sid in self.coordinator.pending if sid in self.streams]
+
+    def boost(self, stream_id: str, seconds: float) -> None:
+        actor = self.coordinator.actor_of(stream_id)
+        handle = self.handles.get(actor) if actor is not None else None
+        if handle is not None:
+            handle.boost.remote(stream_id, seconds)
+
+    def reload_banks(self, banks: Sequence[BankConfig]) -> None:
+        """Loaded once here and published as new references; every actor swaps them in (the old ones are freed)."""
+        threading.Thread(target=self._reload, args=(list(banks),), name="bank-publish", daemon=True).start()
+
+    def stats(self) -> list[WorkerStats]:
+        return list(self.worker_stats.values())
+
+    def stop_all(self, timeout_s: float = 15.0) -> None:
+        import ray
+
+        self._stopping = True
+        self._pump.join(5)
+        with self._lock:
+            handles = dict(self.handles)
+        refs: dict[PollRef, str] = {h.stop.remote(): a for a, h in handles.items()}
+        ready = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)[0] if refs else []
+        for ref in ready:
+            try:
+                self._handle(ray.get(ref))
+            except Exception as exc:  # an actor that died meanwhile: what it had is gone with it
+                log.warning("stream actor %s did not stop cleanly: %s", refs[ref], _one_line(exc))
+        for h in [*handles.values(), *(s[0] for s in self.starting.values())]:
+            self._kill_handle(h)
+
+    # -- the cluster's view, for `monitor cluster status` and metrics -----------------------------------
+    def status(self) -> dict[str, object]:
+        with self._lock:
+            actors = self.coordinator.status()
+            return {"nodes": sorted({a.node_id for a in actors if a.alive}),
+                    "actors": [dataclasses.asdict(a) for a in actors],
+                    "starting": len(self.starting), "waiting_streams": len(self.coordinator.pending),
+                    "moved_streams": self.moved, "lost_actors": self.lost_actors}
+
+    # -- the pump -----------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        import ray
+
+        while not self._stopping:
+            now = time.monotonic()
+            with self._lock:
+                if now >= self._next_nodes:
+                    self._next_nodes = now + self.cfg.node_poll_s
+                    self._sync_nodes()
+                for actor, due in list(self.next_poll.items()):
+                    if due <= now and actor in self.handles:
+                        del self.next_poll[actor]
+                        self.polls[self.handles[actor].poll.remote(BATCH)] = actor
+                polls = list(self.polls)
+                starts = [s[1] for s in self.starting.values()]
+            if starts:
+                for ref in ray.wait(starts, num_returns=len(starts), timeout=0)[0]:
+                    self._started(ref)
+            if polls:
+                for ref in ray.wait(polls, num_returns=len(polls), timeout=IDLE_POLL_S)[0]:
+                    self._answer(ref)
+            else:
+                time.sleep(IDLE_POLL_S)
+            with self._lock:
+                self._expire_starts(time.monotonic())
+                self._carry_out(self.coordinator.check(), lost=True)
+
+    def _answer(self, ref: PollRef) -> None:
+        import ray
+
+        actor = self.polls.pop(ref, None)
+        if actor is None:
+            return  # its actor was given up meanwhile
+        try:
+            batch = ray.get(ref)
+        except Exception as exc:  # RayActorError and the like: the actor or its node is gone
+            with self._lock:
+                if actor in self.handles:
+                    log.error("stream actor %s died: %s", actor, _one_line(exc))
+                    self._lose(actor)
+            return
+        with self._lock:
+            if actor not in self.handles:
+                return  # given up meanwhile: its streams run elsewhere
+            self.coordinator.heartbeat(actor, batch.load)
+            self.next_poll[actor] = time.monotonic() + (0.0 if len(batch.events) >= BATCH else IDLE_POLL_S)
+        self._handle(batch)
+
+    def _handle(self, batch: ActorBatch) -> None:
+        if batch.stats is not None:
+            self.worker_stats[batch.actor_id] = batch.stats
+        for event in batch.events:
+            self._dispatch(batch.actor_id, event)
+
+    def _dispatch(self, actor: str, msg: WorkerEvent) -> None:
+        match msg:
+            case StateChanged(change):
+                here = self.coordinator.actor_of(change.stream_id)
+                if here == actor or change.stream_id not in self.streams:
+                    self.sink.on_state(change)  # a moved stream's old actor says nothing more about it
+            case Sampled(sample, findings, timing):
+                self.sink.on_sample(sample, findings, timing)
+            case Classified(sample, analysis, findings, done_at):
+                on_classified = getattr(self.sink, "on_classified", None)
+                if on_classified is not None:
+                    on_classified(sample, analysis, findings, done_at)
+            case BanksReloaded(result):
+                report = getattr(self.sink, "on_bank_reload", None)
+                if report is not None:
+                    report(result)
+            case WorkerStatsReport(_, stats):
+                self.worker_stats[actor] = stats
+            case _:
+                pass
+
+    # -- actors coming and going ------------------------------------------------------------------------
+    def _sync_nodes(self) -> None:
+        """Actors for nodes that joined (or lost theirs), drains for nodes that left."""
+        include_head = self.cfg.address == "local"
+        nodes = alive_nodes(include_head)
+        per_node = {n: self._actors_for(cpus) for n, cpus in nodes.items()}
+        running: dict[str, int] = {}
+        for _, _, node, _ in self.starting.values():
+            running[node] = running.get(node, 0) + 1
+        for node, actors in self.coordinator.nodes().items():
+            if node not in nodes:
+                log.warning("node %s left the Ray cluster: its streams go to other nodes", node[:12])
+                self._carry_out(self.coordinator.drain_node(node), lost=True)
+                for actor in actors:
+                    self._kill(actor)
+                continue
+            running[node] = running.get(node, 0) + len(actors)
+        want = sum(per_node.values())
+        for node, n in per_node.items():
+            for _ in range(n - running.get(node, 0)):
+                self._start_actor(node, max(1, want))
+
+    def _actors_for(self, cpus: float) -> int:
+        n = int(cpus // self.cfg.cpus_per_actor)
+        return min(n, self.cfg.max_actors_per_node) if self.cfg.max_actors_per_node else n
+
+    def _start_actor(self, node: str, total: int) -> None:
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        self._counter += 1
+        actor_id = f"{ACTOR_PREFIX}{node[:12]}-{self._counter}"
+        spec = dataclasses.replace(self.spec, budget_share=1.0 / total)
+        remote = ray.remote(StreamActor).options(
+            name=actor_id, num_cpus=self.cfg.cpus_per_actor, max_restarts=0, max_task_retries=0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+        handle = cast("Handle", remote.remote(actor_id, self._counter, spec, self.bank_refs, self.cfg.queue_size))
+        self.starting[actor_id] = (handle, handle.ready.remote(), node, time.monotonic())
+        log.info("starting stream actor %s on node %s", actor_id, node[:12])
+
+    def _started(self, ref: ReadyRef) -> None:
+        import ray
+
+        with self._lock:
+            actor = next((a for a, s in self.starting.items() if s[1] == ref), None)
+            if actor is None:
+                return
+            handle, _, node, _ = self.starting.pop(actor)
+            try:
+                ray.get(ref)
+            except Exception as exc:
+                log.warning("stream actor %s did not start: %s", actor, _one_line(exc))
+                return
+            self.handles[actor] = handle
+            self.next_poll[actor] = 0.0
+            log.info("stream actor %s ready on node %s", actor, node[:12])
+            self._carry_out(self.coordinator.add_actor(actor, node, self.cfg.cpus_per_actor))
+            self._first_ready.set()
+
+    def _expire_starts(self, now: float) -> None:
+        for actor, (handle, _, node, t) in list(self.starting.items()):
+            if now - t > START_TIMEOUT_S:
+                log.warning("stream actor %s on node %s not ready after %.0f s; given up", actor, node[:12],
+                            START_TIMEOUT_S)
+                del self.starting[actor]
+                self._kill_handle(handle)
+
+    def _lose(self, actor: str) -> None:
+        self.lost_actors += 1
+        self._carry_out(self.coordinator.actor_died(actor), lost=True)
+        self._kill(actor)
+
+    def _kill(self, actor: str) -> None:
+        handle = self.handles.pop(actor, None)
+        self.next_poll.pop(actor, None)
+        for ref in [r for r, a in self.polls.items() if a == actor]:
+            del self.polls[ref]
+        self.coordinator.forget_actor(actor)
+        self.worker_stats.pop(actor, None)
+        if handle is not None:
+            self._kill_handle(handle)
+
+    @staticmethod
+    def _kill_handle(handle: Handle) -> None:
+        import ray
+
+        try:
+            ray.kill(handle, no_restart=True)  # one taken for dead must not go on reading its streams
+        except Exception as exc:
+            log.debug("killing an actor: %s", _one_line(exc))
+
+    def _carry_out(self, moves: Sequence[Move], lost: bool = False) -> None:
+        """Starts each moved stream on its new actor; a lost stream says `reconnecting` until it is live again."""
+        for m in moves:
+            stream = self.streams.get(m.stream_id)
+            if stream is None:
+                continue
+            if m.source is not None:
+                self.moved += 1
+                where = f"moving to {m.target}" if m.target else "waiting for an actor"
+                self.sink.on_state(StateChange(m.stream_id, StreamState.RECONNECTING,
+                                               f"stream actor {m.source} lost; {where}", time.time(), 0))
+            if m.target is not None:
+                self.handles[m.target].add_stream.remote(stream.model_dump(mode="json"))
+        if lost and moves:
+            log.warning("%d streams moved to other stream actors", sum(1 for m in moves if m.target))
+
+    def _reload(self, configs: list[BankConfig]) -> None:
+        try:
+            self.banks = load_banks(configs, self.banks)
+            refs = publish(self.banks)
+        except Exception as exc:
+            log.error("bank reload failed, the published banks stay in use: %s", _one_line(exc))
+            return
+        dumped = [c.model_dump(mode="json") for c in configs]
+        with self._lock:
+            self.bank_refs = refs  # actors started from now on get these
+            for handle in self.handles.values():
+                handle.reload_banks.remote(refs, dumped)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+

@@ -1,0 +1,47 @@
+"""Where the streams run: worker processes on this machine (the default) or stream actors on a Ray cluster.
+
+`cluster: {engine: ray, address: auto}` hands the streams to monitor/cluster/supervisor.py; `engine: local` (the
+default) keeps the `workers:` setting's processes or threads. Ray is an optional extra (`pip install '.[ray]'`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from monitor.config.base import Strict
+
+_RAY_ADDRESS = re.compile(r"^(auto|local|ray://[A-Za-z0-9.\-\[\]:]+:\d{1,5}|[A-Za-z0-9.\-]+:\d{1,5})$")
+
+
+class ClusterConfig(Strict):
+    """`engine: ray` runs each shard of streams in a Ray actor; the engine (incidents, MQTT, evidence) stays here."""
+
+    engine: Literal["local", "ray"] = "local"
+    # auto: the Ray cluster this node belongs to; ray://HOST:PORT a remote one (Ray Client); HOST:PORT its GCS;
+    # local: a one-node cluster started in this process (tests, trying it out).
+    address: str = "auto"
+    namespace: str = Field("monitor", pattern=r"^[A-Za-z0-9_-]{1,64}$")  # actors are named in it
+    cpus_per_actor: float = Field(1.0, gt=0, le=64)  # an actor per this many CPUs of a node
+    max_actors_per_node: int | None = Field(None, ge=1, le=1024)
+    heartbeat_s: float = Field(1.0, gt=0, le=30)  # each actor reports its load this often
+    # an actor silent this long is taken for dead and its streams go to the others (Ray itself notices a dead
+    # node only after ~16 s with its default health checks)
+    dead_after_s: float = Field(4.0, gt=0, le=300)
+    queue_size: int = Field(10_000, ge=100, le=10_000_000)  # events each actor holds for the engine
+    node_poll_s: float = Field(5.0, gt=0, le=300)  # how often joined and leaving nodes are looked for
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        if not _RAY_ADDRESS.match(v):
+            raise ValueError("must be auto, local, ray://HOST:PORT or HOST:PORT")
+        return v
+
+    @model_validator(mode="after")
+    def _heartbeats_before_death(self) -> ClusterConfig:
+        if self.dead_after_s < 2 * self.heartbeat_s:
+            raise ValueError("dead_after_s must be at least twice heartbeat_s (one late report is no death)")
+        return self
