@@ -15,6 +15,8 @@ import os
 import queue
 import signal
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -59,6 +61,28 @@ from pipelines.base import Finding, SampleInfo
 log = logging.getLogger(__name__)
 
 STATS_INTERVAL_S = 5.0  # how often a worker sends its sampling counters
+
+
+class StatsTimer:
+    """When the worker's next stats report is due: every `interval_s`, however often commands arrive (a worker
+    told to boost or add streams every second still reports)."""
+
+    def __init__(self, interval_s: float = STATS_INTERVAL_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval_s = interval_s
+        self.clock = clock
+        self.next_at = clock() + interval_s
+
+    def wait_s(self) -> float:
+        """How long a wait for the next command may take before the report is due."""
+        return max(0.0, self.next_at - self.clock())
+
+    def due(self) -> bool:
+        """True once per interval (then the next is an interval away)."""
+        now = self.clock()
+        if now < self.next_at:
+            return False
+        self.next_at = now + self.interval_s
+        return True
 
 
 @dataclass(frozen=True)
@@ -149,12 +173,15 @@ def worker_main(index: int, spec: WorkerSpec, commands: CommandQueue, conn: mult
     supervisor = LocalSupervisor(IngestConfig.model_validate(spec.ingest), SamplingConfig.model_validate(spec.sampling),
                                  pipelines, QueueSink(events, index), spec.budget_share)
     events.put(WorkerReady(index))
+    stats_timer = StatsTimer()
     while True:
+        cmd: WorkerCommand | None
         try:
-            cmd = commands.get(timeout=STATS_INTERVAL_S)
+            cmd = commands.get(timeout=stats_timer.wait_s())
         except queue.Empty:
+            cmd = None
+        if stats_timer.due():
             events.put(WorkerStatsReport(index, supervisor.stats()[0]))
-            continue
         match cmd:
             case AddStream(stream):
                 supervisor.add_stream(StreamConfig.model_validate(stream))
@@ -169,3 +196,5 @@ def worker_main(index: int, spec: WorkerSpec, commands: CommandQueue, conn: mult
                 events.put(WorkerStopped(index))
                 events.close()
                 return
+            case None:
+                pass

@@ -286,3 +286,20 @@ def test_a_classifier_taking_two_seconds_a_batch_leaves_hash_findings_on_time() 
     assert p95_slow < max(0.25, 3 * p95_base), (p95_base, p95_slow)
     # every sample was offered to it, and it fell behind (stuck in its first batch): the oldest dropped, counted
     assert st is not None and st["queued"] == 60 and st["dropped_full"] >= 60 - 4 - 2 - 1, st
+
+
+def test_a_worker_reports_its_stats_however_often_commands_arrive() -> None:
+    """monitor/runtime/worker_process.py: commands every second (boosts, streams added) do not starve the report."""
+    from monitor.runtime.worker_process import StatsTimer
+
+    clock = Clock(0.0)
+    timer = StatsTimer(5.0, clock)
+    reports = []
+    for second in range(1, 13):  # a command each second, every wait cut short
+        assert timer.wait_s() <= 5.0
+        clock.t = float(second)
+        if timer.due():
+            reports.append(second)
+    assert reports == [5, 10]
+    clock.t = 20.0
+    assert timer.wait_s() == 0.0 and timer.due() and timer.wait_s() == 5.0
