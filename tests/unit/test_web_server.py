@@ -20,8 +20,9 @@ PASSWORD = "a long enough password"
 Scenario = Callable[[TestClient[Any, Any], WebConsole, list[tuple[str, dict[str, object]]]], Awaitable[None]]
 
 
-def run(tmp_path: Path, scenario: Scenario, **web: object) -> None:
-    cfg = build_config({"state_dir": str(tmp_path / "state"), "web": {"login_max_failures": 3, **web}})
+def run(tmp_path: Path, scenario: Scenario, evidence: dict[str, object] | None = None, **web: object) -> None:
+    cfg = build_config({"state_dir": str(tmp_path / "state"), "evidence": evidence or {},
+                        "web": {"login_max_failures": 3, **web}})
     sent: list[tuple[str, dict[str, object]]] = []
     console = WebConsole.build(cfg, lambda node, cmd: sent.append((node, cmd)))
     console.signer = CommandSigner(Ed25519PrivateKey.generate())
@@ -151,3 +152,41 @@ def test_pages_are_served_without_a_session(tmp_path: Path) -> None:
         assert (await client.get("/api/events")).status == 401
 
     run(tmp_path, scenario)
+
+
+def test_stored_sample_is_served_audited_and_reported_as_viewed(tmp_path: Path) -> None:
+    import base64
+    import io
+
+    from PIL import Image
+
+    from monitor.evidence.store import EvidenceLog
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(buf, format="PNG")
+    (tmp_path / "state").mkdir(mode=0o700)
+    with EvidenceLog(tmp_path / "state" / "evidence.sqlite", store_images=True) as log:
+        log.append("match", stream_id="s1", body={
+            "kind": "classification", "bank": "b1", "entry_id": "e1", "sample_hash": "cd" * 32, "score": 0.9,
+            "signal_type": "pdq", "image_png_b64": base64.b64encode(buf.getvalue()).decode()})
+        log.append("incident", stream_id="s1", incident_id="i1", body={"status": "open"})
+
+    async def scenario(client: TestClient[Any, Any], console: WebConsole, sent: Any) -> None:
+        victor = await login(client, "victor")
+        assert victor["blur_px"] == 24 and victor["store_images"] is True
+        detail = await (await client.get("/api/incidents/i1")).json()
+        assert detail["has_image"] is True and "image_png_b64" not in json.dumps(detail)
+        r = await client.get("/api/incidents/i1/image?revealed=1")
+        assert r.status == 200 and r.content_type == "image/png" and await r.read() == buf.getvalue()
+        r = await post(client, victor, "/api/me/blur", {"blur_px": 40})
+        assert (await r.json())["blur_px"] == 40 and console.users.get("victor").blur_px == 40  # type: ignore[union-attr]
+        lena = await login(client, "lena")
+        views = [e for e in (await (await client.get("/api/audit")).json())["entries"] if e["audit"] == "image_view"]
+        assert views and views[0]["user"] == "victor" and views[0]["revealed"] is True
+        report = await (await client.get("/api/incidents/i1/report.json")).json()
+        assert report["report"]["fileDetails"][0]["fileViewedByEsp"] is True
+        r = await client.get("/api/incidents/i1/report.xml")
+        assert r.status == 200 and "<fileViewedByEsp>true</fileViewedByEsp>" in await r.text()
+        assert lena["role"] == "lead"
+
+    run(tmp_path, scenario, evidence={"store_images": True})
