@@ -7,10 +7,13 @@ import asyncio
 import logging
 import signal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from monitor.cli.common import add_broker_args, broker_overrides
 from monitor.common.errors import ConfigError
+
+if TYPE_CHECKING:
+    from monitor.config.models import MonitorConfig
 
 log = logging.getLogger("monitor")
 
@@ -25,7 +28,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     add_broker_args(p)
 
 
-def load(args: argparse.Namespace) -> Any:
+def load(args: argparse.Namespace) -> MonitorConfig:
+    """The monitor's config with the command line's broker, host, port and state directory over it."""
     from monitor.config.models import build_config, load_config
 
     data: dict[str, Any] = load_config(args.config) if args.config else {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -39,7 +40,8 @@ _HEADERS = {
     "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
-SESSION: web.RequestKey[Session] = web.RequestKey("session", Session)  # set by `guard`
+# The request's session, set by `guard` (a context variable: web.RequestKey needs aiohttp 3.14).
+_SESSION: contextvars.ContextVar[Session | None] = contextvars.ContextVar("web_session", default=None)
 
 
 @dataclass
@@ -119,10 +121,10 @@ def client_addr(request: web.Request, console: WebConsole) -> str:
 
 
 def session_of(request: web.Request) -> Session:
-    try:
-        return request[SESSION]
-    except KeyError:
-        raise _http(401, "not logged in") from None
+    s = _SESSION.get()
+    if s is None:
+        raise _http(401, "not logged in")
+    return s
 
 
 def need(request: web.Request, role: Role) -> Session:
@@ -137,6 +139,14 @@ CONSOLE_KEY: web.AppKey[WebConsole] = web.AppKey("console", WebConsole)
 
 @web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    reset = _SESSION.set(None)  # a keep-alive connection's requests share a task: none inherits a session
+    try:
+        return await _guarded(request, handler)
+    finally:
+        _SESSION.reset(reset)
+
+
+async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
     console = request.app[CONSOLE_KEY]
     path = request.path
     if path.startswith("/api/") and path != "/api/login":
@@ -145,7 +155,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if s is None or user is None or user.disabled:
             raise _http(401, "not logged in, or the session expired")
         s.role = user.role  # a role changed by `monitor users` applies at once
-        request[SESSION] = s
+        _SESSION.set(s)
     if request.method not in ("GET", "HEAD"):
         origin = request.headers.get("Origin")
         if origin is not None and origin != f"{request.scheme}://{request.host}" and not (
