@@ -90,3 +90,19 @@ def test_login_limiter_counts_failures_per_key_in_a_window() -> None:
     assert lim.retry_after("user:b", "addr:2") is None
     clock.t += 61
     assert lim.retry_after("user:a", "addr:1") is None
+
+
+def test_monitor_users_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from monitor.cli.main import main
+
+    pw = tmp_path / "pw"
+    pw.write_text("long enough password\n")
+    state = str(tmp_path / "state")
+    assert main(["users", "--state-dir", state, "add", "alice", "--role", "lead", "--password-file", str(pw)]) == 0
+    assert main(["users", "--state-dir", state, "disable", "alice"]) == 0
+    assert main(["users", "--state-dir", state, "list"]) == 0
+    assert "alice\tlead\tdisabled" in capsys.readouterr().out
+    assert main(["users", "--state-dir", state, "add", "alice", "--role", "lead", "--password-file", str(pw)]) == 2
+    assert capsys.readouterr().err.strip() == "monitor: error: user 'alice' exists (use `monitor users passwd`)"
+    assert main(["users", "--state-dir", state, "passwd", "nobody", "--password-file", str(pw)]) == 2
+    assert "no user 'nobody'" in capsys.readouterr().err

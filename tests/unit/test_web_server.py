@@ -95,6 +95,10 @@ def test_csrf_origin_and_expired_session_are_refused(tmp_path: Path) -> None:
         assert r.status == 401 and "expired" in (await r.json())["error"]
         r = await client.get("/api/me")
         assert r.status == 401
+        await login(client, "bob")
+        assert (await client.get("/api/me")).status == 200
+        console.users.update("bob", disabled=True)  # `monitor users disable bob`: his session ends at once
+        assert (await client.get("/api/me")).status == 401
 
     run(tmp_path, scenario)
 
