@@ -3,7 +3,8 @@
 Besides the plain hash of the frame, the matcher looks up the probes of pipelines.robust: the frame without black
 bars, its 8 rotations/mirrors, detected inner pictures (picture-in-picture) and corner overlays evened out, the
 frame re-toned by a few gammas, the frame re-extended as the crop of a larger original, edge strips (bands, chat
-columns) smeared over, optionally fixed crops and quadrants.
+columns) smeared over, the content window and the frame with its layout filled in where a stream's samples show
+a fixed layout (pipelines/layout.py, per stream), optionally fixed crops and quadrants.
 Each switch is a keyword argument; the defaults are the recommended configuration (docs/eval-images.md).
 A sample yields at most one Finding per (bank, entry): the probe at the smallest distance, whose hash is the
 Finding's `sample_hash` (so `distance` is the distance between `sample_hash` and the entry).
@@ -21,7 +22,8 @@ import numpy as np
 from pipelines.banks import Bank, Entry
 from pipelines.base import Finding, Sample
 from pipelines.hamming import code_to_hex
-from pipelines.robust import Probe, RobustOptions, compute_probes
+from pipelines.layout import LayoutTracker
+from pipelines.robust import Probe, RobustOptions, compute_probes, layout_probes
 
 
 @dataclass
@@ -64,12 +66,15 @@ class KnownContentMatcher:
         tones: bool = True,
         reextend: bool = True,
         strips: bool = True,
+        layout: bool = True,
     ) -> None:
         self._banks: tuple[Bank, ...] = tuple(banks)
         self.min_quality = min_quality
         self.options = RobustOptions(strip_bars=strip_bars, dihedral=dihedral, crops=crops, pip=pip, boxes=boxes,
                                      tones=tones, reextend=reextend, strips=strips)
         self.stats = MatcherStats()
+        # per-stream layout models (pipelines/layout.py); None: off
+        self.layouts: LayoutTracker | None = LayoutTracker() if layout else None
         self._lock = threading.Lock()
 
     @property
@@ -87,6 +92,11 @@ class KnownContentMatcher:
         banks = self._banks
         signals = {b.signal_type for b in banks} | {"pdq"}
         probes = compute_probes(sample.rgb, self.options, signals)
+        if self.layouts is not None:
+            with self._lock:  # one model per stream; a stream's samples come in order
+                found = self.layouts.observe(sample.stream_id, sample.rgb)
+            if found is not None:
+                probes += layout_probes(sample.rgb, found, signals)
         # PDQ quality gates every signal, per view: below it a view carries too little structure to match on.
         usable = [p for p in probes if p.quality >= self.min_quality]
         with self._lock:

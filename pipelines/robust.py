@@ -27,6 +27,10 @@ triples -- that are looked up alongside the plain hash of the full frame:
   (a ticker or caption band over the picture) and the right and left 30 % (a chat column), `STRIPS`. The strip's
   content is gone either way; smearing the edge of what is left keeps PDQ's low frequencies nearer the picture's than
   the band's or column's block does (tuning split: band 47 -> 60 %, chat 20 -> 26 %). 4 probes of 64x64.
+- `layout` (the matcher's, per stream, not a switch of `compute_probes`): what stays fixed over a stream's samples
+  while the content changes (pipelines/layout.py): the content window cut out and the frame with the layout filled
+  from the content around it (`layout_probes`). Stream mode of the benchmark, tuning split: picture-in-picture
+  30-60 % 64 -> 84 %, chat 27 -> 36 %, webcam 5 -> 20 %.
 - `boxes`: inner rectangles found by long straight edges (`detect_boxes`): a picture-in-picture window, content
   inset in a stream layout or framed by a non-black border. Up to 3 per sample. A small box in a corner is more
   often an overlay on the picture (a logo plate, a chat box, a semi-transparent watermark): the frame is also
@@ -59,6 +63,7 @@ from pipelines.fingerprint import (
     phash_dihedral,
 )
 from pipelines.hamming import Codes
+from pipelines.layout import Layout, fill_fixed, refine_window
 
 SWITCH_NAMES = ("strip_bars", "dihedral", "crops", "pip", "boxes", "tones", "reextend", "strips")
 FULL = "full"
@@ -80,6 +85,7 @@ REEXTEND_VIEWS = tuple(f"reext_{iy}{ix}" for iy in range(len(REEXTEND_STEPS)) fo
 STRIPS = (("strip_b20", "bottom", 0.20), ("strip_t20", "top", 0.20), ("strip_r30", "right", 0.30),
           ("strip_l30", "left", 0.30))
 STRIP_VIEWS = tuple(name for name, _, _ in STRIPS)
+LAYOUT_VIEWS = ("layout_window", "layout_fill")
 _TONE_LUTS = [np.clip((np.arange(256) / 255.0) ** g * 255.0 + 0.5, 0, 255).astype(np.uint8) for g in TONE_GAMMAS]
 
 
@@ -254,6 +260,17 @@ def compute_probes(
             evened = even_out(rgb, box) if is_overlay(box, h, w) else None
             if evened is not None:
                 probes += _view_probes(overlay, evened, False, signals)
+    return probes
+
+
+def layout_probes(rgb: Image, layout: Layout, signals: Collection[str] = ("pdq",)) -> list[Probe]:
+    """The probes a stream's layout (pipelines/layout.py) adds to a sample's: the content window cut out, its
+    sides snapped to the sample's edges, and the 64x64 reduction with the layout's pixels filled from the content
+    around them. Identity orientation only."""
+    probes = []
+    if layout.window is not None:
+        probes += _view_probes("layout_window", refine_window(rgb, layout.window).crop(rgb), False, signals)
+    probes += _view_probes("layout_fill", fill_fixed(hash_input(rgb), layout.fixed), False, signals)
     return probes
 
 

@@ -28,7 +28,7 @@ def make_matcher(banks: Sequence[Bank], m: MatchingConfig) -> KnownContentMatche
     """The known-content matcher on `banks`, with the configured matching settings."""
     return KnownContentMatcher(banks, m.min_quality, strip_bars=m.strip_bars, dihedral=m.dihedral, boxes=m.boxes,
                                crops=m.crops, pip=m.pip, tones=m.tones,
-                               reextend=m.reextend, strips=m.strips)
+                               reextend=m.reextend, strips=m.strips, layout=m.layout)
 
 
 @registry.register("known_content")

@@ -89,6 +89,19 @@ def markdown_natural(doc: dict[str, Any]) -> str:
         lines.append("| nearest unrelated | " + " | ".join(str(hs[k]["min_unrelated_distance"]) for k, _ in cols)
                      + " |")
         lines.append("")
+    for split_name, s in doc["splits"].items():
+        sm = s.get("stream_mode")
+        if not sm:
+            continue
+        lines += [f"**{split_name}, stream mode** (each layout fixed over {sm['content_samples']} samples of other "
+                  "pictures, then the known one; natural pictures), recall (%) at 31:", "",
+                  "| transform | default + layout probes | default alone (last sample) | layout found | median bits | "
+                  "false matches | nearest unrelated |", "|---|---|---|---|---|---|---|"]
+        for tr, t in sm["transforms"].items():
+            lines.append(f"| {tr} | {_pct(t['recall_at_31'])} | {_pct(t['recall_at_31_without_layout'])} | "
+                         f"{_pct(t['layout_found'])} | {t['median_distance']:.0f} | {t['false_matches_at_31']} | "
+                         f"{t['min_unrelated_distance']} |")
+        lines.append("")
     lines += ["Targets (held-out split, natural class, default switches, at 31, bank without crop windows):", "",
               "| what | target | measured | met |", "|---|---|---|---|"]
     for t in doc["targets_held_out"]:
