@@ -13,7 +13,7 @@ from monitor.cli.common import add_broker_args, broker_overrides
 from monitor.common.errors import ConfigError
 
 if TYPE_CHECKING:
-    from monitor.config.models import MonitorConfig
+    from monitor.config.models import BrokerConfig, MonitorConfig
 
 log = logging.getLogger("monitor")
 
@@ -46,6 +46,14 @@ def load(args: argparse.Namespace) -> MonitorConfig:
     return build_config(data, str(args.config) if args.config else "command line")
 
 
+def broker_of(cfg: MonitorConfig) -> BrokerConfig:
+    """The broker settings the console connects with: its own account when web.broker_username is set."""
+    if cfg.web.broker_username is None:
+        return cfg.broker
+    return cfg.broker.model_copy(update={"username": cfg.web.broker_username, "password": None,
+                                         "password_file": cfg.web.broker_password_file})
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = load(args)
     if (cfg.web.tls_cert_file is None) != (cfg.web.tls_key_file is None):
@@ -66,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
             bridge.send(node, cmd)
 
         console = WebConsole.build(cfg, send)
-        bridge = Bridge(cfg.broker, cfg.web.client_id, console.queue, console.incident_changed)
+        bridge = Bridge(broker_of(cfg), cfg.web.client_id, console.queue, console.incident_changed)
         tls = (cfg.web.tls_cert_file, cfg.web.tls_key_file) if cfg.web.tls_cert_file and cfg.web.tls_key_file \
             else None
         async with serving(make_app(console), cfg.web.host, cfg.web.port, tls) as port:

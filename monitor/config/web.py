@@ -34,6 +34,10 @@ class WebConfig(Strict):
     login_window_s: float = Field(300.0, ge=1, le=86400)
     claim_ttl_s: float = Field(900.0, ge=10, le=86400)  # a claim not renewed by activity lapses
     client_id: str = "web-console"  # the console's broker identity (client id prefix)
+    # Its own broker account (instead of broker.username/password_file): the broker's ACL can then let only this
+    # account, and the Textual consoles' if they stay, publish on the command topic.
+    broker_username: str | None = None
+    broker_password_file: Path | None = None
     command_key_file: Path | None = None  # Ed25519 key the console signs commands with; outside state_dir
     # On the monitor: public keys (.pub PEM) of consoles whose signed commands record a verified moderator.
     trusted_command_keys: list[Path] = Field(default_factory=list)

@@ -91,7 +91,7 @@ class Audit:
         out = list(self._memory)
         if self.log is not None:
             out.extend(self._from_log())
-        out.sort(key=lambda e: str(e.get("at")), reverse=True)
+        out.sort(key=lambda e: (str(e.get("at")), int(str(e.get("seq") or 0))), reverse=True)
         return out[:limit]
 
     def _from_log(self) -> Iterator[dict[str, object]]:

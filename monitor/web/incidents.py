@@ -1,5 +1,6 @@
-"""The web console's incident routes: claim and release, the incident view, its sample image (audited), actions
-with the two-person rule for permanent bans, the report export, and the audit page for leads.
+"""The web console's incident routes: claim and release, the incident view, its sample image (greyscale and
+blurred by the server unless revealed; every fetch audited), actions with the two-person rule for permanent bans,
+the report export, and the audit page for leads.
 
 Actions go out as commands under the logged-in user (monitor/web/actions.py), signed when the console has a key;
 the monitor answers by re-publishing the incident, which reaches every browser through the queue's events.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import io
 import json
 import sqlite3
 from collections.abc import Callable
@@ -18,6 +20,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from PIL import Image, ImageFilter, ImageOps
 
 from monitor.contracts.base import ContractError
 from monitor.contracts.messages import Incident
@@ -29,7 +32,7 @@ from monitor.web.actions import build_command
 from monitor.web.queue import QueueError
 from monitor.web.report import cybertip_report, report_xml
 from monitor.web.sessions import Session
-from monitor.web.users import Role, at_least
+from monitor.web.users import DEFAULT_BLUR, Role, at_least
 
 if TYPE_CHECKING:
     from monitor.web.server import WebConsole
@@ -38,6 +41,17 @@ __all__ = ["IncidentRoutes"]
 
 Need = Callable[[web.Request, Role], Session]
 MAX_REASON = 1000
+
+
+def shielded(png: bytes, blur_px: int) -> bytes:
+    """The sample greyscale and blurred (Gaussian, radius blur_px / 2), as PNG: what a moderator sees first."""
+    with Image.open(io.BytesIO(png)) as img:
+        out = ImageOps.grayscale(img)
+        if blur_px > 0:
+            out = out.filter(ImageFilter.GaussianBlur(radius=blur_px / 2))
+    buf = io.BytesIO()
+    out.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _minus_minute(iso: str) -> str:
@@ -139,8 +153,13 @@ class IncidentRoutes:
                 png = None
         if png is None:
             raise QueueError(f"incident {inc.incident_id} has no stored image", 404)
+        revealed = request.query.get("revealed") == "1"
+        user = self.c.users.get(s.user)
+        blur_px = user.blur_px if user is not None else DEFAULT_BLUR
+        if not revealed:  # the clear picture reaches the browser only when asked for, and that is audited
+            png = await asyncio.get_running_loop().run_in_executor(None, shielded, png, blur_px)
         self.c.audit.record("image_view", user=s.user, role=s.role, stream_id=inc.stream_id,
-                            incident_id=inc.incident_id, revealed=request.query.get("revealed") == "1")
+                            incident_id=inc.incident_id, revealed=revealed, blur_px=None if revealed else blur_px)
         return web.Response(body=png, content_type="image/png")
 
     # ------------------------------------------------------------------ claims

@@ -180,13 +180,17 @@ def test_stored_sample_is_served_audited_and_reported_as_viewed(tmp_path: Path) 
         assert victor["blur_px"] == 24 and victor["store_images"] is True
         detail = await (await client.get("/api/incidents/i1")).json()
         assert detail["has_image"] is True and "image_png_b64" not in json.dumps(detail)
+        r = await client.get("/api/incidents/i1/image")
+        shown = Image.open(io.BytesIO(await r.read()))
+        assert r.status == 200 and r.content_type == "image/png" and shown.mode == "L"  # greyscale (and blurred)
         r = await client.get("/api/incidents/i1/image?revealed=1")
         assert r.status == 200 and r.content_type == "image/png" and await r.read() == buf.getvalue()
         r = await post(client, victor, "/api/me/blur", {"blur_px": 40})
         assert (await r.json())["blur_px"] == 40 and console.users.get("victor").blur_px == 40  # type: ignore[union-attr]
         lena = await login(client, "lena")
         views = [e for e in (await (await client.get("/api/audit")).json())["entries"] if e["audit"] == "image_view"]
-        assert views and views[0]["user"] == "victor" and views[0]["revealed"] is True
+        assert [(v["user"], v["revealed"]) for v in views] == [("victor", True), ("victor", False)]
+        assert views[1]["blur_px"] == 24
         report = await (await client.get("/api/incidents/i1/report.json")).json()
         assert report["report"]["fileDetails"][0]["fileViewedByEsp"] is True
         r = await client.get("/api/incidents/i1/report.xml")

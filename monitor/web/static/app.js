@@ -51,7 +51,6 @@
     $("whoami").textContent = `${me.user} (${me.role})`;
     $("audit").hidden = !(me.role === "lead" || me.role === "admin");
     $("blur").value = me.blur_px;
-    document.documentElement.style.setProperty("--blur", `${me.blur_px}px`);
     connect();
     $("queue").focus();
   }
@@ -184,25 +183,41 @@
     $("sample").hidden = !d.has_image;
     $("no-images").hidden = d.has_image;
     const img = $("sample-img");
-    img.classList.remove("revealed");
     $("reveal").setAttribute("aria-pressed", "false");
-    if (d.has_image) img.src = `/api/incidents/${encodeURIComponent(id)}/image`; else img.removeAttribute("src");
+    img.classList.remove("revealed");
+    if (d.has_image) img.src = imageUrl(id, false); else img.removeAttribute("src");
     $("report-json").href = `/api/incidents/${encodeURIComponent(id)}/report.json`;
     $("report-xml").href = `/api/incidents/${encodeURIComponent(id)}/report.xml`;
     if (focus) $("detail").focus();
   }
+  // The server sends the sample greyscale and blurred; the clear one only while revealed (each fetch audited).
+  function imageUrl(id, revealed) {
+    return `/api/incidents/${encodeURIComponent(id)}/image?revealed=${revealed ? 1 : 0}&t=${Date.now()}`;
+  }
   function reveal(on) {
-    $("sample-img").classList.toggle("revealed", on);
+    if (!state.detail || !state.detail.has_image) return;
+    const img = $("sample-img");
+    if (img.classList.contains("revealed") === on) return;
+    img.classList.toggle("revealed", on);
+    img.src = imageUrl(state.detail.incident.incident_id, on);
     $("reveal").setAttribute("aria-pressed", String(on));
   }
-  $("reveal").addEventListener("pointerdown", () => reveal(true));
-  $("reveal").addEventListener("pointerup", () => reveal(false));
-  $("reveal").addEventListener("keydown", (ev) => { if (ev.key === " ") reveal(true); });
-  $("reveal").addEventListener("keyup", (ev) => { if (ev.key === " ") reveal(false); });
-  $("reveal").addEventListener("click", (ev) => { if (ev.detail === 0) reveal(!$("sample-img").classList.contains("revealed")); });
+  // Held (pointer down for 400 ms or more): shown until let go. A click (mouse or keyboard): shown until the next.
+  let downAt = 0, held = false;
+  $("reveal").addEventListener("pointerdown", () => { downAt = Date.now(); held = false; reveal(true); });
+  $("reveal").addEventListener("pointerup", () => {
+    if (Date.now() - downAt >= 400) { held = true; reveal(false); }
+  });
+  $("reveal").addEventListener("click", (ev) => {
+    if (held) { held = false; return; }
+    if (ev.detail === 0) reveal(!$("sample-img").classList.contains("revealed"));  // keyboard: toggles
+  });
   $("blur").addEventListener("change", async () => {
     const r = await api("POST", "/api/me/blur", { blur_px: Number($("blur").value) });
-    document.documentElement.style.setProperty("--blur", `${r.data.blur_px}px`);
+    state.me.blur_px = r.data.blur_px;
+    if (state.detail && state.detail.has_image && !$("sample-img").classList.contains("revealed")) {
+      $("sample-img").src = imageUrl(state.detail.incident.incident_id, false);
+    }
   });
   $("filters").addEventListener("input", render);
 
