@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -34,6 +36,14 @@ def run(args: argparse.Namespace) -> int:
             problems = "; ".join(f"--{e['loc'][0]}: {str(e['msg']).removeprefix('Value error, ')}"
                                  for e in exc.errors())
             raise ConfigError(f"cluster status: {problems}") from None
-    view = cluster_status(cluster)
+    if cluster.address == "local":
+        raise ConfigError("cluster status: cluster.address is local (a cluster inside the monitor's own process): "
+                          "give the address of a running cluster with --address")
+    # Ray's own notices (a node marked dead, say) are printed by its threads: to stderr, so stdout stays JSON
+    with contextlib.redirect_stdout(sys.stderr):
+        view = cluster_status(cluster)
+        import ray
+
+        ray.shutdown()
     print(json.dumps(view.json(), indent=2) if args.json else format_status(view))
     return 0

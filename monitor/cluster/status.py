@@ -42,7 +42,7 @@ class ClusterView:
 def cluster_status(cfg: ClusterConfig) -> ClusterView:
     import ray
 
-    connect(cfg)
+    connect(cfg, log_to_driver=False)
     listed: list[dict[str, object]] = ray.nodes()  # type: ignore[no-untyped-call]
     nodes = []
     for n in listed:

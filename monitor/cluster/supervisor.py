@@ -75,8 +75,9 @@ class ClusterError(UserError):
     """The Ray cluster cannot be reached or used as configured."""
 
 
-def connect(cfg: ClusterConfig) -> None:
-    """ray.init for `cluster.address`; a failure is one line naming the setting."""
+def connect(cfg: ClusterConfig, log_to_driver: bool = True) -> None:
+    """ray.init for `cluster.address`; a failure is one line naming the setting. `log_to_driver`: the actors'
+    log lines are printed here too (the engine's log), not for a status query."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Ray's fatal-signal handler would turn the SIGTERM that stops the monitor in order into an abort (read by
     # Ray when it is first imported)
@@ -90,9 +91,10 @@ def connect(cfg: ClusterConfig) -> None:
     try:
         if cfg.address == "local":
             ray.init(namespace=cfg.namespace, include_dashboard=False, configure_logging=False,
-                     log_to_driver=True)
+                     log_to_driver=log_to_driver)
         else:
-            ray.init(address=cfg.address, namespace=cfg.namespace, configure_logging=False, log_to_driver=True)
+            ray.init(address=cfg.address, namespace=cfg.namespace, configure_logging=False,
+                     log_to_driver=log_to_driver)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ClusterError(f"cluster.address {cfg.address}: cannot join the Ray cluster: {first}") from None

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-BENCHES = ("ingest", "match", "soak", "evasion", "classify")
+BENCHES = ("ingest", "match", "soak", "evasion", "classify", "cluster")
 
 
 def demo(argv: list[str]) -> int:
@@ -25,7 +25,7 @@ def demo(argv: list[str]) -> int:
 
 
 def bench(argv: list[str]) -> int:
-    """benchmarks that print JSON: `bench ingest|match|soak|evasion|classify [--quick]`"""
+    """benchmarks that print JSON: `bench ingest|match|soak|evasion|classify|cluster [--quick]`"""
     if not argv or argv[0] not in BENCHES:
         p = argparse.ArgumentParser(prog="monitor bench", description=bench.__doc__)
         p.add_argument("which", choices=BENCHES)
@@ -40,6 +40,8 @@ def bench(argv: list[str]) -> int:
         from monitor_tools.bench.evasion import main
     elif which == "soak":
         from monitor_tools.bench.soak import main
+    elif which == "cluster":
+        from monitor_tools.bench.cluster import main
     else:
         from monitor_tools.bench.match import main
     code: int = main(rest)
