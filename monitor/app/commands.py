@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from monitor.app import records
 from monitor.config.web import WebConfig
 from monitor.evidence.records import IMAGE_KEY
-from monitor.evidence.signing import key_id, load_public_key
+from monitor.evidence.signing import KeyFileError, key_id, load_public_key
 from monitor.incidents import CommandError, Event, Incident, IncidentBook, Key
 from monitor.incidents.commands import DECLARED, CommandTrust, is_signed, open_signed
 from monitor.servers.api import DropResult
@@ -115,7 +115,10 @@ class CommandTrustPolicy:
     @classmethod
     def from_config(cls, cfg: WebConfig) -> CommandTrustPolicy:
         """The policy of the `web:` section; KeyFileError (one line naming the file) for a key that cannot load."""
-        keys = {key_id(k): k for k in (load_public_key(p) for p in cfg.trusted_command_keys)}
+        try:
+            keys = {key_id(k): k for k in (load_public_key(p) for p in cfg.trusted_command_keys)}
+        except KeyFileError as exc:
+            raise KeyFileError(f"web.trusted_command_keys: {exc}") from None
         return cls(keys, require=cfg.require_signed_commands, max_age_s=cfg.command_max_age_s)
 
     def open(self, cmd: Command) -> tuple[Command, CommandTrust]:

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from monitor.contracts.alerts import utc_iso
 from monitor.contracts.base import ContractError, describe
 from monitor.contracts.messages import ACTIONS, COMMAND_SCHEMA_VERSION, Command
-from monitor.evidence.signing import key_id, load_signing_key
+from monitor.evidence.signing import KeyFileError, key_id, load_signing_key
 from monitor.evidence.store import EvidenceError, EvidenceLog
 from monitor.incidents.commands import seal_command
 
@@ -52,8 +52,14 @@ class CommandSigner:
         self.key_id = key_id(key.public_key()) if key is not None else None
 
     @classmethod
-    def from_file(cls, path: Path | None) -> CommandSigner:
-        return cls(load_signing_key(path) if path is not None else None)
+    def from_file(cls, path: Path | None, state_dir: Path | None = None) -> CommandSigner:
+        """The signer of web.command_key_file (KeyFileError naming that key, one line), or an unsigned one."""
+        if path is None:
+            return cls(None)
+        try:
+            return cls(load_signing_key(path, state_dir=state_dir))
+        except KeyFileError as exc:  # its messages name the evidence key, the only other user of the loader
+            raise KeyFileError(str(exc).replace("evidence.signing_key_file", "web.command_key_file", 1)) from None
 
     def wrap(self, command: dict[str, object], *, role: str, approved_by: str | None = None) -> dict[str, object]:
         if self.key is None or self.key_id is None:

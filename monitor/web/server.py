@@ -68,7 +68,7 @@ class WebConsole:
         return cls(cfg, UserStore(users_path(cfg.state_dir, w.users_file)),
                    SessionStore(ttl_s=w.session_ttl_s, idle_s=w.session_idle_s),
                    LoginLimiter(max_failures=w.login_max_failures, window_s=w.login_window_s),
-                   ReviewQueue(claim_ttl_s=w.claim_ttl_s), CommandSigner.from_file(w.command_key_file),
+                   ReviewQueue(claim_ttl_s=w.claim_ttl_s), CommandSigner.from_file(w.command_key_file, cfg.state_dir),
                    Audit(evidence), send)
 
     @property
