@@ -249,7 +249,7 @@ async def events(request: web.Request) -> web.StreamResponse:
                 text = await asyncio.wait_for(q.get(), 15)
             except TimeoutError:
                 text = ": keep-alive\n\n"
-            if console.sessions.get(request.cookies.get(COOKIE)) is None:
+            if console.sessions.get(request.cookies.get(COOKIE), touch=False) is None:
                 break  # logged out or expired: the stream ends with the session
             await resp.write(text.encode())
     except (ConnectionResetError, asyncio.CancelledError):

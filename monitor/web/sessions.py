@@ -49,8 +49,9 @@ class SessionStore:
         self._sessions[s.token] = s
         return s
 
-    def get(self, token: str | None) -> Session | None:
-        """The live session of token (its idle time restarted), or None: unknown, expired or ended."""
+    def get(self, token: str | None, *, touch: bool = True) -> Session | None:
+        """The live session of token, or None: unknown, expired or ended. touch restarts its idle time (a
+        request does; the event stream's own checks do not, so an open page alone keeps nobody logged in)."""
         if not token:
             return None
         now = self._clock()
@@ -60,7 +61,8 @@ class SessionStore:
         if now - s.created > self.ttl_s or now - s.last_seen > self.idle_s:
             del self._sessions[token]
             return None
-        s.last_seen = now
+        if touch:
+            s.last_seen = now
         return s
 
     def end(self, token: str) -> None:

@@ -68,6 +68,11 @@ def test_session_expires_after_ttl_and_idle_time() -> None:
         store.get(s2.token)
     assert store.get(s2.token) is None
     assert store.get(None) is None and store.get("forged") is None
+    s3 = store.create("alice", "moderator")
+    clock.t += 20
+    assert store.get(s3.token, touch=False) is s3  # the event stream checks without keeping it alive
+    clock.t += 20
+    assert store.get(s3.token) is None
 
 
 def test_csrf_token_is_per_session_and_compared_exactly() -> None:

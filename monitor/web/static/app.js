@@ -89,7 +89,10 @@
     });
     es.addEventListener("claims", (ev) => { state.claims = JSON.parse(ev.data); render(); });
     es.addEventListener("approvals", (ev) => { state.approvals = JSON.parse(ev.data); renderApprovals(); });
-    es.onerror = () => status("Connection to the console lost; retrying…", true);
+    es.onerror = () => {  // the console went away, or the session ended (then the page logs out)
+      status("Connection to the console lost; retrying…", true);
+      api("GET", "/api/me").catch(() => {});
+    };
   }
   const FINAL = new Set(["dismissed", "terminated", "closed"]);
   function filtered() {
