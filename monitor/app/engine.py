@@ -158,24 +158,29 @@ class Engine:
     def _handle_sample(self, stream_id: str, media_time_s: float, findings: list[Finding],
                        observed_at: float) -> None:
         origin = self.origins.get(stream_id)
-        for f in findings:
-            self.record("match", f.stream_id, records.hash_match(f, self._stream_url(f.stream_id), origin))
         if findings and self.cfg.sampling.near_match_boost_s:
             self.supervisor.boost(stream_id, self.cfg.sampling.near_match_boost_s)  # look closer for a while
-        findings, suppressed = self.negative_banks.apply(findings)
+        kept, suppressed = self.negative_banks.apply(findings)
         if suppressed:
             self._suppress("negative bank", suppressed)
-        self.emit(self.incidents.on_sample(stream_id, media_time_s, findings), observed_at)
+        events = self.incidents.on_sample(stream_id, media_time_s, kept)
+        # Each match is recorded before the alert it leads to, with the incident it opened or joined (none when
+        # it is unconfirmed, suppressed or on a negative bank): an incident's export holds its matches.
+        for f in findings:
+            self.record("match", f.stream_id, records.hash_match(f, self._stream_url(f.stream_id), origin),
+                        self.incidents.incident_id_for((f.stream_id, f.bank, f.entry_id)))
+        self.emit(events, observed_at)
 
     def _handle_classified(self, sample: SampleInfo, analysis: str, findings: list[Finding],
                            observed_at: float) -> None:
         origin = self.origins.get(sample.stream_id)
-        for f in findings:
+        events = self.incidents.on_classified(sample.stream_id, analysis, sample.media_time_s, findings)
+        for f in findings:  # recorded before the alert, with its incident (as hash matches)
             image = self.class_images.offer(f) if self.cfg.evidence.store_images else {}
             self.record("match", f.stream_id,
-                        records.classification_match(f, self._stream_url(f.stream_id), origin, image))
-        self.emit(self.incidents.on_classified(sample.stream_id, analysis, sample.media_time_s, findings),
-                  observed_at)
+                        records.classification_match(f, self._stream_url(f.stream_id), origin, image),
+                        self.incidents.incident_id_for((f.stream_id, f.bank, f.entry_id)))
+        self.emit(events, observed_at)
 
     def _suppress(self, why: str, n: int = 1) -> None:
         self.suppressed[why] = self.suppressed.get(why, 0) + n

@@ -107,6 +107,11 @@ class IncidentBook:
     def open_incidents(self) -> list[Incident]:
         return [live.incident for live in self._live.values()]
 
+    def incident_id_for(self, key: Key) -> str | None:
+        """The open incident on (stream, bank or analysis, entry or label), if any: its evidence links to it."""
+        live = self._live.get(key)
+        return live.incident.incident_id if live is not None else None
+
     def get(self, incident_id: str) -> Incident | None:
         """A live incident, or a final one still remembered."""
         key = self._live_ids.get(incident_id)

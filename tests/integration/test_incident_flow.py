@@ -79,3 +79,6 @@ def test_incident_commands_and_evidence(
     report = report_path.read_text()
     assert alert["alert_id"] in report and "alice" in report and "bob" in report
     assert alert["sample_hash"] in report
+    # The incident's matches are in its report: each match record names the incident it opened or joined.
+    matches = json.loads(report)["matches"]
+    assert matches and all(m["entry_id"] == alert["entry_id"] for m in matches), matches
