@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +24,7 @@ from PIL import Image
 from monitor.contracts.alerts import alert_schema
 from monitor_tools.classifier_models import TESTCARD_LABELS, build_testcard_model, colour_bar_card
 from test_streams.infra import Mosquitto, NginxRtmp, ffmpeg_publish_cmd
-from tests.conftest import MonitorProcess, MqttCollector, run_cli
+from tests.conftest import REPO, MonitorProcess, MqttCollector, run_cli
 
 SHOW = (8.0, 14.0)
 DURATION_S = 24.0
@@ -147,3 +149,62 @@ def test_bench_clean_mode_reports_what_a_natural_stream_gave(tmp_path: Path) -> 
     assert out["inferences"]["failed"] == 0 and set(out["max_score"]) == {"testcard", "other"}
     assert out["max_score"]["testcard"] < out["threshold"]
     assert out["incidents_zero"] and out["classification_alerts"] == out["classification_incidents"] == 0
+
+
+@pytest.mark.realinfra
+@pytest.mark.slow
+def test_a_service_answering_after_two_seconds_leaves_hash_alerts_on_time(
+    mosquitto: Mosquitto, bank_csv: Path, tmp_path: Path, monitor_factory: Callable[..., MonitorProcess],
+) -> None:
+    """`monitor run` (a worker process) with the hash matcher and a classification service that answers every
+    sample after 2 s: the known pictures' alerts reach a subscriber within a second of their keyframe packet
+    being read, while the service's calls take 2 s each (its own metrics say so)."""
+    from monitor_tools.bench.classify_live import AlertSubscriber, scrape
+    from test_streams.infra import free_port
+    from tests.unit.test_classifier_service import make_cert, serve
+
+    cert, key = make_cert(tmp_path, "service")
+    service = serve(cert, key)
+    svc = next(service)
+    svc.delay_s = 2.0
+    sub = AlertSubscriber(mosquitto.port, "t")
+    port, mport = free_port(), free_port()
+    gen = subprocess.Popen([sys.executable, "-m", "test_streams.live", f"tcp://127.0.0.1:{port}?listen=1",
+                            "--duration", "22", "--show", "0:4:8", "--show", "1:12:16"], cwd=REPO)
+    time.sleep(0.5)
+    mon = monitor_factory({
+        "node": "slow", "broker": {"url": mosquitto.url, "topic_prefix": "t"}, "workers": 1,
+        "streams": [{"id": "cam", "url": f"tcp://127.0.0.1:{port}"}],
+        "banks": [{"name": "known", "path": str(bank_csv)}],
+        "analyses": [{"kind": "known_content"}, {
+            "kind": "service_classifier", "name": "vendor", "url": svc.url, "model_id": "vendor-slow",
+            "ca_file": str(cert), "timeout_s": 5, "max_concurrency": 2, "scores_field": "result.scores",
+            "label_map": {"bars": "bright"}, "labels": [{"name": "bright", "threshold": 0.99}],
+            "sampling": {"every_k": 1}}],
+        "metrics": {"enabled": True, "port": mport},
+    })
+    try:
+        assert gen.wait(40) == 0
+        time.sleep(6.0)  # the worker reports its classifier's figures every 5 s
+        got = scrape(mport)
+    finally:
+        gen.kill()
+        mon.stop()
+        sub.close()
+        next(service, None)
+    with sub.lock:
+        arrivals = [(t, m) for t, topic, m in sub.messages if "/alerts/" in topic]
+    matches = [(t, m) for t, m in arrivals if m["kind"] == "match"]
+    assert len(matches) == 2 and len({m["entry_id"] for _, m in matches}) == 2, (arrivals, mon.log())
+    late = [(t - _unix(m["received_at"]), m["entry_id"]) for t, m in matches]
+    assert all(lat < 1.0 for lat, _ in late), late
+    calls = got[("monitor_classifier_inference_seconds_count", (("analysis", "vendor"),))]
+    took = got[("monitor_classifier_inference_seconds_sum", (("analysis", "vendor"),))]
+    assert calls >= 2 and took / calls >= 1.9, (calls, took)  # every call waited for the slow answer
+    assert svc.requests >= 2 and "Traceback" not in mon.log()
+
+
+def _unix(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
