@@ -62,6 +62,7 @@ def test_the_runtime_wheel_holds_no_test_or_tooling_code(tmp_path: Path) -> None
     assert not [n for n in names if "/test" in n or n.startswith(("monitor_tools", "test_streams", "tests"))]
     # The files the runtime reads at run time came along.
     assert "monitor/contracts/schemas/alert.schema.json" in names and "monitor/py.typed" in names
+    assert {"monitor/web/static/index.html", "monitor/web/static/app.js", "monitor/web/static/style.css"} <= set(names)
     meta = next(n for n in names if n.endswith(".dist-info/METADATA"))
     requires = [line for line in zipfile.ZipFile(wheel).read(meta).decode().splitlines()
                 if line.startswith("Requires-Dist:") and "extra ==" not in line]
