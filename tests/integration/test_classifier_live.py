@@ -142,7 +142,9 @@ def test_bench_clean_mode_reports_what_a_natural_stream_gave(tmp_path: Path) -> 
     """`monitor bench classify --clean-minutes N`, shortened: natural pictures through nginx-rtmp to `monitor run`
     with the demonstration classifier at its defaults; the figures come from the monitor's own /metrics."""
     from monitor_tools.bench.classify_live import clean_run
+    from tests.conftest import require_tools
 
+    require_tools()  # skipped without nginx-rtmp, Mosquitto and ffmpeg, except on CI
     out = clean_run(tmp_path, 0.25)
     assert "skipped" not in out, out
     assert out["samples_classified"] >= 1 and out["samples_analysed"] >= out["samples_classified"], out
