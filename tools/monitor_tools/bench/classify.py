@@ -8,7 +8,7 @@
    to the monitor's own analysis thread (KnownContentMatcher with the default probes, a 10,000-entry bank), once
    alone and once with the classifier on every 4th sample on its own thread; the time from a sample being ready
    to its findings reaching the sink, p50/p95, and what the classifier dropped. This is the in-process hash
-   path.
+   path. `--slow-s S` adds a third half beside a classifier made slow on purpose (S seconds a batch).
 3. With `--live N`: the same A/B on live streams: nginx-rtmp, N `-c copy` publishers of a clip that shows a known
    image 2 s in every 10 s, `monitor run` (worker processes) and Mosquitto, once without and once with the
    classifier at every 4th sample; keyframe packet read to the alert's arrival at a subscriber, p50/p95.
@@ -26,12 +26,14 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipelines.base import Finding, Sample, SampleInfo
+from pipelines.classifier import Frame, Scores
 
 
 def log_progress(msg: str) -> None:
@@ -102,7 +104,27 @@ class _Sink:
             self.classified += 1
 
 
-def hash_path_ab(model: Path, streams: int, rate_per_stream: float, seconds: float) -> dict[str, Any]:
+class SleepingScorer:
+    """A classifier made slow on purpose: every call takes `delay_s` (a stand-in for a service's late answers)."""
+
+    model_id: str = "sleeping"
+    labels: tuple[str, ...] = ("slow",)
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+
+    def score(self, frames: Sequence[Frame]) -> list[Scores | None]:
+        time.sleep(self.delay_s)
+        return [np.zeros(1, np.float32) for _ in frames]
+
+    def close(self) -> None:
+        pass
+
+
+def hash_path_ab(model: Path, streams: int, rate_per_stream: float, seconds: float,
+                 slow_s: float | None = None) -> dict[str, Any]:
+    """The in-process A/B (the module's docstring, 2.); with `slow_s`, a third half beside a classifier that takes
+    `slow_s` a batch."""
     from monitor.config.models import MatchingConfig
     from monitor.ingest.queues import SampleQueue
     from monitor.runtime.analyses import make_matcher
@@ -129,11 +151,21 @@ def hash_path_ab(model: Path, streams: int, rate_per_stream: float, seconds: flo
     for f in frames * 3:  # warm: first lookups and allocations are not the steady state
         matcher.process(Sample("warm", 0.0, 0.0, f))
     out: dict[str, Any] = {"streams": streams, "samples_per_s_per_stream": rate_per_stream, "seconds": seconds}
-    for label, with_classifier in (("without_classifier", False), ("with_classifier_every_4th", True)):
+    halves = [("without_classifier", False), ("with_classifier_every_4th", True)]
+    if slow_s is not None:
+        halves.append((f"with_classifier_taking_{slow_s:g}_s", True))
+    for label, with_classifier in halves:
         sink = _Sink()
         pipelines: list[Any] = [matcher]
         clf = None
-        if with_classifier:
+        if with_classifier and label.startswith("with_classifier_taking"):
+            assert slow_s is not None
+            clf = ClassifierPipeline("slow", SleepingScorer(slow_s), [LabelRule("slow", None)],
+                                     BudgetSettings(every_k=4, dense_every=4),
+                                     BatchSettings(batch_size=8, batch_wait_s=0.05, queue_size=64))
+            clf.start(sink.on_classified)
+            pipelines.append(clf)
+        elif with_classifier:
             scorer = OnnxScorer(OnnxSettings(model, tuple(f"c{i}" for i in range(1000)), (224, 224),
                                              output="logits_softmax", threads=1, max_batch=8))
             clf = ClassifierPipeline("bench", scorer, [LabelRule(lbl, None) for lbl in scorer.labels],
@@ -169,6 +201,9 @@ def hash_path_ab(model: Path, streams: int, rate_per_stream: float, seconds: flo
         log_progress(f"{label}: hash path p95 {row['p95_ms']} ms over {len(sink.lat)} samples")
     a, b = out["without_classifier"]["p95_ms"], out["with_classifier_every_4th"]["p95_ms"]
     out["p95_change_pct"] = round((b - a) / a * 100, 1) if a and b is not None else None
+    if slow_s is not None:
+        c = out[f"with_classifier_taking_{slow_s:g}_s"]["p95_ms"]
+        out["slow_p95_change_pct"] = round((c - a) / a * 100, 1) if a and c is not None else None
     return out
 
 
@@ -179,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=None, help="length of each half of the A/B (default 30)")
     p.add_argument("--rate", type=float, default=0.5, help="samples a second per stream in the A/B")
     p.add_argument("--skip-ab", action="store_true", help="inference cost only")
+    p.add_argument("--slow-s", type=float, default=None, metavar="S",
+                   help="the A/B gets a third half: beside a classifier that takes S seconds a batch")
     p.add_argument("--live", type=int, default=0, metavar="N",
                    help="also the live A/B: N streams through nginx-rtmp, monitor run and Mosquitto")
     p.add_argument("--live-seconds", type=float, default=60.0)
@@ -187,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="only this: N minutes of natural pictures through the demonstration classifier at its "
                         "defaults; samples classified, max score per label, incidents")
     args = p.parse_args(argv)
+    if args.slow_s is not None and args.slow_s <= 0:
+        p.error(f"--slow-s: {args.slow_s:g} is not a positive number of seconds")
     from monitor_tools.bench.classify_live import clean_run, live_ab
     from monitor_tools.classifier_models import build_mobilenet_like
 
@@ -209,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         report["inference"] = inference_cost(model, args.quick)
         if not args.skip_ab:
             report["hash_path"] = hash_path_ab(model, args.streams or (10 if args.quick else 50), args.rate,
-                                               args.seconds or (10.0 if args.quick else 30.0))
+                                               args.seconds or (10.0 if args.quick else 30.0), args.slow_s)
         if args.live:
             report["live"] = live_ab(model, Path(tmp), args.live, args.live_seconds, args.live_reverse)
         report["machine"]["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
