@@ -90,7 +90,8 @@ def connect(cfg: ClusterConfig, log_to_driver: bool = True) -> None:
         return
     try:
         if cfg.address == "local":
-            ray.init(namespace=cfg.namespace, include_dashboard=False, configure_logging=False,
+            # address "local": a new cluster always (without it Ray joins the last one started on this machine)
+            ray.init(address="local", namespace=cfg.namespace, include_dashboard=False, configure_logging=False,
                      log_to_driver=log_to_driver)
         else:
             ray.init(address=cfg.address, namespace=cfg.namespace, configure_logging=False,

@@ -40,13 +40,16 @@ from monitor.ops.metrics import Metrics
 from monitor.runtime.messages import Sampled, SampleReport, SampleTiming, StateChange, WorkerEvent
 from monitor_tools import TOOLS_ROOT
 from monitor_tools.bench.harness import die_with_parent, loadavg, run_report, tree_cpu_s
-from monitor_tools.bench.ingest.inputs import say
 from monitor_tools.bench.ingest.live import live_clip, publishers, write_bank
 from monitor_tools.bench.ingest.metrics import metric_sum, scrape
 from pipelines.base import Finding
 
 TARGET_OVERHEAD = 1.10  # Ray's CPU per sample over the local processes'
 SAMPLES_PER_STREAM_S = 0.5  # one keyframe every 2 s: the default sampling of a live stream
+
+
+def say(msg: str) -> None:
+    print(f"[bench cluster] {msg}", file=sys.stderr, flush=True)
 
 
 class CountingSink:
@@ -226,7 +229,9 @@ def _side_by_side(work: Path, urls: list[tuple[str, str]], bank: Path, broker_ur
                 if proc.poll() is not None:
                     raise RuntimeError(f"the {name} monitor exited: {log.read_text(errors='replace')[-1500:]}")
             if time.monotonic() > deadline:
-                raise RuntimeError("not every stream was sampled within 180 s")
+                counts = {k: metric_sum(scrape(port), "monitor_samples_total") for k, (_, port, _) in runs.items()}
+                tails = {k: log.read_text(errors="replace")[-1200:] for k, (_, _, log) in runs.items()}
+                raise RuntimeError(f"not every stream was sampled twice within 180 s: samples {counts}; logs {tails}")
             time.sleep(1)
         time.sleep(5)  # the start-up's own work (Ray's workers importing) is not the steady state
         before = {k: (tree_cpu_s(p.pid), metric_sum(scrape(port), "monitor_samples_total"))
