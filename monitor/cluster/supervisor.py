@@ -151,6 +151,7 @@ class RaySupervisor:
         self._lock = threading.RLock()
         self._pump = threading.Thread(target=self._run, name="ray-actors", daemon=True)
         self._next_nodes = 0.0
+        self._next_rebalance = time.monotonic() + cluster.rebalance_s
 
     # -- the protocol -----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -248,6 +249,10 @@ class RaySupervisor:
                 if now >= self._next_nodes:
                     self._next_nodes = now + self.cfg.node_poll_s
                     self._sync_nodes()
+                    self.coordinator.refresh()  # the CPU a stream costs, measured again
+                if self.cfg.rebalance_s and now >= self._next_rebalance:
+                    self._next_rebalance = now + self.cfg.rebalance_s
+                    self._rebalance()
                 for actor, due in list(self.next_poll.items()):
                     if due <= now and actor in self.handles:
                         del self.next_poll[actor]
@@ -416,12 +421,24 @@ class RaySupervisor:
             if m.source is not None:
                 self.moved += 1
                 where = f"moving to {m.target}" if m.target else "waiting for an actor"
+                why = "lost" if lost else "busier than others"
                 self.sink.on_state(StateChange(m.stream_id, StreamState.RECONNECTING,
-                                               f"stream actor {m.source} lost; {where}", time.time(), 0))
+                                               f"stream actor {m.source} {why}; {where}", time.time(), 0))
             if m.target is not None:
                 self.handles[m.target].add_stream.remote(stream.model_dump(mode="json"))
         if lost and moves:
             log.warning("%d streams moved to other stream actors", sum(1 for m in moves if m.target))
+
+    def _rebalance(self) -> None:
+        """A few streams from the most to the least loaded actors: stopped on one, then started on the other."""
+        moves = self.coordinator.rebalance(self.cfg.rebalance_moves)
+        for m in moves:
+            source = self.handles.get(m.source) if m.source is not None else None
+            if source is not None:
+                source.remove_stream.remote(m.stream_id)
+        if moves:
+            log.info("rebalancing: %d streams move to less loaded stream actors", len(moves))
+        self._carry_out(moves)
 
     def _reload(self, configs: list[BankConfig]) -> None:
         try:

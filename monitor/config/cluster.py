@@ -32,6 +32,10 @@ class ClusterConfig(Strict):
     dead_after_s: float = Field(4.0, gt=0, le=300)
     queue_size: int = Field(10_000, ge=100, le=10_000_000)  # events each actor holds for the engine
     node_poll_s: float = Field(5.0, gt=0, le=300)  # how often joined and leaving nodes are looked for
+    # every this long, up to rebalance_moves streams move from the most to the least loaded actors (0: never; a
+    # moved stream reconnects, so this is off unless asked for)
+    rebalance_s: float = Field(0.0, ge=0, le=86_400)
+    rebalance_moves: int = Field(10, ge=1, le=10_000)
 
     @field_validator("address")
     @classmethod

@@ -150,3 +150,23 @@ def test_streams_wait_without_actors_and_a_removed_waiting_stream_ends() -> None
         sup.add_stream(StreamConfig(id="a", url="rtmp://127.0.0.1/live/a"))
     sup.remove_stream("a")
     assert sink.states[-1].state == StreamState.ENDED and not sup.has_stream("a")
+
+
+def test_rebalancing_stops_a_stream_on_the_busy_actor_and_starts_it_on_the_idle_one() -> None:
+    sink = Sink()
+    sup = RaySupervisor(ClusterConfig(engine="ray", rebalance_s=30), IngestConfig(), SamplingConfig(), [],
+                        MatchingConfig(), sink)
+    calls: list[tuple[str, str, tuple[object, ...]]] = []
+    sup.handles["x"] = FakeHandle(calls, "x")  # type: ignore[assignment]
+    sup.coordinator.add_actor("x", "n1")
+    for i in range(4):
+        sup.add_stream(StreamConfig(id=f"s{i}", url=f"rtmp://127.0.0.1/live/s{i}"))
+    sup.handles["y"] = FakeHandle(calls, "y")  # type: ignore[assignment]
+    sup.coordinator.add_actor("y", "n2")  # a node joined
+    calls.clear()
+    sup._rebalance()
+    removed = [args[0] for actor, method, args in calls if (actor, method) == ("x", "remove_stream")]
+    added = [actor for actor, method, _ in calls if method == "add_stream"]
+    assert len(removed) == 2 and added == ["y", "y"]
+    assert all(sup.coordinator.actor_of(str(sid)) == "y" for sid in removed)
+    assert "busier than others" in sink.states[-1].detail
