@@ -18,9 +18,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import socket
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias, cast
 
 from monitor.cluster.actor import ActorBatch, StreamActor
@@ -88,6 +91,8 @@ def connect(cfg: ClusterConfig, log_to_driver: bool = True) -> None:
         raise ClusterError("cluster.engine: ray needs Ray installed: pip install '.[ray]'") from None
     if ray.is_initialized():
         return
+    if cfg.address != "local":
+        _reachable(cfg.address)  # Ray itself retries an absent cluster for minutes
     try:
         if cfg.address == "local":
             # address "local": a new cluster always (without it Ray joins the last one started on this machine)
@@ -99,6 +104,26 @@ def connect(cfg: ClusterConfig, log_to_driver: bool = True) -> None:
     except (ConnectionError, RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ClusterError(f"cluster.address {cfg.address}: cannot join the Ray cluster: {first}") from None
+
+
+def _reachable(address: str, timeout_s: float = 5.0) -> None:
+    """The cluster's GCS (or Ray Client server) answers on its port; ClusterError naming the address if not."""
+    target = address.removeprefix("ray://")
+    if target == "auto":
+        target = os.environ.get("RAY_ADDRESS", "")
+        if not target:
+            try:
+                target = Path(tempfile.gettempdir(), "ray", "ray_current_cluster").read_text().strip()
+            except OSError:
+                raise ClusterError("cluster.address auto: no Ray cluster was started on this machine (ray start "
+                                   "--head, or give its address)") from None
+        target = target.removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout_s).close()
+    except (OSError, ValueError) as exc:
+        raise ClusterError(f"cluster.address {address}: no Ray cluster answers at {target} "
+                           f"({exc.strerror or exc if isinstance(exc, OSError) else exc})") from None
 
 
 def alive_nodes(include_head: bool) -> dict[str, float]:

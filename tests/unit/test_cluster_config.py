@@ -3,6 +3,8 @@ naming the key, and `engine: ray` picks the Ray supervisor (monitor/app/engine.p
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from monitor.app.engine import build_supervisor
@@ -41,3 +43,18 @@ def test_bad_values_are_one_line_naming_the_key(section: dict[str, object], mess
     with pytest.raises(ConfigError) as err:
         build_config({"cluster": section}, "monitor.yaml")
     assert str(err.value).startswith(f"monitor.yaml: {message}") and "\n" not in str(err.value)
+
+
+def test_an_absent_cluster_is_one_line_at_once() -> None:
+    import socket
+
+    from monitor.cluster.supervisor import ClusterError, connect
+    from monitor.config.models import ClusterConfig
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.monotonic()
+    with pytest.raises(ClusterError, match=rf"cluster.address 127.0.0.1:{port}: no Ray cluster answers"):
+        connect(ClusterConfig(engine="ray", address=f"127.0.0.1:{port}"))
+    assert time.monotonic() - t0 < 10
