@@ -40,9 +40,9 @@ class ClusterView:
 
 
 def cluster_status(cfg: ClusterConfig) -> ClusterView:
+    connect(cfg, log_to_driver=False)  # first: without Ray installed it says how to get it
     import ray
 
-    connect(cfg, log_to_driver=False)
     listed: list[dict[str, object]] = ray.nodes()  # type: ignore[no-untyped-call]
     nodes = []
     for n in listed:

@@ -16,6 +16,7 @@ the incident book folds into the open incident.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
 import os
 import socket
@@ -152,6 +153,8 @@ class RaySupervisor:
     def __init__(self, cluster: ClusterConfig, ingest: IngestConfig, sampling: SamplingConfig, banks: Sequence[Bank],
                  matching: MatchingConfig, sink: EngineSink, log_json: bool = False,
                  analyses: Sequence[AnalysisConfig] | None = None, store_images: bool = False) -> None:
+        if not _ray_installed():  # said before anything starts, not once the engine runs
+            raise ClusterError("cluster.engine: ray needs Ray installed: pip install '.[ray]'")
         self.cfg = cluster
         self.spec = WorkerSpec(ingest.model_dump(mode="json"), sampling.model_dump(mode="json"), [],
                                matching.model_dump(mode="json"), logging.getLogger("monitor").getEffectiveLevel(),
@@ -477,6 +480,13 @@ class RaySupervisor:
             self.bank_refs = refs  # actors started from now on get these
             for handle in self.handles.values():
                 handle.reload_banks.remote(refs, dumped)
+
+
+def _ray_installed() -> bool:
+    try:
+        return importlib.util.find_spec("ray") is not None
+    except ImportError:
+        return False
 
 
 def _one_line(exc: BaseException) -> str:
