@@ -26,6 +26,7 @@ One JSON document goes to stdout; progress to stderr; `--table` adds Markdown ta
 
     python -m monitor_tools.eval.images [--corpus natural] [--quick] [--table] [--markdown FILE]
 
-Modules: corpus (pictures, hashers, switch sets), scoring (generated pictures), splits (natural corpus), report
-(Markdown), cli (options and output).
+Modules: corpus (pictures, hashers, switch sets), scoring (generated pictures), splits (natural corpus),
+stream_mode (layouts held fixed over a stream's samples, the matcher's layout model), report (Markdown), cli (options
+and output).
 """
