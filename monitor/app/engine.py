@@ -261,7 +261,7 @@ class Engine:
             signals = ", ".join(f"{k} x{v}" for k, v in sorted(e.signals.items()))
             log.warning("stream %s: escalated as evasive (score %.1f: %s): sampled densely", e.stream_id, e.score,
                         signals, extra={"stream_id": e.stream_id})
-            self.record("stream.escalated", e.stream_id, records.escalated(e))
+            self.record("note", e.stream_id, records.escalated(e))
             change = self.states.get(e.stream_id)
             if change is not None and change.state == StreamState.LIVE:
                 self._publish_state(change)

@@ -160,5 +160,6 @@ def entry_quarantined(ev: Quarantined) -> Body:
 
 
 def escalated(e: Escalation) -> Body:
-    """A stream now sampled densely as evasive (kind "stream.escalated")."""
-    return {"signals": e.signals, "score": e.score, "blind_interval_s": e.blind_interval_s}
+    """A stream now sampled densely as evasive (kind "note")."""
+    return {"text": "stream escalated as evasive", "signals": e.signals, "score": e.score,
+            "blind_interval_s": e.blind_interval_s}

@@ -808,3 +808,33 @@ def test_finding1_validate_config_checks_the_signing_key(tmp_path: Path, capsys:
     outside, _, _ = generate_signing_key(tmp_path / "evidence.key")
     config.write_text(f"state_dir: {state}\nevidence: {{signing_key_file: {outside}}}\n")
     assert cli_main(["run", "--config", str(config), "--validate-config"]) == 0
+
+
+def test_a_stream_escalated_as_evasive_is_recorded_in_the_evidence_log(tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    import asyncio
+    import logging
+
+    from monitor.app.engine import Engine
+    from monitor.config.models import build_config
+    from monitor.ops.sampling_report import Escalation
+
+    cfg = build_config({"state_dir": str(tmp_path / "state"), "workers": 0})
+    engine = Engine(cfg, [])
+
+    async def go() -> None:
+        engine._loop = asyncio.get_running_loop()
+        engine._escalated([Escalation("s1", {"change_after_key": 3}, 3.2, 1.9)])
+
+    with caplog.at_level(logging.WARNING, logger="monitor.app"):
+        asyncio.run(go())
+    engine._evidence_writer.shutdown(wait=True)
+    assert engine.evidence is not None
+    engine.evidence.close()
+    engine.outbox.close()
+    engine.state_lock.release()
+    assert not [r for r in caplog.records if "could not record" in r.getMessage()], caplog.text
+    with EvidenceLog(tmp_path / "state" / "evidence.sqlite") as log:
+        notes = [r.data() for r in log.records() if r.kind == "note" and r.stream_id == "s1"]
+    assert [n["text"] for n in notes] == ["stream escalated as evasive"], notes
+    assert notes[0]["signals"] == {"change_after_key": 3} and notes[0]["score"] == 3.2
