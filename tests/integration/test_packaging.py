@@ -21,7 +21,7 @@ from tests.conftest import REPO, MqttCollector, require_tools
 
 # What a runtime-only install does not have: the tools, and the dependencies only they or extras bring.
 NOT_IN_A_RUNTIME_INSTALL = ("monitor_tools", "test_streams", "tests", "matplotlib", "amqtt", "faiss", "skimage",
-                            "onnx", "onnxruntime", "pytest", "hypothesis")
+                            "onnx", "onnxruntime", "ray", "selenium", "pytest", "hypothesis")
 
 BLOCKER = """
 import importlib.abc, sys
@@ -66,7 +66,7 @@ def test_the_runtime_wheel_holds_no_test_or_tooling_code(tmp_path: Path) -> None
     meta = next(n for n in names if n.endswith(".dist-info/METADATA"))
     requires = [line for line in zipfile.ZipFile(wheel).read(meta).decode().splitlines()
                 if line.startswith("Requires-Dist:") and "extra ==" not in line]
-    for dep in ("matplotlib", "amqtt", "faiss", "scikit-image", "onnx"):
+    for dep in ("matplotlib", "amqtt", "faiss", "scikit-image", "onnx", "ray", "selenium"):
         assert not [r for r in requires if dep in r], (dep, requires)
 
 
