@@ -45,7 +45,7 @@ import av
 import yaml
 from PIL import Image
 
-from monitor_tools.bench.harness import loadavg, run_report, tree_cpu_s
+from monitor_tools.bench.harness import loadavg, run_report, start_alert_subscriber, tree_cpu_s
 from test_streams import evasion
 from test_streams.images import Background, known_image
 from test_streams.infra import Mosquitto, NginxRtmp, free_port, missing_tools, stop_process
@@ -161,18 +161,7 @@ class Alerts:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self) -> Alerts:
-        import paho.mqtt.client as paho
-        from paho.mqtt.enums import CallbackAPIVersion
-
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-evasion-{os.getpid()}")
-        ready = threading.Event()
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe("bench/+/alerts/#", qos=1)
-        self.client.on_subscribe = lambda *a: ready.set()
-        self.client.on_message = self._message
-        self.client.connect("127.0.0.1", self.port)
-        self.client.loop_start()
-        if not ready.wait(10):
-            raise RuntimeError("could not subscribe to the broker")
+        self.client = start_alert_subscriber(self.port, "bench-evasion", self._message)
         return self
 
     def _message(self, client: Any, userdata: Any, msg: Any) -> None:

@@ -130,3 +130,23 @@ def run_report(report: dict[str, Any], body: Callable[[Path], None], *, started:
     report["elapsed_s"] = round(time.perf_counter() - started, 1)
     print(json.dumps(report, indent=2))
     return 0
+
+
+def start_alert_subscriber(port: int, client_name: str, on_message: Callable[[Any, Any, Any], None],
+                           topic: str = "bench/+/alerts/#") -> Any:
+    """A paho MQTT client on 127.0.0.1:port subscribed to topic at QoS 1 (before it returns), its network loop
+    in its own thread; the benchmarks' alert collectors. Stop it with loop_stop() and disconnect()."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"{client_name}-{os.getpid()}")
+    ready = threading.Event()
+    client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+    client.on_subscribe = lambda *a: ready.set()
+    client.on_message = on_message
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    if not ready.wait(10):
+        client.loop_stop()
+        raise RuntimeError("could not subscribe to the broker")
+    return client

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import re
 import threading
 import time
@@ -14,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from monitor_tools.bench.harness import start_alert_subscriber
 from monitor_tools.bench.ingest.inputs import percentile, to_ms
 
 # Prometheus text: name -> [(labels, value)]
@@ -90,18 +90,7 @@ class AlertLog:
     client: Any = None
 
     def start(self) -> AlertLog:
-        import paho.mqtt.client as paho
-        from paho.mqtt.enums import CallbackAPIVersion
-
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-ingest-{os.getpid()}")
-        ready = threading.Event()
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe("bench/+/alerts/#", qos=1)
-        self.client.on_subscribe = lambda *a: ready.set()
-        self.client.on_message = self._message
-        self.client.connect("127.0.0.1", self.port)
-        self.client.loop_start()
-        if not ready.wait(10):
-            raise RuntimeError("could not subscribe to the broker")
+        self.client = start_alert_subscriber(self.port, "bench-ingest", self._message)
         return self
 
     def _message(self, client: Any, userdata: Any, msg: Any) -> None:

@@ -113,8 +113,9 @@ def stage_breakdown(path: Path, cfg: IngestConfig, bank: Bank) -> dict[str, floa
 
 def bench_matcher(bank: Bank, single_probe: bool = False) -> KnownContentMatcher:
     """The matcher as the engine builds it from the default `matching:` section, or with every robustness switch off
-    (one probe)."""
-    matching = MatchingConfig(**dict.fromkeys(SWITCH_NAMES, False)) if single_probe else MatchingConfig()
+    (one probe: no probe switch, no per-stream layout views)."""
+    off = MatchingConfig(**dict.fromkeys(SWITCH_NAMES, False), layout=False)
+    matching = off if single_probe else MatchingConfig()
     return make_matcher([bank], matching)
 
 
