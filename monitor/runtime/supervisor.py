@@ -208,6 +208,7 @@ class LocalSupervisor:
             b.start(on_classified if on_classified is not None else _no_classified_sink)
         self.bank_reloader = BankReloader(self.pipelines, getattr(sink, "on_bank_reload", None))
         self.workers: dict[str, StreamWorker] = {}
+        self._stopping: list[StreamWorker] = []  # removed streams whose threads may still be reading
         self.urls: dict[str, str] = {}
         budget = sampling.budget_per_s * budget_share if sampling.budget_per_s else None
         self.scheduler = Scheduler(budget, warmup_s=sampling.warmup_s, warmup_boost=sampling.warmup_boost,
@@ -248,6 +249,8 @@ class LocalSupervisor:
         worker = self.workers.pop(stream_id, None)
         if worker is not None:
             worker.stop_event.set()
+            # Joined by stop_all: a reader thread still inside FFmpeg when the interpreter exits crashes it.
+            self._stopping = [w for w in self._stopping if w.is_alive()] + [worker]
         self.scheduler.remove_stream(stream_id)
         for b in self.batched:
             b.forget(stream_id)
@@ -287,7 +290,7 @@ class LocalSupervisor:
         for w in self.workers.values():
             w.stop_event.set()
         deadline = time.monotonic() + timeout_s
-        for w in self.workers.values():
+        for w in [*self.workers.values(), *self._stopping]:
             w.join(max(0.0, deadline - time.monotonic()))
         self.queue.close()  # the analysis threads finish what is queued, then end
         for a in self.analysis:
