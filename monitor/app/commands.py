@@ -20,6 +20,7 @@ import base64
 import json
 import logging
 import os
+import stat
 import time
 from collections.abc import Coroutine, Mapping
 from datetime import UTC, datetime
@@ -29,6 +30,7 @@ from typing import Any, Protocol
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from monitor.app import records
+from monitor.common.errors import ConfigError
 from monitor.config.web import WebConfig
 from monitor.evidence.records import IMAGE_KEY
 from monitor.evidence.signing import KeyFileError, key_id, load_public_key
@@ -114,11 +116,29 @@ class CommandTrustPolicy:
 
     @classmethod
     def from_config(cls, cfg: WebConfig) -> CommandTrustPolicy:
-        """The policy of the `web:` section; KeyFileError (one line naming the file) for a key that cannot load."""
-        try:
-            keys = {key_id(k): k for k in (load_public_key(p) for p in cfg.trusted_command_keys)}
-        except KeyFileError as exc:
-            raise KeyFileError(f"web.trusted_command_keys: {exc}") from None
+        """The policy of the `web:` section, loaded the same way by `monitor run` and `--validate-config`.
+
+        KeyFileError (one line naming the setting and the file) for a key that cannot be read, is not an Ed25519
+        public key, or can be written by group or others (whoever can rewrite it decides whose commands are
+        trusted); ConfigError when signed commands are required but no key is listed (every command refused)."""
+        keys: dict[str, Ed25519PublicKey] = {}
+        for i, path in enumerate(cfg.trusted_command_keys):
+            where = f"web.trusted_command_keys[{i}]"
+            try:
+                key = load_public_key(path)
+            except KeyFileError as exc:
+                raise KeyFileError(f"{where}: {exc}") from None
+            try:
+                mode = os.stat(path).st_mode
+            except OSError as exc:  # gone between the read and the stat
+                raise KeyFileError(f"{where}: {path}: cannot read: {exc.strerror or exc}") from None
+            if mode & (stat.S_IWGRP | stat.S_IWOTH):
+                raise KeyFileError(f"{where}: {path}: writable by group or others (mode {stat.S_IMODE(mode):04o}): "
+                                   "whoever can rewrite it decides whose commands are trusted; chmod go-w it")
+            keys[key_id(key)] = key
+        if cfg.require_signed_commands and not keys:
+            raise ConfigError("web.require_signed_commands is on but web.trusted_command_keys lists no key: "
+                              "every console command would be refused")
         return cls(keys, require=cfg.require_signed_commands, max_age_s=cfg.command_max_age_s)
 
     def open(self, cmd: Command) -> tuple[Command, CommandTrust]:
