@@ -7,6 +7,7 @@ stream worker that died, alerts piling up undelivered, or an outbox that cannot 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -25,6 +26,42 @@ log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+class ClusterMetrics:
+    """Per stream actor on a Ray cluster (monitor/cluster/supervisor.py feeds them from every poll answer); empty
+    with local workers. Series of an actor that is gone are removed; losses are counted per node, since a lost
+    actor's name never comes back."""
+
+    def __init__(self, r: CollectorRegistry) -> None:
+        a = ["node", "actor"]
+        self.streams = Gauge("monitor_cluster_actor_streams", "Streams running in the stream actor", a, registry=r)
+        self.samples = Counter("monitor_cluster_actor_samples", "Samples the stream actor analysed (rate: "
+                               "samples/s)", a, registry=r)
+        self.cpu = Counter("monitor_cluster_actor_cpu_seconds", "CPU seconds of the stream actor's process (rate: "
+                           "cores busy)", a, registry=r)
+        self.lag = Gauge("monitor_cluster_actor_lag_seconds", "Keyframe to analysed, or the oldest buffered "
+                         "event's age, whichever is longer, at the last poll", a, registry=r)
+        self.buffered = Gauge("monitor_cluster_actor_buffered_events", "Events waiting in the actor for the engine",
+                              a, registry=r)
+        self.dropped = Counter("monitor_cluster_actor_dropped_events", "Events the actor dropped: its buffer "
+                               "stayed full", a, registry=r)
+        self.polls = Counter("monitor_cluster_actor_polls", "Poll answers from the actor", a, registry=r)
+        self.actors = Gauge("monitor_cluster_actors", "Stream actors by state (starting, live, draining)",
+                            ["node", "state"], registry=r)
+        self.lost = Counter("monitor_cluster_actors_lost", "Stream actors given up and replaced (reason: "
+                            "poll_failed, silent, node_left, start_failed)", ["node", "reason"], registry=r)
+        self.moved = Counter("monitor_cluster_streams_moved", "Streams started on another actor (reason: lost, "
+                             "rebalanced)", ["reason"], registry=r)
+        self.waiting = Gauge("monitor_cluster_streams_waiting", "Streams no actor runs now (waiting for one)",
+                             registry=r)
+        self.reattached = Counter("monitor_cluster_actors_reattached", "Stream actors of an earlier run taken over "
+                                  "at start (cluster.detach_actors)", registry=r)
+
+    def forget_actor(self, node: str, actor: str) -> None:
+        for m in (self.streams, self.samples, self.cpu, self.lag, self.buffered, self.dropped, self.polls):
+            with contextlib.suppress(KeyError):
+                m.remove(node, actor)
 
 
 class Metrics:
@@ -73,6 +110,8 @@ class Metrics:
         self.hook_publishes = Counter("monitor_hook_publishes", "Publish hook decisions by outcome (watched, "
                                       "refused, allowed_unwatched, banned, unpublish_ignored, gate_expired) "
                                       "and reason", ["outcome", "reason"], registry=r)
+        # stream actors on a Ray cluster (empty with local workers)
+        self.cluster = ClusterMetrics(r)
 
 
 @dataclass
