@@ -10,16 +10,23 @@ buffer holds up the analysis thread that reports (back-pressure: the stream's sa
 samples, counted there) and drops an event only when the engine has not taken any for `BLOCK_S` (counted, and
 reported in every `Load`). Banks come from the object store (monitor/cluster/banks.py): the codes are read
 where they lie, shared by the actors of a node.
+
+A detached actor (`cluster.detach_actors`) outlives the monitor that started it: the next monitor re-attaches to
+it (`attach`: its streams, their states, the settings it was built with) and goes on polling. One that no
+monitor polls for `orphan_after_s` stops its streams and ends itself, so a monitor that is gone for good does not
+leave streams being read forever.
 """
 
 from __future__ import annotations
 
 import collections
+import hashlib
+import json
 import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
 
 from pydantic import TypeAdapter
@@ -60,6 +67,7 @@ log = logging.getLogger(__name__)
 
 BLOCK_S = 2.0  # a reporting thread waits this long for room in a full buffer before its event is dropped
 STATS_EVERY_S = 5.0  # sampling counters go with a poll this often
+ORPHAN_CHECK_S = 5.0  # a detached actor looks this often whether a monitor still polls it
 _ANALYSES: TypeAdapter[list[AnalysisConfig]] = TypeAdapter(list[AnalysisConfig])
 
 
@@ -145,7 +153,7 @@ class StreamActor:
     """Runs streams on this node for the engine; every method returns at once."""
 
     def __init__(self, actor_id: str, index: int, spec: WorkerSpec, banks: Sequence[ObjectRef[BankData]],
-                 queue_size: int) -> None:
+                 queue_size: int, orphan_after_s: float | None = None) -> None:
         from monitor.ops.logs import setup_logging
 
         setup_logging("info", "json" if spec.log_json else "text")
@@ -169,6 +177,12 @@ class StreamActor:
         self._stats_at = 0.0
         self.last_load = Load()
         self.node_id = _node_id()
+        self.settings = spec_digest(spec)
+        self.polled_at = time.monotonic()
+        self.orphaned = False
+        if orphan_after_s is not None:
+            threading.Thread(target=self._watch_orphan, args=(orphan_after_s,), name="orphan-watch",
+                             daemon=True).start()
 
     def _banks(self) -> list[Bank]:
         return fetch_banks(self.bank_refs)
@@ -198,11 +212,12 @@ class StreamActor:
         """The events waiting for the engine (oldest first, at most `most`) and the load now: the heartbeat."""
         events = self.buffer.take(most)
         now_cpu, now = time.process_time(), time.monotonic()
+        self.polled_at = now
         wall = max(1e-6, now - self._wall0)
         samples, lag = self.sink.measured()
         live = self.supervisor.stream_ids()
         load = Load(samples / wall, (now_cpu - self._cpu0) / wall, max(lag, self.buffer.oldest_age_s()),
-                    len(live) - len(self.supervisor.dead_streams()), self.buffer.dropped, len(self.buffer))
+                    len(live) - len(self.supervisor.dead_streams()), self.buffer.dropped, len(self.buffer), now_cpu)
         self._cpu0, self._wall0 = now_cpu, now
         self.last_load = load
         stats = None
@@ -223,6 +238,56 @@ class StreamActor:
         """Stops every stream (what is queued is analysed first); the last events come back."""
         self.supervisor.stop_all()
         return ActorBatch(self.actor_id, self.buffer.take(len(self.buffer)), Load())
+
+    def attach(self) -> dict[str, object]:
+        """A monitor takes this actor over: its node, the digest of the settings it was built with, and each
+        stream's config and state (a dead reader: `alive` false). Each running stream's state goes into the
+        buffer too, after what it said while no monitor polled, so the new monitor learns where it stands."""
+        self.polled_at = time.monotonic()
+        streams: dict[str, object] = {}
+        dead = set(self.supervisor.dead_streams())
+        for sid, worker in list(self.supervisor.workers.items()):
+            streams[sid] = {"config": worker.stream.model_dump(mode="json"), "state": worker.state.value,
+                            "alive": sid not in dead}
+            if sid not in dead:
+                self.buffer.put(StateChanged(StateChange(sid, worker.state, f"re-attached to {self.actor_id}",
+                                                         time.time(), 0)))
+        return {"actor": self.actor_id, "node": self.node_id, "settings": self.settings, "streams": streams}
+
+    def _watch_orphan(self, orphan_after_s: float) -> None:
+        """Ends this (detached) actor once no monitor has polled it for `orphan_after_s`."""
+        while True:
+            time.sleep(min(ORPHAN_CHECK_S, orphan_after_s))
+            idle = time.monotonic() - self.polled_at
+            if idle < orphan_after_s:
+                continue
+            log.warning("stream actor %s: no monitor polled it for %.0f s; stopping its %d streams and ending",
+                        self.actor_id, idle, len(self.supervisor.stream_ids()))
+            self.orphaned = True
+            self.supervisor.stop_all()
+            _exit_actor()
+            return
+
+
+def spec_digest(spec: WorkerSpec) -> str:
+    """What an actor was built with, as a short digest: a monitor re-attaches only to actors built as it would
+    build them (the monitor's version, ingest, sampling, matching, analyses); the budget share and logging
+    settings do not count."""
+    from monitor import __version__
+
+    key = asdict(replace(spec, budget_share=1.0, log_level=0, log_json=False, banks=[]))
+    return hashlib.sha256(json.dumps([__version__, key], sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _exit_actor() -> None:
+    """This actor's process ends (from a thread of its own: Ray's exit_actor works only inside a call)."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+    except Exception as exc:  # outside Ray (the unit tests) there is nothing to end
+        log.debug("ending the actor: %s", exc)
 
 
 

@@ -10,6 +10,13 @@ analysis lags gets no new streams. A new stream goes to the lowest score (a heap
 under a second); actors are spread evenly over nodes, so equal scores spread streams over nodes. An actor that
 has not reported for `dead_after_s` is taken for dead (Ray itself notices a dead node only after ~16 s) and its
 streams are placed on the others.
+
+The crash quarantine of the local worker processes (monitor/runtime/workers.py) in its Ray form: an actor whose
+process died (not its node) gives each of its streams a strike, and a stream with CRASH_STRIKES strikes within
+CRASH_WINDOW_S is quarantined instead of being moved on to crash the next actor. Which stream crashed an actor
+cannot be told from the engine (the crash table of monitor/ingest/crashguard.py lives in the dead process), so a
+stream with a recent strike is placed on an actor that holds no other struck stream where there is one: the next
+crash then falls on the culprit alone, not on the neighbours it had.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ import heapq
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+
+from monitor.runtime.workers import CRASH_STRIKES, CRASH_WINDOW_S, QUARANTINE_COOLDOWN_S
 
 DEFAULT_STREAM_CPU = 0.05  # CPUs one stream is assumed to cost until actors have reported
 LAG_LIMIT_S = 5.0  # an actor whose analysis lags this far behind gets new streams only when all others lag too
@@ -35,6 +44,7 @@ class Load:
     streams: int = 0  # streams running in it when it measured
     dropped: int = 0  # events it dropped because the engine did not take them in time (a running count)
     queued: int = 0  # events waiting for the engine
+    cpu_total_s: float = 0.0  # CPU seconds its process has used so far (a running count, for metrics)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +54,7 @@ class Move:
     stream_id: str
     source: str | None  # the actor it left (None: a new stream)
     target: str | None
+    quarantined: int = 0  # > 0: not placed again, its actors crashed this many times within CRASH_WINDOW_S
 
 
 @dataclass(slots=True)
@@ -75,9 +86,14 @@ class ActorStatus:
 class Coordinator:
     """Streams over actors; every method is O(log actors) per stream moved, except `refresh` and `rebalance`."""
 
-    def __init__(self, dead_after_s: float = 4.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, dead_after_s: float = 4.0, clock: Callable[[], float] = time.monotonic,
+                 strikes: int = CRASH_STRIKES, window_s: float = CRASH_WINDOW_S,
+                 cooldown_s: float = QUARANTINE_COOLDOWN_S) -> None:
         self.dead_after_s = dead_after_s
         self.clock = clock
+        self.max_strikes, self.window_s, self.cooldown_s = strikes, window_s, cooldown_s
+        self.strikes: dict[str, list[float]] = {}  # stream id -> clock times of actor crashes it was in
+        self.quarantine: dict[str, float] = {}  # stream id -> clock time its quarantine ends
         self.actors: dict[str, ActorSlot] = {}
         self.placement: dict[str, str] = {}  # stream id -> actor id
         self.pending: dict[str, None] = {}  # streams no actor could take (ordered: placed first come first)
@@ -105,14 +121,20 @@ class Coordinator:
 
     def check(self) -> list[Move]:
         """Actors silent for `dead_after_s` are dead: their streams go to the others."""
-        now = self.clock()
         moves: list[Move] = []
-        for slot in list(self.actors.values()):
-            if slot.alive and now - slot.last_seen > self.dead_after_s:
-                moves += self.actor_died(slot.actor_id)
+        for actor_id in self.silent():
+            moves += self.actor_died(actor_id)
         return moves
 
-    def actor_died(self, actor_id: str) -> list[Move]:
+    def silent(self) -> list[str]:
+        """The live actors that have not reported for `dead_after_s`."""
+        now = self.clock()
+        return [s.actor_id for s in self.actors.values() if s.alive and now - s.last_seen > self.dead_after_s]
+
+    def actor_died(self, actor_id: str, crashed: bool = False) -> list[Move]:
+        """Its streams go to the others. `crashed`: its process died while its node lives on, so each of its
+        streams gets a strike, and one with `strikes` of them within `window_s` is quarantined (a move with
+        `quarantined` set and no target) for `cooldown_s`."""
         slot = self.actors.get(actor_id)
         if slot is None or not slot.alive:
             return []
@@ -122,7 +144,29 @@ class Coordinator:
         slot.streams.clear()
         for sid in lost:
             del self.placement[sid]
-        return [self._place(sid, actor_id) for sid in lost]
+        now = self.clock()
+        for sid in [s for s, times in self.strikes.items() if now - times[-1] >= self.window_s]:
+            del self.strikes[sid]  # streams come and go: only recent strikes are kept
+        moves = []
+        for sid in lost:
+            if crashed:
+                times = [t for t in self.strikes.get(sid, []) if now - t < self.window_s] + [now]
+                self.strikes[sid] = times
+                if len(times) >= self.max_strikes:
+                    self.quarantine[sid] = now + self.cooldown_s
+                    moves.append(Move(sid, actor_id, None, len(times)))
+                    continue
+            moves.append(self._place(sid, actor_id))
+        return moves
+
+    def quarantined(self, stream_id: str) -> bool:
+        """Quarantined and still in its cool-down (one whose cool-down is over starts afresh; its strikes stay
+        for their window)."""
+        until = self.quarantine.get(stream_id)
+        if until is not None and self.clock() >= until:
+            del self.quarantine[stream_id]
+            return False
+        return until is not None
 
     def forget_actor(self, actor_id: str) -> None:
         """A dead or drained actor leaves the table (its streams were moved when it died or drained)."""
@@ -160,6 +204,15 @@ class Coordinator:
         if stream_id in self.placement or stream_id in self.pending:
             raise ValueError(f"stream {stream_id!r} is already placed")
         return self._place(stream_id, None)
+
+    def assign(self, stream_id: str, actor_id: str) -> None:
+        """A stream already running on a live actor (re-attached at start) is booked there."""
+        if stream_id in self.placement or stream_id in self.pending:
+            raise ValueError(f"stream {stream_id!r} is already placed")
+        slot = self.actors[actor_id]
+        slot.streams.add(stream_id)
+        self.placement[stream_id] = actor_id
+        self._push(actor_id)
 
     def place_many(self, stream_ids: Iterable[str]) -> list[Move]:
         return [self.place(sid) for sid in stream_ids]
@@ -244,8 +297,15 @@ class Coordinator:
             return self.actors[actor_id]
         return None
 
+    def _isolated(self) -> ActorSlot | None:
+        """The least loaded actor that holds no stream with a recent strike (None: there is none)."""
+        free = [s for s in self.actors.values()
+                if s.alive and not s.draining and not any(x in self.strikes for x in s.streams)]
+        best = min(free, key=self.score, default=None)
+        return best if best is not None and self.score(best) < FULL else None
+
     def _place(self, stream_id: str, source: str | None) -> Move:
-        slot = self._best()
+        slot = (self._isolated() or self._best()) if stream_id in self.strikes else self._best()
         if slot is None:
             self.pending[stream_id] = None
             return Move(stream_id, source, None)

@@ -36,6 +36,14 @@ class ClusterConfig(Strict):
     # moved stream reconnects, so this is off unless asked for)
     rebalance_s: float = Field(0.0, ge=0, le=86_400)
     rebalance_moves: int = Field(10, ge=1, le=10_000)
+    # true: actors outlive the monitor (Ray's detached lifetime): a stopped or crashed monitor leaves them
+    # reading and buffering, and the next one in the namespace re-attaches to them; false: a stop stops them, and
+    # they end with the monitor's Ray driver. Either way a starting monitor re-attaches to live actors it finds.
+    detach_actors: bool = False
+    # a detached actor no monitor polled for this long stops its streams and ends itself
+    orphan_after_s: float = Field(600.0, ge=10, le=7 * 86_400)
+    # a re-attached actor's stream that the monitor has not asked for again within this long is stopped
+    reattach_grace_s: float = Field(60.0, ge=0, le=3600)
 
     @field_validator("address")
     @classmethod
