@@ -301,3 +301,60 @@ def _at(state: dict[str, object]) -> float:
     at = state["at"]
     assert isinstance(at, int | float), state
     return float(at)
+
+
+def test_a_joined_node_gets_an_actor_and_streams_and_a_drained_one_hands_them_on(
+    ray_cluster: RayCluster, mosquitto: Mosquitto, nginx_rtmp: NginxRtmp, bank_csv: Path,
+    collector_factory: Callable[..., MqttCollector], monitor_factory: Callable[..., MonitorProcess],
+) -> None:
+    """A node started while the monitor runs gets a stream actor and, by rebalancing, a stream; its raylet then
+    stopped gracefully, that stream says `reconnecting` and is live again on another node."""
+    collector = collector_factory(mosquitto.port, "rj/#")
+    ids = ("j1", "j2", "j3")
+    pubs = [subprocess.Popen(ffmpeg_publish_cmd(nginx_rtmp.rtmp_url(s), duration_s=120, size="320x180"))
+            for s in ids]
+    cfg = ray_config(mosquitto, ray_cluster, {s: nginx_rtmp.rtmp_url(s) for s in ids}, bank_csv, "rj")
+    section = cfg["cluster"]
+    assert isinstance(section, dict)
+    section["rebalance_s"] = 2.0
+    mon = monitor_factory(cfg)
+    t0 = time.monotonic()
+    try:
+        for sid in ids:
+            assert collector.wait_for(lambda m, s=sid: m.topic == f"rj/rj/streams/{s}" and m.json()["state"] == "live",
+                                      60), mon.log()
+        before = {str(n["NodeID"]) for n in ray_cluster.nodes()}
+        ray_cluster._ray_start("--address", ray_cluster.address)  # a node joins
+        joined = next(str(n["NodeID"]) for n in ray_cluster.nodes() if str(n["NodeID"]) not in before)
+        deadline, there = time.monotonic() + 45, list[str]()
+        while time.monotonic() < deadline and not there:
+            there = [str(s) for a in actors_now(ray_cluster, "rj") if a.get("node") == joined
+                     for s in _listed(a.get("streams"))]
+            time.sleep(0.5)
+        assert there, f"no stream placed on the joined node {joined[:12]}:\n{mon.log()}"
+        joined_at = time.monotonic() - t0
+        raylet = ray_cluster.raylet_pid(ray_cluster.node_port_of(joined))
+        os.kill(raylet, signal.SIGTERM)  # the node leaves in order
+        drained = time.time()
+        moved = there[0]
+        live = collector.wait_for(lambda m: m.topic == f"rj/rj/streams/{moved}" and m.json()["state"] == "live"
+                                  and _at(m.json()) > drained, 30)
+        assert live, mon.log()
+        print(f"join: a stream on the joined node {joined_at:.1f} s into the test; drain: {moved} live again "
+              f"{_at(live[0].json()) - drained:.1f} s after its node's raylet was stopped")
+        again = wait_for_actor_of(ray_cluster, "rj", moved, 10)
+        assert again["node"] != joined
+    finally:
+        for p in pubs:
+            p.kill()
+            p.wait()
+        code = mon.stop()
+    log = mon.log()
+    assert code == 0, log
+    states = [m.json() for m in collector.matching(lambda m: m.topic == f"rj/rj/streams/{moved}")]
+    after = [s for s in states if _at(s) > drained]
+    assert after and after[0]["state"] == "reconnecting" and "stream actor" in str(after[0].get("detail")), after
+
+
+def _listed(v: object) -> list[object]:
+    return list(v) if isinstance(v, list) else []
