@@ -4,6 +4,8 @@ own `ray start` process on 127.0.0.1 with one CPU, shared by the tests of this m
 End to end: an nginx-rtmp stream read by a stream actor on a worker node, its alert over Mosquitto. Failover:
 the raylet of the node that runs one stream is SIGKILLed just before a known picture appears on it; the stream is
 live again on the other worker node within 15 s, the picture is alerted, and no alert is lost or doubled.
+Joins and drains: a node started while the monitor runs gets an actor and a stream; its raylet stopped, the stream
+moves on (`reconnecting`, then live).
 The fixture stops only the processes it started (found by the cluster's own ports), never with `ray stop`.
 """
 
