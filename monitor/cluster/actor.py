@@ -99,10 +99,15 @@ class EventBuffer:
                 self.dropped += 1
                 return False
             self._items.append((time.time(), event))
+            if len(self._items) == 1:
+                self._cond.notify_all()  # a `take` waiting on an empty buffer
             return True
 
-    def take(self, most: int) -> list[WorkerEvent]:
+    def take(self, most: int, wait_s: float = 0.0) -> list[WorkerEvent]:
+        """At most `most` events, oldest first; on an empty buffer it waits up to `wait_s` for the first one."""
         with self._cond:
+            if not self._items and wait_s > 0:
+                self._cond.wait_for(lambda: bool(self._items), wait_s)
             n = min(most, len(self._items))
             out = [self._items.popleft()[1] for _ in range(n)]
             self._cond.notify_all()
@@ -208,9 +213,11 @@ class StreamActor:
         self.bank_refs = list(banks)
         self.supervisor.reload_banks([BankConfig.model_validate(c) for c in configs])
 
-    def poll(self, most: int = 5000) -> ActorBatch:
-        """The events waiting for the engine (oldest first, at most `most`) and the load now: the heartbeat."""
-        events = self.buffer.take(most)
+    def poll(self, most: int = 5000, wait_s: float = 0.0) -> ActorBatch:
+        """The events waiting for the engine (oldest first, at most `most`) and the load now: the heartbeat. With
+        none waiting it waits up to `wait_s` for one (a long poll: an idle actor costs a call per `wait_s`, an
+        event goes out as soon as it is there; calls queued behind it run after it)."""
+        events = self.buffer.take(most, wait_s)
         now_cpu, now = time.process_time(), time.monotonic()
         self.polled_at = now
         wall = max(1e-6, now - self._wall0)

@@ -80,7 +80,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BATCH = 5000  # events one poll takes from an actor
-IDLE_POLL_S = 0.1  # an actor that had nothing is asked again after this long
+IDLE_POLL_S = 0.1  # the pump's turn: answers, starts and silent actors are looked at this often
+POLL_WAIT_S = 0.5  # a poll finding nothing waits this long in the actor for an event (at most heartbeat_s)
 START_TIMEOUT_S = 120.0  # an actor not ready by then (its node died meanwhile) is given up
 FIRST_ACTORS_S = 60.0  # start() waits this long for the actors it started, so configured streams spread at once
 ACTOR_PREFIX = "stream-actor-"  # actors are named this plus node and number, in the configured namespace
@@ -176,6 +177,7 @@ class RaySupervisor:
         if not _ray_installed():  # said before anything starts, not once the engine runs
             raise ClusterError("cluster.engine: ray needs Ray installed: pip install '.[ray]'")
         self.cfg = cluster
+        self._poll_wait_s = min(POLL_WAIT_S, cluster.heartbeat_s)  # an idle actor still reports every heartbeat_s
         self.spec = WorkerSpec(ingest.model_dump(mode="json"), sampling.model_dump(mode="json"), [],
                                matching.model_dump(mode="json"), logging.getLogger("monitor").getEffectiveLevel(),
                                log_json, 1.0, None if analyses is None else [a.model_dump(mode="json")
@@ -363,7 +365,7 @@ class RaySupervisor:
                 for actor, due in list(self.next_poll.items()):
                     if due <= now and actor in self.handles:
                         del self.next_poll[actor]
-                        self.polls[self.handles[actor].poll.remote(BATCH)] = actor
+                        self.polls[self.handles[actor].poll.remote(BATCH, self._poll_wait_s)] = actor
                 polls = list(self.polls)
                 starts = [s[1] for s in self.starting.values()]
             if starts:
@@ -399,7 +401,7 @@ class RaySupervisor:
             if actor not in self.handles:
                 return  # given up meanwhile: its streams run elsewhere
             self.coordinator.heartbeat(actor, batch.load)
-            self.next_poll[actor] = time.monotonic() + (0.0 if len(batch.events) >= BATCH else IDLE_POLL_S)
+            self.next_poll[actor] = time.monotonic()  # at once: an idle actor's poll waits in the actor
         self._handle(batch)
 
     def _handle(self, batch: ActorBatch) -> None:
@@ -407,7 +409,7 @@ class RaySupervisor:
             self.worker_stats[batch.actor_id] = batch.stats
         self._record(batch)
         for event in batch.events:
-            sid = _stream_of(event)
+            sid = _stream_of(event) if self.adopted else None  # streams of re-attached actors wait for the engine
             if sid is not None and sid in self.adopted:
                 with self._lock:  # add_stream claims under the lock: no event overtakes the ones held
                     if self._hold(sid, event):

@@ -57,6 +57,21 @@ def test_an_event_is_dropped_and_counted_when_nobody_takes_any() -> None:
     assert buf.oldest_age_s() >= 0.0
 
 
+def test_a_take_on_an_empty_buffer_waits_for_the_first_event_or_its_wait() -> None:
+    buf = EventBuffer(10)
+    t0 = time.monotonic()
+    assert buf.take(5, wait_s=0.2) == []  # nothing came: back after its wait
+    assert 0.15 <= time.monotonic() - t0 < 2.0
+    threading.Timer(0.05, buf.put, (state("a"),)).start()
+    t0 = time.monotonic()
+    got = buf.take(5, wait_s=5.0)  # the long poll: back as soon as an event is there, not after 5 s
+    assert [e.change.stream_id for e in got if isinstance(e, StateChanged)] == ["a"]
+    assert time.monotonic() - t0 < 2.0
+    buf.put(state("b"))
+    t0 = time.monotonic()
+    assert len(buf.take(5, wait_s=5.0)) == 1 and time.monotonic() - t0 < 0.5  # waiting events: no wait
+
+
 def test_the_sink_measures_samples_and_lag() -> None:
     buf = EventBuffer(10)
     sink = BufferSink(buf, 0)
