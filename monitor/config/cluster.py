@@ -26,7 +26,7 @@ class ClusterConfig(Strict):
     namespace: str = Field("monitor", pattern=r"^[A-Za-z0-9_-]{1,64}$")  # actors are named in it
     cpus_per_actor: float = Field(1.0, gt=0, le=64)  # an actor per this many CPUs of a node
     max_actors_per_node: int | None = Field(None, ge=1, le=1024)
-    heartbeat_s: float = Field(1.0, gt=0, le=30)  # each actor reports its load this often
+    heartbeat_s: float = Field(1.0, gt=0, le=30)  # each actor reports its load at least this often (long-poll cap)
     # an actor silent this long is taken for dead and its streams go to the others (Ray itself notices a dead
     # node only after ~16 s with its default health checks)
     dead_after_s: float = Field(4.0, gt=0, le=300)
