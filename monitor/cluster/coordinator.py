@@ -88,8 +88,9 @@ class Coordinator:
 
     def __init__(self, dead_after_s: float = 4.0, clock: Callable[[], float] = time.monotonic,
                  strikes: int = CRASH_STRIKES, window_s: float = CRASH_WINDOW_S,
-                 cooldown_s: float = QUARANTINE_COOLDOWN_S) -> None:
+                 cooldown_s: float = QUARANTINE_COOLDOWN_S, settle_s: float = 60.0) -> None:
         self.dead_after_s = dead_after_s
+        self.settle_s = settle_s  # a stream a rebalance moved is not moved by one again for this long
         self.clock = clock
         self.max_strikes, self.window_s, self.cooldown_s = strikes, window_s, cooldown_s
         self.strikes: dict[str, list[float]] = {}  # stream id -> clock times of actor crashes it was in
@@ -97,6 +98,7 @@ class Coordinator:
         self.actors: dict[str, ActorSlot] = {}
         self.placement: dict[str, str] = {}  # stream id -> actor id
         self.pending: dict[str, None] = {}  # streams no actor could take (ordered: placed first come first)
+        self.rebalanced_at: dict[str, float] = {}  # stream id -> clock time a rebalance last moved it
         self.stream_cpu = DEFAULT_STREAM_CPU
         self._heap: list[tuple[float, int, str]] = []
         self._version: dict[str, int] = {}
@@ -251,21 +253,32 @@ class Coordinator:
 
     def rebalance(self, max_moves: int = 100, tolerance: float = 0.25) -> list[Move]:
         """Moves streams from the most to the least loaded actors while the spread exceeds `tolerance` (of a
-        stream's cost, at least one stream); at most `max_moves`, so streams do not all restart at once."""
+        stream's cost, at least one stream); at most `max_moves`, so streams do not all restart at once. A stream
+        a rebalance moved within `settle_s` stays where it is: a moved stream's first reports carry its start-up
+        cost (connecting, the first keyframes), and without the pause the next rebalance would move it back."""
         live = [s for s in self.actors.values() if s.alive and not s.draining]
         moves: list[Move] = []
         if len(live) < 2:
             return moves
+        now = self.clock()
+        for sid, at in list(self.rebalanced_at.items()):
+            if now - at >= self.settle_s or sid not in self.placement:
+                del self.rebalanced_at[sid]
+
+        def movable(slot: ActorSlot) -> list[str]:
+            return sorted(x for x in slot.streams if x not in self.rebalanced_at)
+
         for _ in range(max_moves):
-            hi = max(live, key=lambda s: self.score(s) if s.streams else -1.0)
             lo = min(live, key=self.score)
+            hi = max(live, key=lambda s: self.score(s) if movable(s) else -1.0)
             step = self.stream_cpu / lo.cpus
-            if not hi.streams or self.score(hi) - self.score(lo) <= step * (1 + tolerance):
+            if not movable(hi) or self.score(hi) - self.score(lo) <= step * (1 + tolerance):
                 break
-            sid = min(hi.streams)
+            sid = movable(hi)[0]
             hi.streams.discard(sid)
             lo.streams.add(sid)
             self.placement[sid] = lo.actor_id
+            self.rebalanced_at[sid] = now
             moves.append(Move(sid, hi.actor_id, lo.actor_id))
         for s in live:
             self._push(s.actor_id)

@@ -185,7 +185,7 @@ class RaySupervisor:
         self.banks = list(banks)
         self.bank_refs: list[BankRef] = []
         self.sink = sink
-        self.coordinator = Coordinator(cluster.dead_after_s)
+        self.coordinator = Coordinator(cluster.dead_after_s, settle_s=cluster.rebalance_settle_s)
         self.handles: dict[str, Handle] = {}
         self.starting: dict[str, tuple[Handle, ReadyRef, str, float]] = {}  # actor -> (handle, ready ref, node, t)
         self.polls: dict[PollRef, str] = {}  # outstanding poll ref -> actor

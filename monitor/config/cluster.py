@@ -36,6 +36,9 @@ class ClusterConfig(Strict):
     # moved stream reconnects, so this is off unless asked for)
     rebalance_s: float = Field(0.0, ge=0, le=86_400)
     rebalance_moves: int = Field(10, ge=1, le=10_000)
+    # a stream a rebalance moved is not moved by one again for this long: its first reports on the new actor
+    # carry its start-up cost, and without the pause it would be moved back and forth
+    rebalance_settle_s: float = Field(60.0, ge=0, le=86_400)
     # true: actors outlive the monitor (Ray's detached lifetime): a stopped or crashed monitor leaves them
     # reading and buffering, and the next one in the namespace re-attaches to them; false: a stop stops them, and
     # they end with the monitor's Ray driver. Either way a starting monitor re-attaches to live actors it finds.
