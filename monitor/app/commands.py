@@ -16,7 +16,6 @@ web.require_signed_commands (`CommandTrustPolicy`).
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
@@ -69,9 +68,10 @@ class ClassifierImages:
 
     def offer(self, f: Finding) -> dict[str, str]:
         """The finding's image for its evidence record ({IMAGE_KEY: base64}), kept if it scores best so far."""
-        if f.image_png is None:
+        stored = records.sample_image(f)
+        if not stored:
             return {}
-        image = base64.b64encode(f.image_png).decode("ascii")
+        image = stored[IMAGE_KEY]
         key = (f.stream_id, f.bank, f.entry_id)
         kept = self._kept.get(key)
         if kept is None or (f.score or 0.0) >= kept[0]:  # the best-scoring sample, for the feedback

@@ -87,7 +87,10 @@ class Engine:
             check_classifiers(cfg.analyses, cfg.matching)
         state = open_state(cfg)
         self.state_lock, self.outbox, self.evidence = state.lock, state.outbox, state.evidence
-        self.evidence_writer = records.EvidenceWriter(self.evidence, state.head_key, cfg.evidence.head_interval_s)
+        self.evidence_writer = records.EvidenceWriter(  # unconfirmed matches kept for as many samples as fold
+            self.evidence, state.head_key, cfg.evidence.head_interval_s,
+            fold_max=max([cfg.incidents.confirm_n, *(a.incidents.confirm_n for a in cfg.analyses
+                                                     if a.kind != "known_content")]))
         self._evidence_writer = self.evidence_writer.executor  # tests wait on it (shutdown) before reading
         self.bans = BanList(cfg.state_dir / "bans.json")
         self.publisher = MqttPublisher(cfg.broker, cfg.node, self.outbox, on_command=self._on_command)
@@ -166,9 +169,14 @@ class Engine:
         events = self.incidents.on_sample(stream_id, media_time_s, kept)
         # Each match is recorded before the alert it leads to, with the incident it opened or joined (none when
         # it is unconfirmed, suppressed or on a negative bank): an incident's export holds its matches.
-        for f in findings:
-            self.record("match", f.stream_id, records.hash_match(f, self._stream_url(f.stream_id), origin),
-                        self.incidents.incident_id_for((f.stream_id, f.bank, f.entry_id)))
+        # One the book counted without an incident yet is linked by the incident if it opens (link_folded).
+        for f in findings:  # with evidence.store_images the sample too, as classifications
+            image = records.sample_image(f) if self.cfg.evidence.store_images else {}
+            key = (f.stream_id, f.bank, f.entry_id)
+            self.evidence_writer.record("match", f.stream_id,
+                                        records.hash_match(f, self._stream_url(f.stream_id), origin, image),
+                                        self.incidents.incident_id_for(key),
+                                        unlinked=key if any(k is f for k in kept) else None)
         self.emit(events, observed_at)
 
     def _handle_classified(self, sample: SampleInfo, analysis: str, findings: list[Finding],
@@ -177,9 +185,11 @@ class Engine:
         events = self.incidents.on_classified(sample.stream_id, analysis, sample.media_time_s, findings)
         for f in findings:  # recorded before the alert, with its incident (as hash matches)
             image = self.class_images.offer(f) if self.cfg.evidence.store_images else {}
-            self.record("match", f.stream_id,
-                        records.classification_match(f, self._stream_url(f.stream_id), origin, image),
-                        self.incidents.incident_id_for((f.stream_id, f.bank, f.entry_id)))
+            key = (f.stream_id, f.bank, f.entry_id)
+            self.evidence_writer.record("match", f.stream_id,
+                                        records.classification_match(f, self._stream_url(f.stream_id), origin,
+                                                                     image),
+                                        self.incidents.incident_id_for(key), unlinked=key)
         self.emit(events, observed_at)
 
     def _suppress(self, why: str, n: int = 1) -> None:
@@ -191,6 +201,8 @@ class Engine:
         for ev in events:
             match ev:
                 case NewIncident(incident=inc, finding=finding, alert_id=alert_id):
+                    self.evidence_writer.link_folded(inc.key, inc.incident_id, inc.first_media_time_s,
+                                                     inc.last_media_time_s)  # its unconfirmed matches
                     self.metrics.incidents.labels(inc.bank, inc.severity).inc()
                     self.metrics.alerts.labels(inc.bank).inc()
                     self._send_alert(finding, observed_at, alert_id, inc.incident_id)

@@ -5,25 +5,28 @@ that cannot be written is logged, never raised (the streams are watched all the 
 the log's head (monitor/evidence/store.py `sign_head`) behind the records queued before it.
 
 The body builders below are the one place that says what each kind of record holds: a match (hash or
-classification), an incident state, an alert, a moderator's action, a termination, and the notes (a stream
-announced, an entry quarantined, a stream escalated as evasive).
+classification, with its sample under evidence.store_images), an incident state, an alert, a moderator's action, a
+termination, and the notes (a stream announced, an entry quarantined, a stream escalated as evasive, the earlier
+matches an incident folded in when it opened).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from monitor.evidence.records import EvidenceRecord
+from monitor.evidence.records import FOLDED_TEXT, IMAGE_KEY, EvidenceRecord
 from monitor.evidence.signing import key_id
 from monitor.evidence.store import EvidenceLog
-from monitor.incidents import CommandOutcome, Quarantined
+from monitor.incidents import CommandOutcome, Key, Quarantined
 from monitor.ops.sampling_report import Escalation
 from monitor.servers.api import DropResult
 from monitor.servers.hooks import Origin
@@ -34,27 +37,87 @@ log = logging.getLogger(__name__)
 Body = dict[str, object]  # a record's body: JSON-ready
 
 
+# Matches recorded before any incident, kept to be linked when one opens (`link_folded`): the last `fold_max` of
+# each (stream, bank, entry) (the book folds at most confirm_n samples), at most UNLINKED_KEYS keys and UNLINKED_TOTAL
+# matches in all, the least recently matched keys forgotten first (about 200 bytes a match).
+UNLINKED_KEYS = 4096
+UNLINKED_TOTAL = 65536
+
+
 class EvidenceWriter:
     """Appends records and signs heads on one background thread, in call order."""
 
     def __init__(self, evidence: EvidenceLog | None, head_key: Ed25519PrivateKey | None,
-                 head_interval_s: float) -> None:
+                 head_interval_s: float, *, fold_max: int = 3) -> None:
         self.evidence = evidence
         self.head_key = head_key
         self.head_interval_s = head_interval_s
+        self.fold_max = max(1, fold_max)  # the largest confirm_n: no incident folds more samples of its key
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="evidence")
+        # Matches recorded without an incident, by key: (seq, hash, media time); touched on the writer thread only.
+        self._unlinked: OrderedDict[Key, deque[tuple[int, str, float]]] = OrderedDict()
+        self._unlinked_total = 0
 
-    def record(self, kind: str, stream_id: str, body: Mapping[str, object], incident_id: str | None = None) -> None:
-        """Append to the evidence log in the background, in call order; failures are logged, never raised."""
+    def record(self, kind: str, stream_id: str, body: Mapping[str, object], incident_id: str | None = None, *,
+               unlinked: Key | None = None) -> None:
+        """Append to the evidence log in the background, in call order; failures are logged, never raised.
+
+        `unlinked`: a match of that key recorded without an incident (unconfirmed), kept so that the incident it
+        may yet confirm links it (`link_folded`)."""
         if self.evidence is None:
             return
         evidence = self.evidence
 
         def write() -> None:
             try:
-                evidence.append(kind, stream_id=stream_id, body=body, incident_id=incident_id)
+                rec = evidence.append(kind, stream_id=stream_id, body=body, incident_id=incident_id)
             except Exception as exc:  # disk full, I/O error: keep watching streams, shout
                 log.error("evidence log: could not record a %s for stream %s: %s", kind, stream_id, exc)
+                return
+            media_time_s = body.get("media_time_s")
+            if unlinked is not None and incident_id is None and isinstance(media_time_s, int | float):
+                self._keep_unlinked(unlinked, rec.seq, rec.hash, float(media_time_s))
+
+        self.executor.submit(write)
+
+    def _keep_unlinked(self, key: Key, seq: int, record_hash: str, media_time_s: float) -> None:
+        """On the writer thread: one more match of `key` without an incident, within the bounds above."""
+        kept = self._unlinked.pop(key, None)
+        if kept is not None and kept and media_time_s < kept[-1][2]:  # the media clock went back (publisher
+            self._unlinked_total -= len(kept)  # restarted): the book starts a fresh window, so do we
+            kept = None
+        if kept is None:
+            kept = deque(maxlen=self.fold_max)
+        self._unlinked_total += int(len(kept) < self.fold_max)  # a full deque drops its oldest
+        kept.append((seq, record_hash, media_time_s))
+        self._unlinked[key] = kept  # the most recently matched last
+        while len(self._unlinked) > UNLINKED_KEYS or self._unlinked_total > UNLINKED_TOTAL:
+            _, dropped = self._unlinked.popitem(last=False)
+            self._unlinked_total -= len(dropped)
+
+    def unlinked_count(self) -> tuple[int, int]:
+        """(keys, matches) kept to be linked; read it on the writer thread or after `close`."""
+        return len(self._unlinked), self._unlinked_total
+
+    def link_folded(self, key: Key, incident_id: str, first_media_time_s: float, last_media_time_s: float) -> None:
+        """An incident opened on `key`, folding in the samples from first to last media time: a note under its id
+        names the match records written before it (without its id) in that span, by seq and hash."""
+        if self.evidence is None:
+            return
+        evidence = self.evidence
+
+        def write() -> None:
+            kept = self._unlinked.pop(key, None) or ()
+            self._unlinked_total -= len(kept)
+            folded = [(seq, h, t) for seq, h, t in kept if first_media_time_s <= t <= last_media_time_s]
+            if not folded:
+                return
+            try:
+                evidence.append("note", stream_id=key[0], incident_id=incident_id,
+                                body=folded_matches(key, folded))
+            except Exception as exc:
+                log.error("evidence log: could not link %d earlier matches to incident %s: %s", len(folded),
+                          incident_id, exc)
 
         self.executor.submit(write)
 
@@ -103,9 +166,22 @@ def _publisher_addr(origin: Origin | None) -> str | None:
     return origin.publisher_addr if origin else None
 
 
-def hash_match(f: Finding, stream_url: str, origin: Origin | None) -> Body:
-    """A sample that matched a bank entry (kind "match")."""
-    return {"media_time_s": f.media_time_s, "received_at": f.received_at, "bank": f.bank,
+def sample_image(f: Finding) -> dict[str, str]:
+    """The finding's sample for its evidence record: {IMAGE_KEY: base64 of its PNG}, or nothing without one (the
+    analyses attach it only under evidence.store_images). Matches and classifications store it alike."""
+    return {} if f.image_png is None else {IMAGE_KEY: base64.b64encode(f.image_png).decode("ascii")}
+
+
+def folded_matches(key: Key, folded: list[tuple[int, str, float]]) -> Body:
+    """The match records an incident folded in when it opened, recorded before it without its id (kind "note")."""
+    return {"text": FOLDED_TEXT, "bank": key[1], "entry_id": key[2],
+            "matches": [{"seq": seq, "record_hash": h, "media_time_s": t} for seq, h, t in folded]}
+
+
+def hash_match(f: Finding, stream_url: str, origin: Origin | None, image: Mapping[str, str] | None = None) -> Body:
+    """A sample that matched a bank entry (kind "match"); `image` holds the sample's PNG (base64, under IMAGE_KEY)
+    with evidence.store_images, else nothing."""
+    return {**(image or {}), "media_time_s": f.media_time_s, "received_at": f.received_at, "bank": f.bank,
             "entry_id": f.entry_id, "entry_label": f.entry_label, "signal_type": f.signal_type,
             "sample_hash": f.sample_hash, "distance": f.distance, "threshold": f.threshold,
             "quality": f.quality, "stream_url": stream_url, "publisher_addr": _publisher_addr(origin)}

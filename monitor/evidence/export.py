@@ -1,7 +1,9 @@
 """Incident reports for the authorities, exported from the evidence log (`monitor evidence export`).
 
-`export_incident` reads one incident's records, the verification result and the signed head covering them
-from one consistent snapshot, and returns a JSON-ready report: the stream identity (URLs without
+`export_incident` reads one incident's records (with the matches of its stream recorded before it opened that its
+FOLDED_TEXT note links, each marked `linked_by_seq` and `link_verified`: the record is the one the note names by
+seq and hash, of the note's stream, bank and entry), the verification result and the signed head covering
+them from one consistent snapshot, and returns a JSON-ready report: the stream identity (URLs without
 credentials), first/last seen, every match, alert, moderator action and termination with its record seq
 and hash. Secrets are masked and stored images replaced by their size and sha256 unless asked for.
 
@@ -24,7 +26,7 @@ import contextlib
 import hashlib
 import importlib
 import sqlite3
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from monitor.common.urls import redact_url
-from monitor.evidence.records import IMAGE_KEY, EvidenceRecord, canonical_json, utc_iso
+from monitor.evidence.records import FOLDED_TEXT, IMAGE_KEY, EvidenceRecord, canonical_json, utc_iso
 from monitor.evidence.signing import key_id, public_key_pem
 from monitor.evidence.store import SELECT_RECORDS, UnknownIncident, db_error, open_readonly
 from monitor.evidence.verify import verify_snapshot
@@ -126,6 +128,8 @@ def export_incident(
         conn.execute("BEGIN")
         report = verify_snapshot(conn, (), public_key)
         rows = conn.execute(f"{SELECT_RECORDS} WHERE incident_id = ? ORDER BY seq", (incident_id,)).fetchall()
+        links = _folded_links(rows)
+        rows = sorted([*rows, *_linked_rows(conn, links)], key=lambda row: int(row[0]))  # only same-stream ones
         covering = conn.execute(f"{SELECT_RECORDS} WHERE kind = 'head' AND seq > ? ORDER BY seq LIMIT 1",
                                 (rows[-1][0] if rows else 0,)).fetchone()
         key_rows = conn.execute("SELECT DISTINCT json_extract(body, '$.public_key') FROM records"
@@ -170,6 +174,12 @@ def export_incident(
             add_unique(publishers, data.get(key))
         details = _clean(data, include_images=include_images)
         item = _ref(rec)
+        if rec.kind == "match" and rec.incident_id is None and rec.seq in links:  # recorded unconfirmed, before
+            link = links[rec.seq]  # the incident had an id: the note must name this very record of its key
+            item.update(linked_by_seq=link.note_seq,
+                        link_verified=(rec.hash == link.record_hash == rec.compute_hash()
+                                       and rec.stream_id == link.stream_id
+                                       and (data.get("bank"), data.get("entry_id")) == (link.bank, link.entry_id)))
         if rec.kind == "match":
             observed = _as_utc(data.get("observed_at", data.get("received_at")))
             if observed is not None:
@@ -237,6 +247,51 @@ def export_incident(
             "head": asdict(head) if head is not None else None,
         },
     }
+
+
+@dataclass(frozen=True)
+class _Link:
+    """A match record a FOLDED_TEXT note of the incident names: the note, the hash it names, its key."""
+
+    note_seq: int
+    record_hash: str
+    stream_id: str
+    bank: object
+    entry_id: object
+
+
+def _folded_links(rows: list[tuple[Any, ...]]) -> dict[int, _Link]:
+    """The match records the incident's FOLDED_TEXT notes name, by seq. Only notes on the incident's own stream
+    count (the stream of its other records): a note naming another stream's records links none of them."""
+    recs = [EvidenceRecord(*row) for row in rows]
+    own_streams = {r.stream_id for r in recs if r.kind != "note"}
+    links: dict[int, _Link] = {}
+    for rec in recs:
+        if rec.kind != "note" or (own_streams and rec.stream_id not in own_streams):
+            continue
+        try:
+            data = rec.data()
+        except ValueError:
+            continue
+        if not isinstance(data, dict) or data.get("text") != FOLDED_TEXT or not isinstance(data.get("matches"), list):
+            continue
+        for m in data["matches"]:
+            if isinstance(m, dict) and type(m.get("seq")) is int and isinstance(m.get("record_hash"), str):
+                links.setdefault(m["seq"], _Link(rec.seq, m["record_hash"], rec.stream_id, data.get("bank"),
+                                                 data.get("entry_id")))
+    return links
+
+
+def _linked_rows(conn: sqlite3.Connection, links: dict[int, _Link]) -> list[tuple[Any, ...]]:
+    """The match records `links` names that carry no incident id (one with an id is exported under its own) and
+    belong to the stream of the note naming them (no note pulls in another stream's records)."""
+    seqs = sorted(links)
+    out: list[tuple[Any, ...]] = []
+    for i in range(0, len(seqs), 500):
+        chunk = seqs[i:i + 500]
+        out += conn.execute(f"{SELECT_RECORDS} WHERE kind = 'match' AND incident_id IS NULL AND seq IN "
+                            f"({', '.join('?' * len(chunk))})", chunk).fetchall()
+    return [row for row in out if EvidenceRecord(*row).stream_id == links[int(row[0])].stream_id]
 
 
 def _signing_section(covering: tuple[Any, ...] | None, key_rows: list[tuple[Any, ...]],

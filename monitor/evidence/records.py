@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 __all__ = [
+    "FOLDED_TEXT",
     "GENESIS_HASH",
     "HEX64",
     "IMAGE_KEY",
@@ -43,6 +44,10 @@ __all__ = [
 KINDS = frozenset({"match", "alert", "incident", "action", "termination", "note", "head"})
 GENESIS_HASH = "0" * 64
 IMAGE_KEY = "image_png_b64"
+# The note an incident opens with when it folds in matches recorded before it (unconfirmed, so without its id):
+# {"text": FOLDED_TEXT, "matches": [{"seq", "record_hash", "media_time_s"}, ...], ...} under the incident's id;
+# an export of the incident holds the records it names (monitor/evidence/export.py).
+FOLDED_TEXT = "earlier matches folded into the incident"
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 UTC_ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")

@@ -8,6 +8,10 @@ classifiers) through the registry in pipelines/registry.py; the builders for eac
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
+
+import cv2
+import numpy as np
 
 from monitor.common.errors import ConfigError
 from monitor.config.models import (
@@ -18,23 +22,39 @@ from monitor.config.models import (
 )
 from pipelines import registry
 from pipelines.banks import Bank
-from pipelines.base import BatchedPipeline
+from pipelines.base import BatchedPipeline, Finding, Sample
 from pipelines.classifier import BatchSettings, BudgetSettings, ClassifierPipeline, LabelRule, ModelError
 from pipelines.known_content import KnownContentMatcher
 from pipelines.registry import AnyPipeline, BuildContext
 
 
-def make_matcher(banks: Sequence[Bank], m: MatchingConfig) -> KnownContentMatcher:
-    """The known-content matcher on `banks`, with the configured matching settings."""
-    return KnownContentMatcher(banks, m.min_quality, strip_bars=m.strip_bars, dihedral=m.dihedral, boxes=m.boxes,
-                               crops=m.crops, pip=m.pip, tones=m.tones,
-                               reextend=m.reextend, strips=m.strips, layout=m.layout)
+class SampleImageMatcher(KnownContentMatcher):
+    """The known-content matcher of a monitor with evidence.store_images: its findings carry the matched sample as
+    PNG (`Finding.image_png`), encoded as the classifiers encode theirs, once per sample that matched."""
+
+    def process(self, sample: Sample) -> list[Finding]:
+        findings = super().process(sample)
+        if not findings:
+            return findings
+        ok, png = cv2.imencode(".png", np.ascontiguousarray(sample.rgb[:, :, ::-1]))  # as pipelines/classifier
+        if not ok:
+            return findings
+        image = png.tobytes()
+        return [replace(f, image_png=image) for f in findings]
+
+
+def make_matcher(banks: Sequence[Bank], m: MatchingConfig, *, keep_images: bool = False) -> KnownContentMatcher:
+    """The known-content matcher on `banks`, with the configured matching settings; with keep_images
+    (evidence.store_images) its findings carry the matched sample (`SampleImageMatcher`)."""
+    cls = SampleImageMatcher if keep_images else KnownContentMatcher
+    return cls(banks, m.min_quality, strip_bars=m.strip_bars, dihedral=m.dihedral, boxes=m.boxes,
+               crops=m.crops, pip=m.pip, tones=m.tones, reextend=m.reextend, strips=m.strips, layout=m.layout)
 
 
 @registry.register("known_content")
 def _build_known_content(spec: AnalysisConfig, ctx: BuildContext) -> AnyPipeline:
     assert isinstance(ctx.matching, MatchingConfig)
-    return make_matcher(ctx.banks, ctx.matching)
+    return make_matcher(ctx.banks, ctx.matching, keep_images=ctx.store_images)
 
 
 def _classifier_parts(spec: OnnxClassifierConfig | ServiceClassifierConfig) -> tuple[
