@@ -455,10 +455,14 @@ class KeyframeReader:
                             blind(t)
                             continue
                     blind_keyframes = 0
-                    for frame in frames:
-                        if frame.pts is not None and (frame.pts == packet.pts or frame.pts == pending_key):
-                            pending_key = None
-                            yield emit(frame, t, True)
+                    taken = [f for f in frames if f.pts is not None and f.pts in (packet.pts, pending_key)]
+                    # Scaled before the yield, and no decoded picture kept across it: a frame still held when
+                    # the next keyframe is decoded keeps a second picture buffer in the decoder's pool.
+                    out = [emit(f, t, True) for f in taken]
+                    frames = taken = []
+                    if out:
+                        pending_key = None
+                    yield from out
                     continue
                 if not info.recovery_point:  # not a picture on its own (another codec?): like a blind keyframe
                     buf, buf_bytes, synced, target, feeding = [], 0, False, None, False

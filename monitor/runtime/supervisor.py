@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from monitor.common import memory
 from monitor.common.backoff import backoff_delay
 from monitor.common.urls import redact_url
 from monitor.config.models import BankConfig, IngestConfig, SamplingConfig, StreamConfig
@@ -219,6 +220,11 @@ class LocalSupervisor:
         self.analysis = [Analysis(self.queue, self.pipelines, sink, i) for i in range(sampling.analysis_threads)]
         for a in self.analysis:
             a.start()
+        # Reader threads each inside FFmpeg: arenas bounded before the first starts, free memory given back
+        # (monitor/common/memory.py: about 1.5 MB a 720p reader).
+        memory.cap_arenas()
+        self._trimmer = memory.Trimmer()
+        self._trimmer.start()
 
     def _policy(self, stream: StreamConfig) -> StreamPolicy:
         s = self.sampling
@@ -297,3 +303,4 @@ class LocalSupervisor:
             a.join(max(0.0, deadline - time.monotonic()))
         for b in self.batched:  # classifies what it holds, then ends
             b.stop()
+        self._trimmer.stop()
