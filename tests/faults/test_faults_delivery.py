@@ -64,15 +64,16 @@ def test_broker_down_for_30_s_every_alert_arrives_once(
     durable_broker: Mosquitto, bank_csv: Path, monitor_factory: Callable[..., MonitorProcess]
 ) -> None:
     port = free_port()
-    # Images (bank entries 1..3 are known-0..2): one before the outage, two during it, one after.
-    gen = start_stream(port, 62, ["0:4:8", "1:18:24", "2:32:38", "0:52:58"])
+    # Images (bank entries 1..3 are known-0..2): one before the outage, two during it, one after (the broker is
+    # back by stream time 44 at the latest: stopped 13.5 s after the monitor's start, for 30 s).
+    gen = start_stream(port, 56, ["0:4:8", "1:18:24", "2:32:38", "0:46:52"])
     collector = DurableCollector(durable_broker.port, "f/+/alerts/+")
     time.sleep(0.5)
     mon = monitor_factory({
         "node": "f1", "broker": {"url": durable_broker.url, "topic_prefix": "f"},
         "streams": [{"id": "s", "url": f"tcp://127.0.0.1:{port}"}],
         "banks": [{"name": "known", "path": str(bank_csv)}],
-        "incidents": {"close_after_s": 10},  # the image shown again at 52 s is a new incident
+        "incidents": {"close_after_s": 10},  # the image shown again at 46 s is a new incident
         "ingest": {"backoff_initial_s": 0.1, "backoff_max_s": 0.5},
     })
     try:
@@ -90,7 +91,7 @@ def test_broker_down_for_30_s_every_alert_arrives_once(
         mon.stop()
         collector.stop()
     by_entry = collector.alert_ids_by_entry()
-    # entry 1 is shown twice (4-8 s and 52-58 s): two appearances, two alerts; each other image once.
+    # entry 1 is shown twice (4-8 s and 46-52 s): two appearances, two alerts; each other image once.
     assert {k: len(v) for k, v in by_entry.items()} == {"1": 2, "2": 1, "3": 1}, mon.log()
     assert "MQTT connection lost" in mon.log()
 

@@ -3,8 +3,9 @@
 Each scenario is ONE real monitor process watching several streams at once (one or more of them faulty, one
 clean "control" stream with a known image at a known time), fed by real servers: nginx-rtmp with ffmpeg
 publishers, a TCP fault proxy (tools/test_streams/proxy.py), a live MPEG-TS server, an HLS server under our control.
-The scenario runs once per module (a fixture) and records every MQTT message; the tests below each check one
-claim on that record, so a failing claim (or a known monitor bug, marked xfail) does not hide the others.
+Each scenario runs once per module (a fixture; the four run at the same time, each on its own streams) and records
+every MQTT message; the tests below each check one claim on that record, so a failing claim (or a known monitor
+bug, marked xfail) does not hide the others.
 
 Times: the monitor is started first and waited for (on a loaded machine it takes seconds); t = 0 is when the
 sources start, and faults are timed from the moment every stream is live, never from a fixed clock. Run with
@@ -21,6 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -76,14 +78,23 @@ CODEC_ARGS = {
 
 
 class Media:
+    """Made on first use; the scenarios run at once (threads), so each file is made under its own lock."""
+
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def _lock(self, name: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(name, threading.Lock())
 
     def png(self, image: int, size: str) -> Path:
         w, h = (int(x) for x in size.split("x"))
         path = self.folder / f"known-{image}-{size}.png"
-        if not path.exists():
-            Image.fromarray(known_image(image, w, h)).save(path)
+        with self._lock(path.name):
+            if not path.exists():
+                Image.fromarray(known_image(image, w, h)).save(path)
         return path
 
     def video(self, name: str, *, seconds: float, show: Show | None = None, size: str = "640x360",
@@ -91,6 +102,12 @@ class Media:
               repeat_every_s: float | None = None) -> Path:
         """A moving test pattern with a known image full-frame during `show` (times within this file, again
         every `repeat_every_s`). fmt="hls" writes a folder of 2 s segments seg000.ts... and returns it."""
+        with self._lock(name):
+            return self._video(name, seconds=seconds, show=show, size=size, codec=codec, fmt=fmt,
+                               ts_offset=ts_offset, repeat_every_s=repeat_every_s)
+
+    def _video(self, name: str, *, seconds: float, show: Show | None, size: str, codec: str, fmt: str,
+               ts_offset: float | None, repeat_every_s: float | None) -> Path:
         out = self.folder / name
         if out.exists():
             return out
@@ -116,7 +133,7 @@ class Media:
         return out
 
     def audio(self, name: str, *, seconds: float, fmt: str) -> Path:
-        out = self.folder / name
+        out = self.folder / name  # each audio file is used by one scenario only
         codec = ["-c:a", "aac"] if fmt == "flv" else ["-c:a", "mp2"]
         subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-f", "lavfi",
                         "-i", "sine=frequency=440:sample_rate=44100", "-t", str(seconds), *codec, "-b:a", "64k",
@@ -363,6 +380,20 @@ def rtmp() -> Iterator[NginxRtmp]:
     n.close()
 
 
+@pytest.fixture(scope="module")
+def scenario_runs(broker: Mosquitto, rtmp: NginxRtmp, media: Media, bank_csv: Path,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Future[Record]]]:
+    """The four scenarios below run at the same time, each its own monitor process (own topic prefix, own
+    streams, own nginx stream names) on the one broker and the one nginx-rtmp: most of a scenario is waiting
+    for its timeline, so one after the other cost their sum (about 90 s), at once about the longest.
+    A scenario's fixture waits for its own run only; a failed run fails that scenario's tests."""
+    runs = {"rtmp-faults": run_rtmp_faults, "corruption": run_corruption, "media-changes": run_media_changes,
+            "hls-faults": run_hls_faults}
+    folders = {name: tmp_path_factory.mktemp(name) for name in runs}
+    with ThreadPoolExecutor(len(runs), thread_name_prefix="scenario") as pool:
+        yield {name: pool.submit(run, broker, rtmp, media, bank_csv, folders[name]) for name, run in runs.items()}
+
+
 def iso_ts(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
@@ -430,7 +461,8 @@ class Scenario:
 
     def __init__(self, name: str, broker: Mosquitto, bank: Path, folder: Path) -> None:
         self.name, self.broker, self.bank, self.folder = name, broker, bank, folder
-        self.prefix, self.node = f"faults-{name}", "n1"
+        # Own node name too: the monitor's MQTT client id is monitor-<node>, and the scenarios share the broker.
+        self.prefix, self.node = f"faults-{name}", f"n1-{name}"
         self.t0 = time.monotonic()  # reset by begin(), once the monitor is up
         self.t0_wall = time.time()
         self.marks: dict[str, float] = {}
@@ -652,10 +684,7 @@ def alerts_after(rec: Record, stream: str, t: float) -> list[dict[str, Any]]:
     return [a for a in rec.alerts(stream) if rec.alert_t(a) > t]
 
 
-@pytest.fixture(scope="module")
-def rtmp_faults(broker: Mosquitto, rtmp: NginxRtmp, media: Media, bank_csv: Path,
-                tmp_path_factory: pytest.TempPathFactory) -> Iterator[Record]:
-    folder = tmp_path_factory.mktemp("rtmp-faults")
+def run_rtmp_faults(broker: Mosquitto, rtmp: NginxRtmp, media: Media, bank_csv: Path, folder: Path) -> Record:
     plain = media.video("loop-plain.flv", seconds=LOOP_S)
     loops = {k: media.video(f"loop-img{k}.flv", seconds=LOOP_S, show=Show(k, *SHOW_IN_LOOP)) for k in range(3)}
     image = {"restart": 1, "stall": 0, "slow": 2, "cut": 0, "refuse": 1, "control": 2}
@@ -663,14 +692,15 @@ def rtmp_faults(broker: Mosquitto, rtmp: NginxRtmp, media: Media, bank_csv: Path
     pub_log = folder / "publishers.log"
     sc = Scenario("rtmp", broker, bank_csv, folder)
     pubs: dict[str, subprocess.Popen[bytes]] = {}
-    streams = {name: rtmp.rtmp_url(name) for name in ("restart", "control")}
+    streams = {"restart": rtmp.rtmp_url("restart"), "control": rtmp.rtmp_url("rtmp-control")}
     streams |= {name: f"rtmp://127.0.0.1:{p.port}/{rtmp.app}/{name}" for name, p in proxies.items()}
     try:
         sc.start_monitor(streams, incidents={"close_after_s": 3, "quarantine_streams": 100})
         sc.wait_online()
         sc.begin()  # nginx-rtmp holds the monitor's waiting players until a publisher arrives
         for name in image:  # the restarted stream shows nothing until it is restarted
-            pubs[name] = publisher(rtmp.rtmp_url(name), plain if name == "restart" else loops[image[name]],
+            pubs[name] = publisher(rtmp.rtmp_url("rtmp-control" if name == "control" else name),
+                                   plain if name == "restart" else loops[image[name]],
                                    120, pub_log)
         sc.wait_live(list(streams), 20)
         sc.mark("all_live")
@@ -724,7 +754,12 @@ def rtmp_faults(broker: Mosquitto, rtmp: NginxRtmp, media: Media, bank_csv: Path
     for stream in streams:
         print(rec.timeline(stream))
     print("marks", rec.marks)
-    yield rec
+    return rec
+
+
+@pytest.fixture(scope="module")
+def rtmp_faults(scenario_runs: dict[str, Future[Record]]) -> Record:
+    return scenario_runs["rtmp-faults"].result()
 
 
 def test_rtmp_faults_monitor_survives(rtmp_faults: Record) -> None:
@@ -808,10 +843,7 @@ def test_rtmp_faults_leave_the_control_stream_alone(rtmp_faults: Record) -> None
 CORRUPT_S = 6.0
 
 
-@pytest.fixture(scope="module")
-def corruption(broker: Mosquitto, rtmp: NginxRtmp, media: Media, bank_csv: Path,
-               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Record]:
-    folder = tmp_path_factory.mktemp("corruption")
+def run_corruption(broker: Mosquitto, rtmp: NginxRtmp, media: Media, bank_csv: Path, folder: Path) -> Record:
     flv = {k: media.video(f"loop-img{k}.flv", seconds=LOOP_S, show=Show(k, *SHOW_IN_LOOP)) for k in (0, 2)}
     bad_flv = folder / "loop-img0-bad-keyframe.flv"
     bad_at_ms = break_flv_keyframe(flv[0], bad_flv, 2000)
@@ -830,7 +862,7 @@ def corruption(broker: Mosquitto, rtmp: NginxRtmp, media: Media, bank_csv: Path,
     badkey_port = free_port()
     streams = {"flv-corrupt": f"rtmp://127.0.0.1:{proxies['flv-corrupt'].port}/{rtmp.app}/flv-corrupt",
                "ts-corrupt": f"tcp://127.0.0.1:{proxies['ts-corrupt'].port}",
-               "flv-badkey": f"tcp://127.0.0.1:{badkey_port}", "control": rtmp.rtmp_url("control")}
+               "flv-badkey": f"tcp://127.0.0.1:{badkey_port}", "control": rtmp.rtmp_url("corrupt-control")}
     try:
         sc.start_monitor(streams, incidents={"close_after_s": 3, "quarantine_streams": 100})
         sc.wait_online()
@@ -838,7 +870,7 @@ def corruption(broker: Mosquitto, rtmp: NginxRtmp, media: Media, bank_csv: Path,
         ts_server.start()
         pubs += [publisher(rtmp.rtmp_url("flv-corrupt"), flv[0], 120, pub_log),
                  publisher(f"tcp://127.0.0.1:{badkey_port}?listen=1", bad_flv, 120, pub_log),
-                 publisher(rtmp.rtmp_url("control"), flv[2], 120, pub_log)]
+                 publisher(rtmp.rtmp_url("corrupt-control"), flv[2], 120, pub_log)]
         healthy = [s for s in streams if s != "flv-badkey"]  # its own test checks it separately
         sc.wait_live(healthy, 20)
         sc.mark("all_live")
@@ -873,7 +905,12 @@ def corruption(broker: Mosquitto, rtmp: NginxRtmp, media: Media, bank_csv: Path,
     for stream in streams:
         print(rec.timeline(stream))
     print("marks", rec.marks)
-    yield rec
+    return rec
+
+
+@pytest.fixture(scope="module")
+def corruption(scenario_runs: dict[str, Future[Record]]) -> Record:
+    return scenario_runs["corruption"].result()
 
 
 def test_corruption_monitor_survives(corruption: Record) -> None:
@@ -913,10 +950,7 @@ AFTER_CHANGE = {"res-change": 1, "to-mpeg2": 2, "to-hevc": 1}  # stream -> image
 NO_VIDEO = ("audio-rtmp", "audio-ts", "data-ts")
 
 
-@pytest.fixture(scope="module")
-def media_changes(broker: Mosquitto, rtmp: NginxRtmp, media: Media, bank_csv: Path,
-                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[Record]:
-    folder = tmp_path_factory.mktemp("media-changes")
+def run_media_changes(broker: Mosquitto, rtmp: NginxRtmp, media: Media, bank_csv: Path, folder: Path) -> Record:
     before = media.video("h264-640.ts", seconds=SEGMENT_S, show=Show(0, 4, 8), fmt="mpegts")
     after = {
         "res-change": media.video("h264-1280.ts", seconds=SEGMENT_S, show=Show(1, 4, 8), size="1280x720",
@@ -936,7 +970,7 @@ def media_changes(broker: Mosquitto, rtmp: NginxRtmp, media: Media, bank_csv: Pa
     pubs: list[subprocess.Popen[bytes]] = []
     streams = {name: srv.url for name, srv in servers.items()}
     streams |= {"audio-rtmp": rtmp.rtmp_url("audio-rtmp"), "audio-hls": rtmp.hls_url("audio-rtmp"),
-                "control": rtmp.rtmp_url("control")}
+                "control": rtmp.rtmp_url("media-control")}
     try:
         sc.start_monitor(streams, incidents={"close_after_s": 3, "quarantine_streams": 100})
         sc.wait_online()
@@ -944,7 +978,7 @@ def media_changes(broker: Mosquitto, rtmp: NginxRtmp, media: Media, bank_csv: Pa
         for srv in servers.values():
             srv.start(sc.t0)
         pubs += [publisher(rtmp.rtmp_url("audio-rtmp"), audio_flv, 120, pub_log),
-                 publisher(rtmp.rtmp_url("control"), control_flv, 120, pub_log)]
+                 publisher(rtmp.rtmp_url("media-control"), control_flv, 120, pub_log)]
         expected = {"res-change": {"1", "2"}, "to-mpeg2": {"1", "3"}, "to-hevc": {"1", "2"}}
         while sc.now() < 2 * SEGMENT_S + 3 and not all(
             entries <= {a["entry_id"] for a in sc.alerts(s)} for s, entries in expected.items()
@@ -961,7 +995,12 @@ def media_changes(broker: Mosquitto, rtmp: NginxRtmp, media: Media, bank_csv: Pa
             srv.close()
     for stream in streams:
         print(rec.timeline(stream)[:1500])
-    yield rec
+    return rec
+
+
+@pytest.fixture(scope="module")
+def media_changes(scenario_runs: dict[str, Future[Record]]) -> Record:
+    return scenario_runs["media-changes"].result()
 
 
 def test_media_changes_monitor_survives(media_changes: Record) -> None:
@@ -1033,10 +1072,7 @@ def test_media_changes_leave_the_control_stream_alone(media_changes: Record) -> 
 HLS_OUTAGE_S = 6.0
 
 
-@pytest.fixture(scope="module")
-def hls_faults(broker: Mosquitto, rtmp: NginxRtmp, media: Media, bank_csv: Path,
-               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Record]:
-    folder = tmp_path_factory.mktemp("hls-faults")
+def run_hls_faults(broker: Mosquitto, rtmp: NginxRtmp, media: Media, bank_csv: Path, folder: Path) -> Record:
     segments = media.video("hls-img0", seconds=80, show=Show(0, *SHOW_IN_LOOP), repeat_every_s=LOOP_S, fmt="hls")
     server = HlsServer(segments, GOP_S).start()
     control_flv = media.video("loop-img2.flv", seconds=LOOP_S, show=Show(2, *SHOW_IN_LOOP))
@@ -1044,7 +1080,7 @@ def hls_faults(broker: Mosquitto, rtmp: NginxRtmp, media: Media, bank_csv: Path,
     sc = Scenario("hls", broker, bank_csv, folder)
     pubs: list[subprocess.Popen[bytes]] = []
     streams = {name: f"http://127.0.0.1:{server.port}/{name}/index.m3u8" for name in modes}
-    streams["control"] = rtmp.rtmp_url("control")
+    streams["control"] = rtmp.rtmp_url("hls-control")
     for name in ("hls-404", "hls-500"):  # answering errors from the first request on
         server.add(name, modes[name], time.monotonic())
     try:
@@ -1053,7 +1089,7 @@ def hls_faults(broker: Mosquitto, rtmp: NginxRtmp, media: Media, bank_csv: Path,
         sc.begin()
         for name in ("hls-outage", "hls-frozen", "hls-ok"):  # until now these answered 404
             server.add(name, modes[name], sc.t0)
-        pubs.append(publisher(rtmp.rtmp_url("control"), control_flv, 120, folder / "publishers.log"))
+        pubs.append(publisher(rtmp.rtmp_url("hls-control"), control_flv, 120, folder / "publishers.log"))
         watched = ["hls-outage", "hls-frozen", "hls-ok", "control"]
         sc.wait_live(watched, 20)
         sc.mark("all_live")
@@ -1085,7 +1121,12 @@ def hls_faults(broker: Mosquitto, rtmp: NginxRtmp, media: Media, bank_csv: Path,
     for stream in streams:
         print(rec.timeline(stream)[:1500])
     print("marks", rec.marks)
-    yield rec
+    return rec
+
+
+@pytest.fixture(scope="module")
+def hls_faults(scenario_runs: dict[str, Future[Record]]) -> Record:
+    return scenario_runs["hls-faults"].result()
 
 
 def test_hls_faults_monitor_survives(hls_faults: Record) -> None:
