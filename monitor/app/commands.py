@@ -12,6 +12,12 @@ Whose command: a signed envelope (monitor/incidents/commands.py `open_signed`) f
 is in web.trusted_command_keys records its moderator as verified, with the key id, role and any approver; a
 plain command (the Textual console) records its moderator as declared, or is refused under
 web.require_signed_commands (`CommandTrustPolicy`).
+
+The two-person rule for permanent bans (terminate.ban without terminate.ban_hours) holds here too, not only in
+the web console that asks for the approval: a signed terminate is applied only when a lead or admin signed it or
+a second user, not its moderator, approved it (`approved_by`). A console key that leaks, or a console that skips
+its own check, cannot ban for good on one person's word. A plain (declared) command carries no identity to check:
+web.require_signed_commands refuses those.
 """
 
 from __future__ import annotations
@@ -30,12 +36,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from monitor.app import records
 from monitor.common.errors import ConfigError
+from monitor.config.outputs import TerminateConfig
 from monitor.config.web import WebConfig
 from monitor.evidence.records import IMAGE_KEY
 from monitor.evidence.signing import KeyFileError, key_id, load_public_key
 from monitor.incidents import CommandError, Event, Incident, IncidentBook, Key
 from monitor.incidents.commands import DECLARED, CommandTrust, is_signed, open_signed
 from monitor.servers.api import DropResult
+from monitor.web.users import at_least
 from pipelines.base import Finding
 
 log = logging.getLogger(__name__)
@@ -109,13 +117,14 @@ class CommandTrustPolicy:
     """Which consoles' signatures the monitor trusts (web.trusted_command_keys), and whether it needs one."""
 
     def __init__(self, keys: Mapping[str, Ed25519PublicKey] | None = None, *, require: bool = False,
-                 max_age_s: float = 300.0) -> None:
+                 max_age_s: float = 300.0, permanent_ban: bool = False) -> None:
         self.keys = dict(keys or {})
         self.require = require
         self.max_age_s = max_age_s
+        self.permanent_ban = permanent_ban  # a terminate bans for good: the two-person rule applies
 
     @classmethod
-    def from_config(cls, cfg: WebConfig) -> CommandTrustPolicy:
+    def from_config(cls, cfg: WebConfig, terminate: TerminateConfig | None = None) -> CommandTrustPolicy:
         """The policy of the `web:` section, loaded the same way by `monitor run` and `--validate-config`.
 
         KeyFileError (one line naming the setting and the file) for a key that cannot be read, is not an Ed25519
@@ -139,16 +148,40 @@ class CommandTrustPolicy:
         if cfg.require_signed_commands and not keys:
             raise ConfigError("web.require_signed_commands is on but web.trusted_command_keys lists no key: "
                               "every console command would be refused")
-        return cls(keys, require=cfg.require_signed_commands, max_age_s=cfg.command_max_age_s)
+        permanent = terminate is not None and terminate.ban and terminate.ban_hours is None
+        return cls(keys, require=cfg.require_signed_commands, max_age_s=cfg.command_max_age_s,
+                   permanent_ban=permanent)
 
     def open(self, cmd: Command) -> tuple[Command, CommandTrust]:
         """The command to apply and whose word it is; CommandError when it must be refused."""
         if is_signed(cmd):
-            return open_signed(cmd, self.keys, now=time.time(), max_age_s=self.max_age_s)
+            opened, trust = open_signed(cmd, self.keys, now=time.time(), max_age_s=self.max_age_s)
+            if opened.get("action") == "terminate" and self.permanent_ban:
+                self._two_persons(opened, trust)
+            return opened, trust
         if self.require:
             raise CommandError("signature", "this monitor accepts signed commands only "
                                             "(web.require_signed_commands)")
         return cmd, DECLARED
+
+
+    @staticmethod
+    def _two_persons(cmd: Command, trust: CommandTrust) -> None:
+        """CommandError unless a lead (or admin) signed this permanent ban, or someone else approved it."""
+        if trust.role is not None and at_least(trust.role, "lead"):
+            return
+        approver = (trust.approved_by or "").strip()
+        if not approver:
+            raise CommandError("approved_by", f"a permanent ban by {trust.role or 'a user'} "
+                                              f"{_quoted(cmd.get('moderator'))} needs another user's approval "
+                                              "(the two-person rule); none was signed")
+        if approver.casefold() == str(cmd.get("moderator") or "").strip().casefold():
+            raise CommandError("approved_by", f"a permanent ban cannot be approved by its own moderator "
+                                              f"{_quoted(approver)} (the two-person rule)")
+
+
+def _quoted(value: object) -> str:
+    return repr(str(value)[:100])
 
 
 class Commands:

@@ -121,7 +121,7 @@ class Engine:
         self.enforcer = Enforcer(cfg.terminate, self.bans, self.namer)
         self.class_images = ClassifierImages()
         self.commands = Commands(self, self.incidents, cfg.state_dir, self.class_images, cfg.evidence.store_images,
-                                 CommandTrustPolicy.from_config(cfg.web))
+                                 CommandTrustPolicy.from_config(cfg.web, cfg.terminate))
         self.alert_listeners: list[AlertListener] = []
         self.alerts_sent = 0
         self._loop: asyncio.AbstractEventLoop | None = None

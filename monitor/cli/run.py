@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         load_signing_key(cfg.evidence.signing_key_file, state_dir=cfg.state_dir)  # KeyFileError: one line, exit 2
     from monitor.app.commands import CommandTrustPolicy
 
-    CommandTrustPolicy.from_config(cfg.web)  # web.trusted_command_keys as the engine loads them: one line, exit 2
+    CommandTrustPolicy.from_config(cfg.web, cfg.terminate)  # as the engine loads it: one line, exit 2
     from monitor.runtime.analyses import check_classifiers
 
     check_classifiers(cfg.analyses, cfg.matching)  # a model that cannot run as configured: one line, exit 2

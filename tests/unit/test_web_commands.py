@@ -115,3 +115,51 @@ def test_the_evidence_names_the_verified_user(key: Ed25519PrivateKey, tmp_path: 
     assert bodies[0]["moderator"] == "alice" and bodies[0]["verified"] is True
     assert bodies[0]["approved_by"] == "lena" and bodies[0]["key_id"] == key_id(key.public_key())
     assert bodies[1]["moderator"] == "bob" and bodies[1]["verified"] is False
+
+
+def terminate(moderator: str = "alice") -> dict[str, object]:
+    return build_command("terminate", incident_id="i1", stream_id="s1", moderator=moderator, reason="known content")
+
+
+@pytest.mark.parametrize(("role", "approved_by", "moderator", "applied"), [
+    ("moderator", None, "alice", False),  # one person's word
+    ("moderator", "alice", "alice", False),  # approved by herself
+    ("moderator", " ALICE ", "alice", False),  # ... spelt another way
+    ("moderator", "   ", "alice", False),  # a blank approver is none
+    ("moderator", "lena", "alice", True),  # a second user approved it
+    ("lead", None, "lena", True),  # a lead may ban alone (as the web console lets her)
+    ("admin", None, "root", True),
+    ("viewer", "lena", "vic", True),  # approved: the approver carries it
+    (None, None, "alice", False),  # no role signed
+])
+def test_a_signed_permanent_ban_needs_a_second_person(key: Ed25519PrivateKey, tmp_path: Path, role: str | None,
+                                                      approved_by: str | None, moderator: str, applied: bool) -> None:
+    host, book = Host(), Book()
+    keys = {key_id(key.public_key()): key.public_key()}
+    cmds = Commands(host, book, tmp_path, ClassifierImages(), False,  # type: ignore[arg-type]
+                    CommandTrustPolicy(keys, permanent_ban=True))
+    cmds.handle(CommandSigner(key).wrap(terminate(moderator), role=role, approved_by=approved_by))  # type: ignore[arg-type]
+    assert bool(book.applied) is applied
+    assert bool([b for kind, b in host.records if kind == "action"]) is applied  # a refusal is no action
+
+
+def test_the_two_person_rule_names_what_is_missing(key: Ed25519PrivateKey) -> None:
+    keys = {key_id(key.public_key()): key.public_key()}
+    policy = CommandTrustPolicy(keys, permanent_ban=True)
+    with pytest.raises(CommandError, match=r"approved_by.*needs another user's approval"):
+        policy.open(CommandSigner(key).wrap(terminate("alice"), role="moderator"))
+    with pytest.raises(CommandError, match="own moderator 'alice'"):
+        policy.open(CommandSigner(key).wrap(terminate("alice"), role="moderator", approved_by="alice"))
+    # only terminate is a ban; other actions by one moderator pass
+    policy.open(CommandSigner(key).wrap(command("alice"), role="moderator"))
+    # a ban with ban_hours is not permanent: one moderator may terminate
+    CommandTrustPolicy(keys).open(CommandSigner(key).wrap(terminate("alice"), role="moderator"))
+
+
+def test_the_policy_knows_a_permanent_ban_from_the_terminate_config(tmp_path: Path) -> None:
+    from monitor.config.outputs import TerminateConfig
+
+    assert CommandTrustPolicy.from_config(WebConfig(), TerminateConfig()).permanent_ban  # the default: for good
+    assert not CommandTrustPolicy.from_config(WebConfig(), TerminateConfig(ban_hours=24)).permanent_ban
+    assert not CommandTrustPolicy.from_config(WebConfig(), TerminateConfig(ban=False)).permanent_ban
+    assert not CommandTrustPolicy.from_config(WebConfig()).permanent_ban
