@@ -10,6 +10,9 @@ Topics are in `monitor/contracts/topics.py`; the JSON Schemas in schemas/ are ge
     Incident     {prefix}/{node}/incidents/{id}    monitor/incidents/book.py `Incident.to_message`
     Command      {prefix}/{node}/commands          monitor/console/actions.py `build_command`; read by
                                                    monitor/incidents/book.py `apply_command`
+    SignedCommand {prefix}/{node}/commands         the web console (monitor/web/actions.py `CommandSigner`,
+                                                   monitor/incidents/commands.py `seal_command`); opened by
+                                                   `open_signed` (the Command inside, `SignedCommandBody`)
 
 Only the incident and the command carry a `schema_version` (1); status, health and stream state have none. A
 terminate's outcome is not a message of its own: it is the `result` of the command's entry in the incident's
@@ -46,6 +49,8 @@ __all__ = [
     "Incident",
     "NodeStatus",
     "SamplingDetail",
+    "SignedCommand",
+    "SignedCommandBody",
     "Status",
     "StreamStatus",
 ]
@@ -245,3 +250,47 @@ class Command(WireModel):
         None, description="Required by the console for dismiss (a false positive: why).")
     at: Annotated[str, Field(min_length=1, max_length=64, pattern=r"\S"), Safe] | None = Field(
         None, description="UTC ISO 8601 on the console's clock; informative only (the monitor records its own).")
+
+
+SIGNED_FORMAT = "lsmc-command-1"  # monitor/incidents/commands.py SIGNED_FORMAT (tests/unit/test_contracts.py)
+MAX_SIGNED = 8192
+_COMMAND_ID = _BASE + "command-1.json"
+ROLE_NAMES = ("viewer", "moderator", "lead", "admin")  # monitor/web/users.py ROLES (tests/unit/test_contracts.py)
+
+
+class SignedCommandBody(WireModel):
+    """What a signed command's `signed` text holds, as JSON: the command and whose word it is."""
+
+    command: Command
+    role: Literal["viewer", "moderator", "lead", "admin"] | None = Field(
+        description="The signing user's role in the console.")
+    approved_by: _ID | None = Field(
+        description="A second user who approved this command (the two-person rule for permanent bans).")
+
+
+class SignedCommand(WireModel):
+    """A command sealed by a console with its own Ed25519 key, console -> monitor."""
+
+    model_config = _config(
+        "Signed command", "signed-command-1",
+        "Published by a console that signs (the web console), QoS 1, not retained, on {prefix}/{node}/commands, in "
+        "place of a plain Command. `signature` is Ed25519 over the bytes 'lsmc-command-1' + LF + the UTF-8 of "
+        "`signed` exactly as sent; `signed` is the JSON text of {command, role, approved_by}. A monitor that lists "
+        "the key records the command's moderator as verified; it refuses a stale `at` (the command's), an unknown "
+        "key, a bad signature and, under a permanent ban policy, a terminate that neither a lead signed nor a "
+        "second user approved.")
+    schema_file: ClassVar[str] = "signed-command.schema.json"
+
+    type: Literal["signed_command"]
+    format: Literal["lsmc-command-1"]
+    key_id: _ID = Field(description="The id of the console's public key (monitor/evidence/signing.py key_id).")
+    signature: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9+/]+={0,2}$")] = Field(
+        description="Base64 of the 64-byte Ed25519 signature.")
+    signed: Annotated[str, Field(min_length=2, max_length=MAX_SIGNED)] = Field(
+        description="The JSON text of a SignedCommandBody; the command in it must carry `at`.",
+        json_schema_extra={"contentMediaType": "application/json", "contentSchema": {
+            "type": "object", "required": ["command", "role", "approved_by"], "additionalProperties": False,
+            "properties": {"command": {"$ref": _COMMAND_ID},
+                           "role": {"anyOf": [{"enum": list(ROLE_NAMES)}, {"type": "null"}]},
+                           "approved_by": {"anyOf": [{"type": "string", "minLength": 1, "maxLength": 100},
+                                                     {"type": "null"}]}}}})

@@ -19,6 +19,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from monitor.common.safetext import describe_char, forbidden_char
+from monitor.contracts.messages import MAX_SIGNED, ROLE_NAMES, SIGNED_FORMAT
 from monitor.incidents.model import ACTION_STATUS, SCHEMA_VERSION, Action
 
 MAX_MODERATOR = 100
@@ -102,11 +103,11 @@ def parse_command(cmd: object) -> ParsedCommand:
 #    "signed": "<JSON text of {"command": {...the Command...}, "role": R, "approved_by": name | null}>"}
 # The signature covers b"lsmc-command-1\n" + the UTF-8 of "signed" exactly as sent (no re-serialisation).
 # A monitor that trusts K records the command's moderator as verified (monitor/app/commands.py).
+# The contract: monitor/contracts/messages.py SignedCommand (schemas/signed-command.schema.json).
 
 SIGNED_TYPE: Final = "signed_command"
-SIGNED_FORMAT: Final = "lsmc-command-1"
 _ENVELOPE_FIELDS: Final = frozenset({"type", "format", "key_id", "signature", "signed"})
-MAX_SIGNED = 8192
+_BODY_FIELDS: Final = frozenset({"command", "role", "approved_by"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +175,13 @@ def open_signed(envelope: Mapping[str, object], keys: Mapping[str, Ed25519Public
     if not isinstance(inner, dict) or not isinstance(inner.get("command"), dict):
         raise CommandError("signed", "must hold a command object")
     cmd: dict[str, object] = inner["command"]
-    role, approved_by = inner.get("role"), inner.get("approved_by")
+    extra = sorted(str(k) for k in inner if k not in _BODY_FIELDS)
+    if extra:
+        raise CommandError(f"signed.{extra[0]}", "unknown field in a signed command")
+    role = inner.get("role")
+    if role is not None and role not in ROLE_NAMES:
+        raise CommandError("signed.role", f"must be one of {', '.join(ROLE_NAMES)} or null, got {_show(role)}")
+    approved_by = _text(inner, "approved_by", MAX_MODERATOR, required=False) or None
     at = cmd.get("at")
     try:
         sent = datetime.fromisoformat(str(at)).timestamp() if isinstance(at, str) else None
@@ -182,5 +189,4 @@ def open_signed(envelope: Mapping[str, object], keys: Mapping[str, Ed25519Public
         sent = None
     if sent is None or abs(now - sent) > max_age_s:
         raise CommandError("at", f"a signed command must be sent within {max_age_s:g} s of now, got {_show(at)}")
-    return cmd, CommandTrust(True, kid, str(role) if role is not None else None,
-                             str(approved_by) if approved_by is not None else None)
+    return cmd, CommandTrust(True, kid, str(role) if role is not None else None, approved_by)

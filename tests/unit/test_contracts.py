@@ -10,6 +10,7 @@ console's `build_command` (monitor/console/actions.py), which the incident book 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 import uuid
@@ -392,3 +393,62 @@ def test_the_contract_and_the_incident_book_name_the_same_statuses_actions_and_s
     assert set(get_args(messages.Status)) == set(get_args(book.Status))
     assert set(messages.ACTIONS) == set(book.ACTION_STATUS)
     assert set(get_args(messages.Severity)) == set(get_args(book.Severity)) == set(book.SEVERITIES)
+
+
+# ------------------------------------------------------------------------------------------------ signed commands
+
+
+def test_a_sealed_command_fits_the_signed_command_contract() -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from monitor.contracts.messages import SignedCommand, SignedCommandBody
+    from monitor.web.actions import CommandSigner
+    from monitor.web.actions import build_command as web_command
+
+    cmd = web_command("terminate", incident_id="i1", stream_id="s1", moderator="alice", reason="known")
+    for role, approver in (("moderator", "lena"), ("lead", None)):
+        env = CommandSigner(Ed25519PrivateKey.generate()).wrap(cmd, role=role, approved_by=approver)
+        fits(SignedCommand, env)
+        body = check(SignedCommandBody, json.loads(str(env["signed"])))
+        assert body.command.moderator == "alice" and body.role == role and body.approved_by == approver
+    refused(SignedCommand, {**env, "format": "lsmc-command-2"}, "format")
+    refused(SignedCommand, {**env, "signature": "not base64!"}, "signature")
+    refused(SignedCommand, {**env, "extra": 1}, "extra")
+
+
+def test_the_signed_command_contract_agrees_with_its_readers() -> None:
+    from monitor.contracts.messages import ROLE_NAMES, SignedCommand, SignedCommandBody
+    from monitor.incidents.commands import _BODY_FIELDS, _ENVELOPE_FIELDS, SIGNED_FORMAT
+    from monitor.web.users import ROLES
+
+    assert set(SignedCommand.model_fields) == _ENVELOPE_FIELDS
+    assert set(SignedCommandBody.model_fields) == _BODY_FIELDS
+    assert ROLE_NAMES == ROLES and get_args(SignedCommand.model_fields["format"].annotation)[0] == SIGNED_FORMAT
+    content = generate(SignedCommand)["properties"]["signed"]["contentSchema"]
+    assert set(content["properties"]) == set(content["required"]) == _BODY_FIELDS
+    assert content["properties"]["command"]["$ref"] == generate(Command)["$id"]
+    assert content["properties"]["role"]["anyOf"][0]["enum"] == list(ROLES)
+
+
+@pytest.mark.parametrize(("inner", "field"), [
+    ({"surplus": 1}, "signed.surplus"),
+    ({"role": "owner"}, "signed.role"),
+    ({"role": 3}, "signed.role"),
+    ({"approved_by": "lena\u202e"}, "approved_by"),
+    ({"approved_by": 7}, "approved_by"),
+])
+def test_open_signed_refuses_a_bad_body_though_the_signature_holds(inner: dict[str, object], field: str) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from monitor.evidence.signing import key_id
+    from monitor.incidents.commands import SIGNED_TYPE, open_signed, signed_message
+
+    key = Ed25519PrivateKey.generate()
+    body = {"command": build_command("acknowledge", incident_id="i1", stream_id="s1", moderator="alice",
+                                     reason=None), "role": "moderator", "approved_by": None, **inner}
+    signed = json.dumps(body)
+    env = {"type": SIGNED_TYPE, "format": "lsmc-command-1", "key_id": key_id(key.public_key()),
+           "signature": base64.b64encode(key.sign(signed_message(signed))).decode(), "signed": signed}
+    with pytest.raises(CommandError) as err:
+        open_signed(env, {key_id(key.public_key()): key.public_key()}, now=time.time(), max_age_s=60)
+    assert err.value.field == field

@@ -15,11 +15,11 @@ from pydantic.json_schema import GenerateJsonSchema
 
 from monitor.contracts.alerts import Alert
 from monitor.contracts.base import WireModel
-from monitor.contracts.messages import Command, Health, Incident, NodeStatus, StreamStatus
+from monitor.contracts.messages import Command, Health, Incident, NodeStatus, SignedCommand, StreamStatus
 
 __all__ = ["MODELS", "SCHEMA_DIR", "generate", "render", "write"]
 
-MODELS: tuple[type[WireModel], ...] = (Alert, Incident, Command, StreamStatus, Health, NodeStatus)
+MODELS: tuple[type[WireModel], ...] = (Alert, Incident, Command, SignedCommand, StreamStatus, Health, NodeStatus)
 SCHEMA_DIR = Path(__file__).resolve().parent
 
 
