@@ -266,6 +266,22 @@ def is_overlay(box: Box, h: int, w: int) -> bool:
     return on_border >= 2 and (box.bottom - box.top) * (box.right - box.left) <= OVERLAY_MAX_AREA * h * w
 
 
+# A corner inset: a box near a corner (each of two adjacent sides within INSET_MARGIN of the frame border) of
+# INSET_MIN_AREA-INSET_MAX_AREA of the frame -- a webcam picture, a logo plate, a sticker panel. What it covers is
+# gone; `pipelines.robust.cover_view` inpaints it from the picture around it.
+INSET_MARGIN = 0.06
+INSET_MIN_AREA = 0.03
+INSET_MAX_AREA = 0.30
+
+
+def is_corner_inset(box: Box, h: int, w: int) -> bool:
+    near_top, near_bottom = box.top <= INSET_MARGIN * h, box.bottom >= (1 - INSET_MARGIN) * h
+    near_left, near_right = box.left <= INSET_MARGIN * w, box.right >= (1 - INSET_MARGIN) * w
+    if near_top == near_bottom or near_left == near_right:  # not in exactly one corner (a band or column is not)
+        return False
+    return INSET_MIN_AREA * h * w <= (box.bottom - box.top) * (box.right - box.left) <= INSET_MAX_AREA * h * w
+
+
 def even_out(rgb: Image, box: Box) -> Image | None:
     """The frame with `box` median-filtered and given the mean and contrast of the band around it, per channel.
 

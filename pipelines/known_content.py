@@ -1,10 +1,11 @@
 """Known-content matching: fingerprint the sample, look it up in every bank, report findings.
 
 Besides the plain hash of the frame, the matcher looks up the probes of pipelines.robust: the frame without black
-bars, its 8 rotations/mirrors, detected inner pictures (picture-in-picture) and corner overlays evened out, the
-frame re-toned by a few gammas, the frame re-extended as the crop of a larger original, edge strips (bands, chat
-columns) smeared over, the content window and the frame with its layout filled in where a stream's samples show
-a fixed layout (pipelines/layout.py, per stream), optionally fixed crops and quadrants.
+bars, its 8 rotations/mirrors, detected inner pictures (picture-in-picture), corner overlays evened out and corner
+insets inpainted, the frame re-toned by a few gammas, the frame re-extended as the crop of a larger original, turned
+back by 2 degrees, edge strips (bands, chat columns) smeared over, the content window and the frame with its layout
+filled in where a stream's samples show a fixed layout (pipelines/layout.py, per stream), optionally fixed crops and
+quadrants.
 Each switch is a keyword argument; the defaults are the recommended configuration (docs/eval-images.md).
 A sample yields at most one Finding per (bank, entry): the probe at the smallest distance, whose hash is the
 Finding's `sample_hash` (so `distance` is the distance between `sample_hash` and the entry).
@@ -66,12 +67,13 @@ class KnownContentMatcher:
         tones: bool = True,
         reextend: bool = True,
         strips: bool = True,
+        tilts: bool = True,
         layout: bool = True,
     ) -> None:
         self._banks: tuple[Bank, ...] = tuple(banks)
         self.min_quality = min_quality
         self.options = RobustOptions(strip_bars=strip_bars, dihedral=dihedral, crops=crops, pip=pip, boxes=boxes,
-                                     tones=tones, reextend=reextend, strips=strips)
+                                     tones=tones, reextend=reextend, strips=strips, tilts=tilts)
         self.stats = MatcherStats()
         # per-stream layout models (pipelines/layout.py); None: off
         self.layouts: LayoutTracker | None = LayoutTracker() if layout else None

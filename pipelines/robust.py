@@ -24,15 +24,21 @@ triples -- that are looked up alongside the plain hash of the full frame:
   frequencies, and a picture at its original scale and place with a smeared border is nearer its bank code than the
   crop itself (tuning split, natural pictures: crop 5 % recall at 31: 0.9 % -> 72 %, at ~1 ms). 16 probes of 64x64.
 - `strips`: the frame with an edge strip replaced by its neighbouring row or column repeated: the bottom and top 20 %
-  (a ticker or caption band over the picture) and the right and left 30 % (a chat column), `STRIPS`. The strip's
-  content is gone either way; smearing the edge of what is left keeps PDQ's low frequencies nearer the picture's than
-  the band's or column's block does (tuning split: band 47 -> 60 %, chat 20 -> 26 %). 4 probes of 64x64.
+  and 12 % (a ticker or caption band over the picture) and the right and left 30 % (a chat column), `STRIPS`. The
+  strip's content is gone either way; smearing the edge of what is left keeps PDQ's low frequencies nearer the
+  picture's than the band's or column's block does (tuning split: band 47 -> 60 %, chat 20 -> 26 %; the 12 % strips:
+  band 60 -> 65 %). 6 probes of 64x64.
+- `tilts`: the frame turned back by small angles (`TILT_ANGLES`, ±2 degrees) on the 64x64 reduction, its corners
+  filled by reflection: a re-streamed picture slightly rotated (a phone filming a screen, a tilted layout window)
+  moves PDQ past 31 bits within a degree or two (tuning split, rotations of 1-3 degrees: 21 -> 68 %). 2 probes.
 - `layout` (the matcher's, per stream, not a switch of `compute_probes`): what stays fixed over a stream's samples
   while the content changes (pipelines/layout.py): the content window cut out and the frame with the layout filled
   from the content around it (`layout_probes`). Stream mode of the benchmark, tuning split: picture-in-picture
   30-60 % 64 -> 84 %, chat 27 -> 36 %, webcam 5 -> 20 %.
 - `boxes`: inner rectangles found by long straight edges (`detect_boxes`): a picture-in-picture window, content
-  inset in a stream layout or framed by a non-black border. Up to 3 per sample. A small box in a corner is more
+  inset in a stream layout or framed by a non-black border. Up to 3 per sample. A box near one corner of the frame
+  (`is_corner_inset`: a webcam picture, a panel) is also inpainted from the picture around it (`cover_view`,
+  Telea on the 64x64 reduction; tuning split, webcam insets: 9 -> 30 %). A small box in a corner is more
   often an overlay on the picture (a logo plate, a chat box, a semi-transparent watermark): the frame is also
   hashed with that corner evened out (`even_out`), which takes the overlay's dark or bright block out of PDQ's low
   frequencies (watermark recall at 31: 55% -> 81%, docs/eval-images.md).
@@ -51,7 +57,16 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from pipelines.detect import MAX_BOXES, Image, detect_bars, detect_boxes, even_out, is_overlay
+from pipelines.detect import (
+    MAX_BOXES,
+    Box,
+    Image,
+    detect_bars,
+    detect_boxes,
+    even_out,
+    is_corner_inset,
+    is_overlay,
+)
 from pipelines.fingerprint import (
     DIHEDRAL,
     DIHEDRAL_INVERSE,
@@ -65,13 +80,18 @@ from pipelines.fingerprint import (
 from pipelines.hamming import Codes
 from pipelines.layout import Layout, fill_fixed, refine_window
 
-SWITCH_NAMES = ("strip_bars", "dihedral", "crops", "pip", "boxes", "tones", "reextend", "strips")
+SWITCH_NAMES = ("strip_bars", "dihedral", "crops", "pip", "boxes", "tones", "reextend", "strips", "tilts")
 FULL = "full"
 STRIPPED = "stripped"
 CROP_VIEWS = ("crop90_c", "crop80_c", "crop90_tl", "crop90_tr", "crop90_bl", "crop90_br")
 PIP_VIEWS = ("pip_tl", "pip_tr", "pip_bl", "pip_br", "pip_c")
 BOX_VIEWS = tuple(f"box{i + 1}" for i in range(MAX_BOXES))
 OVERLAY_VIEWS = tuple(f"overlay{i + 1}" for i in range(MAX_BOXES))
+COVER_VIEWS = tuple(f"cover{i + 1}" for i in range(MAX_BOXES))
+# `boxes`, corner insets: the box grown by this many pixels of the 64x64 reduction (its border frame) is inpainted
+# (Telea) with this radius. Chosen on the tuning split (docs/eval-images.md).
+COVER_GROW_PX = 0
+COVER_RADIUS = 5
 # `tones`: the frame re-toned by these gammas (undoing a stream's gamma of 0.65, 0.8, 1.35, 1.55), applied to the
 # 64x64 reduction PDQ hashes anyway, so each costs a lookup table and a PDQ of 64x64 (~0.1 ms).
 TONE_GAMMAS = (1 / 0.65, 1 / 0.8, 1 / 1.35, 1 / 1.55)
@@ -83,8 +103,11 @@ REEXTEND_STEPS = (0.0, 1 / 3, 2 / 3, 1.0)
 REEXTEND_VIEWS = tuple(f"reext_{iy}{ix}" for iy in range(len(REEXTEND_STEPS)) for ix in range(len(REEXTEND_STEPS)))
 # `strips`: (view name, edge, share of the side) of each strip smeared over.
 STRIPS = (("strip_b20", "bottom", 0.20), ("strip_t20", "top", 0.20), ("strip_r30", "right", 0.30),
-          ("strip_l30", "left", 0.30))
+          ("strip_l30", "left", 0.30), ("strip_b12", "bottom", 0.12), ("strip_t12", "top", 0.12))
 STRIP_VIEWS = tuple(name for name, _, _ in STRIPS)
+# `tilts`: the angles (degrees, counter-clockwise) the frame is turned by to undo a small rotation.
+TILT_ANGLES = (-2.0, 2.0)
+TILT_VIEWS = tuple(f"tilt{a:+g}" for a in TILT_ANGLES)
 LAYOUT_VIEWS = ("layout_window", "layout_fill")
 _TONE_LUTS = [np.clip((np.arange(256) / 255.0) ** g * 255.0 + 0.5, 0, 255).astype(np.uint8) for g in TONE_GAMMAS]
 
@@ -101,6 +124,7 @@ class RobustOptions:
     tones: bool = True
     reextend: bool = True
     strips: bool = True
+    tilts: bool = True
 
     @classmethod
     def none(cls) -> RobustOptions:
@@ -204,6 +228,29 @@ def strip_views(small: Image) -> Iterator[tuple[str, Image]]:
         yield name, np.asarray(cv2.copyMakeBorder(rest, *pad, cv2.BORDER_REPLICATE), np.uint8)
 
 
+def cover_view(small: Image, box: Box, h: int, w: int) -> Image:
+    """`small` (the 64x64 reduction of an h x w frame) with `box`, grown by COVER_GROW_PX, inpainted from the
+    picture around it."""
+    sh, sw = small.shape[:2]
+    mask = np.zeros((sh, sw), np.uint8)
+    top, bottom = max(0, box.top * sh // h - COVER_GROW_PX), min(sh, -(-box.bottom * sh // h) + COVER_GROW_PX)
+    left, right = max(0, box.left * sw // w - COVER_GROW_PX), min(sw, -(-box.right * sw // w) + COVER_GROW_PX)
+    mask[top:bottom, left:right] = 255
+    return np.asarray(cv2.inpaint(np.ascontiguousarray(small), mask, COVER_RADIUS, cv2.INPAINT_TELEA), np.uint8)
+
+
+def tilt_views(small: Image) -> Iterator[tuple[str, Image]]:
+    """`small` (the 64x64 reduction) turned about its centre by each of TILT_ANGLES, the uncovered corners filled by
+    reflection (names in TILT_VIEWS)."""
+    h, w = small.shape[:2]
+    if h < 8 or w < 8:
+        return
+    for name, angle in zip(TILT_VIEWS, TILT_ANGLES, strict=True):
+        m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
+        yield name, np.asarray(cv2.warpAffine(np.ascontiguousarray(small), m, (w, h), flags=cv2.INTER_LINEAR,
+                                              borderMode=cv2.BORDER_REFLECT), np.uint8)
+
+
 # -- probes ----------------------------------------------------------------------------------------------------
 
 
@@ -247,6 +294,9 @@ def compute_probes(
     if opts.strips:
         for name, view in strip_views(small):
             probes += _view_probes(name, view, False, signals)
+    if opts.tilts:
+        for name, view in tilt_views(small):
+            probes += _view_probes(name, view, False, signals)
     if opts.crops:
         for name, view in crop_views(rgb):
             probes += _view_probes(name, view, False, signals)
@@ -255,11 +305,13 @@ def compute_probes(
             probes += _view_probes(name, view, False, signals)
     if opts.boxes:
         h, w = rgb.shape[:2]
-        for name, overlay, box in zip(BOX_VIEWS, OVERLAY_VIEWS, detect_boxes(rgb), strict=False):
+        for name, overlay, cover, box in zip(BOX_VIEWS, OVERLAY_VIEWS, COVER_VIEWS, detect_boxes(rgb), strict=False):
             probes += _view_probes(name, box.crop(rgb), False, signals)
             evened = even_out(rgb, box) if is_overlay(box, h, w) else None
             if evened is not None:
                 probes += _view_probes(overlay, evened, False, signals)
+            if is_corner_inset(box, h, w):
+                probes += _view_probes(cover, cover_view(small, box, h, w), False, signals)
     return probes
 
 
@@ -285,10 +337,11 @@ def select_probes(probes: list[Probe], options: RobustOptions) -> list[Probe]:
         elif (
             (p.view in CROP_VIEWS and options.crops)
             or (p.view in PIP_VIEWS and options.pip)
-            or (p.view in BOX_VIEWS + OVERLAY_VIEWS and options.boxes)
+            or (p.view in BOX_VIEWS + OVERLAY_VIEWS + COVER_VIEWS and options.boxes)
             or (p.view in TONE_VIEWS and options.tones)
             or (p.view in REEXTEND_VIEWS and options.reextend)
             or (p.view in STRIP_VIEWS and options.strips)
+            or (p.view in TILT_VIEWS and options.tilts)
         ):
             keep.append(p)
     return keep

@@ -28,6 +28,7 @@ class MatchingConfig(Strict):
     tones: bool = True  # the frame re-toned by four gammas (brightness/contrast/gamma changed by the stream)
     reextend: bool = True  # the frame as a 5 % crop of its original, re-extended at 16 positions (cropped clips)
     strips: bool = True  # edge strips smeared over: bottom/top 20 % (bands), right/left 30 % (chat columns)
+    tilts: bool = True  # the frame turned back by 2 degrees either way (slightly rotated content)
     layout: bool = True  # per stream: what stays fixed while content changes is layout (content window, fill)
 
 

@@ -48,7 +48,8 @@ def make_matcher(banks: Sequence[Bank], m: MatchingConfig, *, keep_images: bool 
     (evidence.store_images) its findings carry the matched sample (`SampleImageMatcher`)."""
     cls = SampleImageMatcher if keep_images else KnownContentMatcher
     return cls(banks, m.min_quality, strip_bars=m.strip_bars, dihedral=m.dihedral, boxes=m.boxes,
-               crops=m.crops, pip=m.pip, tones=m.tones, reextend=m.reextend, strips=m.strips, layout=m.layout)
+               crops=m.crops, pip=m.pip, tones=m.tones, reextend=m.reextend, strips=m.strips,
+               tilts=m.tilts, layout=m.layout)
 
 
 @registry.register("known_content")

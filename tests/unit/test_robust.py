@@ -11,17 +11,29 @@ from hypothesis import strategies as st
 
 from pipelines.banks import Bank, Entry
 from pipelines.base import Sample
-from pipelines.detect import BAR_MAX_FRACTION, Bars, Box, detect_bars, detect_boxes, even_out, is_overlay
+from pipelines.detect import (
+    BAR_MAX_FRACTION,
+    Bars,
+    Box,
+    detect_bars,
+    detect_boxes,
+    even_out,
+    is_corner_inset,
+    is_overlay,
+)
 from pipelines.fingerprint import DIHEDRAL, pdq, pdq_dihedral, phash, phash_dihedral
 from pipelines.known_content import KnownContentMatcher
 from pipelines.robust import (
     REEXTEND_VIEWS,
     STRIP_VIEWS,
+    TILT_VIEWS,
     RobustOptions,
     compute_probes,
+    cover_view,
     reextend_views,
     select_probes,
     strip_views,
+    tilt_views,
 )
 from test_streams import transforms as tf
 from test_streams.images import Background, known_image
@@ -226,6 +238,42 @@ def test_watermark_plates_found_through_the_overlay_view() -> None:
     assert overlay >= 3, (plain, overlay)  # found only with the corner evened out
 
 
+def test_corner_insets_are_boxes_near_exactly_one_corner() -> None:
+    assert is_corner_inset(Box(0, 110, 0, 200, 1.0), H, W)  # top left, ~15 % of the area
+    assert is_corner_inset(Box(H - 120, H - 8, W - 190, W - 10, 1.0), H, W)  # bottom right, off the edges a little
+    assert not is_corner_inset(Box(60, 200, 120, 400, 1.0), H, W)  # in the middle: picture-in-picture
+    assert not is_corner_inset(Box(H - 50, H, 0, W, 1.0), H, W)  # a full-width band
+    assert not is_corner_inset(Box(0, H, W - 140, W, 1.0), H, W)  # a full-height chat column
+    assert not is_corner_inset(Box(0, 20, 0, 30, 1.0), H, W)  # too small to matter
+    assert not is_corner_inset(Box(0, 200, 0, 380, 1.0), H, W)  # half the frame: not an inset over content
+
+
+def test_cover_view_inpaints_the_box_and_nothing_else() -> None:
+    small = np.ascontiguousarray(known_image(5, 64, 64))
+    inset = small.copy()
+    inset[40:, 36:] = (250, 0, 250)  # a webcam inset of one loud colour, bottom right
+    covered = cover_view(inset, Box(H * 40 // 64, H, W * 36 // 64, W, 1.0), H, W)
+    assert np.array_equal(covered[:40], small[:40]) and np.array_equal(covered[:, :36], small[:, :36])
+    assert not (covered[40:, 36:] == (250, 0, 250)).all(axis=2).any()  # the inset's colour is gone
+    # filled from around it: nearer the hidden picture than the inset was
+    assert np.abs(covered.astype(int) - small).mean() < 0.5 * np.abs(inset.astype(int) - small).mean()
+
+
+def test_webcam_insets_found_through_the_cover_view() -> None:
+    pictures = [known_image(s, W, H) for s in range(120, 150)]
+    others = [tf.composition(s, W, H) for s in range(8)]
+    bank = bank_of(pictures)
+    off = on = via = 0
+    for seed, pic in enumerate(pictures):
+        shown = sample(as_stream(tf.webcam(pic, seed, others)))
+        off += bool(KnownContentMatcher([bank], boxes=False).process(shown))
+        matches = KnownContentMatcher([bank]).process_detailed(shown)
+        assert {m.finding.entry_id for m in matches} <= {f"e{seed}"}  # never another picture
+        on += bool(matches)
+        via += bool(matches) and matches[0].view.startswith("cover")
+    assert on >= off + 3 and via >= 3, (off, on, via)
+
+
 def test_gamma_changed_pictures_found_through_the_tone_views() -> None:
     pictures = [known_image(s, W, H) for s in range(40, 80)]
     bank = bank_of(pictures)
@@ -252,6 +300,33 @@ def test_cropped_pictures_found_through_the_reextended_views() -> None:
         on += bool(matches)
         via += bool(matches) and matches[0].view.startswith("reext_")
     assert on >= off + 5 and via >= 5, (off, on, via)
+
+
+def test_slightly_rotated_pictures_found_through_the_tilt_views() -> None:
+    pictures = [known_image(s, W, H) for s in range(160, 190)]
+    bank = bank_of(pictures)
+    off = on = via = 0
+    for seed, pic in enumerate(pictures):
+        shown = sample(as_stream(tf.rotate_small(pic, seed)))
+        off += bool(KnownContentMatcher([bank], tilts=False).process(shown))
+        matches = KnownContentMatcher([bank]).process_detailed(shown)
+        assert {m.finding.entry_id for m in matches} <= {f"e{seed}"}  # never another picture
+        on += bool(matches)
+        via += bool(matches) and matches[0].view.startswith("tilt")
+    assert on >= off + 5 and via >= 5, (off, on, via)
+
+
+def test_tilt_views_turn_the_reduction_about_its_centre() -> None:
+    small = np.zeros((64, 64, 3), np.uint8)
+    small[:, 31:33] = 255  # a vertical bar through the centre
+    views = dict(tilt_views(small))
+    assert list(views) == list(TILT_VIEWS) == ["tilt-2", "tilt+2"]
+    for view in views.values():
+        assert view.shape == small.shape
+        assert view[32, 31:33].min() > 200  # the centre stays
+        top, bottom = np.argmax(view[2, :, 0]), np.argmax(view[61, :, 0])
+        assert top != bottom  # the bar is no longer vertical
+    assert np.argmax(views["tilt+2"][2, :, 0]) < 31 < np.argmax(views["tilt-2"][2, :, 0])  # counter-clockwise
 
 
 def test_strip_views_replace_only_the_strip() -> None:
@@ -347,7 +422,7 @@ def test_select_probes_equals_compute_probes(pictures: list[np.ndarray]) -> None
     frames = [pictures[0], as_stream(tf.letterbox(pictures[1], 1)), as_stream(tf.pip(pictures[2], 2))]
     variants = [RobustOptions.none(), RobustOptions(), RobustOptions(strip_bars=False, crops=True),
                 RobustOptions(dihedral=False, pip=True, boxes=False), RobustOptions(reextend=False),
-                RobustOptions(strips=False, tones=False), RobustOptions.all()]
+                RobustOptions(strips=False, tones=False), RobustOptions(tilts=False), RobustOptions.all()]
     for f in frames:
         everything = compute_probes(f, RobustOptions.all())
         for opts in variants:

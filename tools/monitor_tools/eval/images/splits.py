@@ -54,7 +54,8 @@ from pipelines.robust import (
 from test_streams.transforms import LAYOUT_TRANSFORMS, jpeg
 
 NATURAL_KEYS = ("pdq", "pipeline/none", "pipeline/strip_bars", "pipeline/dihedral", "pipeline/boxes",
-                "pipeline/tones", "pipeline/reextend", "pipeline/strips", DEFAULT_KEY, "pipeline/all", BANK_CROPS_KEY)
+                "pipeline/tones", "pipeline/reextend", "pipeline/strips",
+                "pipeline/tilts", DEFAULT_KEY, "pipeline/all", BANK_CROPS_KEY)
 # The switch sets of NATURAL_KEYS, by their SWITCHES name (plain PDQ and the crop-window bank are scored apart).
 PIPELINE_SWITCHES = tuple(k.split("/", 1)[1] for k in NATURAL_KEYS if k.startswith("pipeline/") and k != BANK_CROPS_KEY)
 # Targets of issue 13 (held-out split, natural class, default switches, threshold 31, bank without crop windows).
