@@ -126,6 +126,11 @@ class LayoutModel:
 REFINE_PX = 8  # a window side is moved to the strongest edge within this many sample pixels
 
 
+def frame_luma(rgb: Image) -> npt.NDArray[np.float32]:
+    """The sample's luma as float32, what `refine_window` looks for edges in."""
+    return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY).astype(np.float32)
+
+
 def _snap(lines: npt.NDArray[np.float32], at: int) -> int:
     """The boundary in [at - REFINE_PX, at + REFINE_PX] between two of `lines` (rows of luma, the span of one
     window side) with the largest mean absolute step across it; `at` where no step reaches 8 levels."""
@@ -138,12 +143,13 @@ def _snap(lines: npt.NDArray[np.float32], at: int) -> int:
     return a + i + 1 if steps[i] > 8.0 else at
 
 
-def refine_window(rgb: Image, box: Box) -> Box:
+def refine_window(rgb: Image, box: Box, luma: npt.NDArray[np.float32] | None = None) -> Box:
     """`box` with each inner side moved to the sample's strongest straight edge near it (the model finds the window
     at its own coarse resolution; a window cut a few pixels off moves PDQ by many bits). Sides on the frame border
-    stay."""
+    stay. `luma`: the sample's `frame_luma`, when the caller refines several boxes of one sample."""
     h, w = rgb.shape[:2]
-    luma = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY).astype(np.float32)
+    if luma is None:
+        luma = frame_luma(rgb)
     rows = luma[:, box.left : box.right]
     cols = np.ascontiguousarray(luma[box.top : box.bottom].T)
     top = _snap(rows, box.top) if box.top > 0 else 0

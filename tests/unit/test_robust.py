@@ -274,6 +274,20 @@ def test_webcam_insets_found_through_the_cover_view() -> None:
     assert on >= off + 3 and via >= 3, (off, on, via)
 
 
+def test_small_picture_in_picture_found_through_the_snapped_box() -> None:
+    pictures = [known_image(s, W, H) for s in range(200, 230)]
+    others = [tf.composition(s, W, H) for s in range(8)]
+    bank = bank_of(pictures)
+    found = via = 0
+    for seed, pic in enumerate(pictures):
+        shown = sample(as_stream(tf.pip_small(pic, seed, others)))
+        matches = KnownContentMatcher([bank]).process_detailed(shown)
+        assert {m.finding.entry_id for m in matches} <= {f"e{seed}"}  # never another picture
+        found += bool(matches)
+        via += bool(matches) and matches[0].view.startswith("boxsnap")
+    assert via >= 10, (found, via)  # nearer with the box's sides on the window's edges than as detected
+
+
 def test_gamma_changed_pictures_found_through_the_tone_views() -> None:
     pictures = [known_image(s, W, H) for s in range(40, 80)]
     bank = bank_of(pictures)
@@ -382,7 +396,8 @@ def test_one_finding_per_entry_with_the_best_variant(pictures: list[np.ndarray])
     keys = [(m.finding.bank, m.finding.entry_id) for m in matches]
     assert sorted(keys) == [("b", "mirror"), ("b", "plain"), ("b2", "plain")]
     by_key = {(m.finding.bank, m.finding.entry_id): m for m in matches}
-    assert by_key[("b", "plain")].variant == "stripped:identity"
+    # the bars stripped, or the box between them with its sides snapped to the bars' edges: as near or nearer
+    assert by_key[("b", "plain")].variant in ("stripped:identity", "boxsnap1:identity")
     assert by_key[("b", "mirror")].variant == "stripped:flip_h"
     for m in matches:  # each is the nearest probe: no probe is closer to that entry
         f = m.finding
