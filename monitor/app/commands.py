@@ -15,8 +15,9 @@ web.require_signed_commands (`CommandTrustPolicy`).
 
 The two-person rule for permanent bans (terminate.ban without terminate.ban_hours) holds here too, not only in
 the web console that asks for the approval: a signed terminate is applied only when a lead or admin signed it or
-a second user, not its moderator, approved it (`approved_by`). A console key that leaks, or a console that skips
-its own check, cannot ban for good on one person's word. A plain (declared) command carries no identity to check:
+a second user, not its moderator, approved it (`approved_by`). A console that skips its own check (a bug, an old
+version) cannot ban for good on one person's word; whoever holds the console's private key can sign any role and
+approver, so the key is what guards the rule. A plain (declared) command carries no identity to check:
 web.require_signed_commands refuses those.
 """
 
@@ -163,7 +164,6 @@ class CommandTrustPolicy:
             raise CommandError("signature", "this monitor accepts signed commands only "
                                             "(web.require_signed_commands)")
         return cmd, DECLARED
-
 
     @staticmethod
     def _two_persons(cmd: Command, trust: CommandTrust) -> None:

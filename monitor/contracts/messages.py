@@ -22,7 +22,7 @@ since the epoch (numbers).
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal, Self
+from typing import Annotated, ClassVar, Final, Literal, Self, get_args
 
 from pydantic import ConfigDict, Field, JsonValue, model_validator
 
@@ -42,12 +42,14 @@ __all__ = [
     "COMMAND_SCHEMA_VERSION",
     "FINAL_STATUSES",
     "INCIDENT_SCHEMA_VERSION",
+    "ROLE_NAMES",
     "Action",
     "Command",
     "Health",
     "HistoryEntry",
     "Incident",
     "NodeStatus",
+    "RoleName",
     "SamplingDetail",
     "SignedCommand",
     "SignedCommandBody",
@@ -255,14 +257,16 @@ class Command(WireModel):
 SIGNED_FORMAT = "lsmc-command-1"  # monitor/incidents/commands.py SIGNED_FORMAT (tests/unit/test_contracts.py)
 MAX_SIGNED = 8192
 _COMMAND_ID = _BASE + "command-1.json"
-ROLE_NAMES = ("viewer", "moderator", "lead", "admin")  # monitor/web/users.py ROLES (tests/unit/test_contracts.py)
+# A console user's role, each allowed what the one before is (monitor/web/users.py takes them from here).
+RoleName = Literal["viewer", "moderator", "lead", "admin"]
+ROLE_NAMES: Final[tuple[RoleName, ...]] = get_args(RoleName)
 
 
 class SignedCommandBody(WireModel):
     """What a signed command's `signed` text holds, as JSON: the command and whose word it is."""
 
     command: Command
-    role: Literal["viewer", "moderator", "lead", "admin"] | None = Field(
+    role: RoleName | None = Field(
         description="The signing user's role in the console.")
     approved_by: _ID | None = Field(
         description="A second user who approved this command (the two-person rule for permanent bans).")

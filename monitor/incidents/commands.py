@@ -189,4 +189,4 @@ def open_signed(envelope: Mapping[str, object], keys: Mapping[str, Ed25519Public
         sent = None
     if sent is None or abs(now - sent) > max_age_s:
         raise CommandError("at", f"a signed command must be sent within {max_age_s:g} s of now, got {_show(at)}")
-    return cmd, CommandTrust(True, kid, str(role) if role is not None else None, approved_by)
+    return cmd, CommandTrust(True, kid, cast(str | None, role), approved_by)

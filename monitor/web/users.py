@@ -16,7 +16,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -24,11 +24,12 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from monitor.common.errors import UserError
 from monitor.common.safetext import describe_char, forbidden_char
 from monitor.common.statefiles import PRIVATE_FILE_MODE, private_dir
+from monitor.contracts.messages import ROLE_NAMES, RoleName
 
 __all__ = ["ROLES", "Role", "User", "UserStore", "at_least", "users_path"]
 
-Role = Literal["viewer", "moderator", "lead", "admin"]
-ROLES: Final[tuple[Role, ...]] = ("viewer", "moderator", "lead", "admin")
+Role = RoleName
+ROLES: Final[tuple[Role, ...]] = ROLE_NAMES
 USERS_FILE = "web-users.json"
 MIN_PASSWORD = 10
 DEFAULT_BLUR = 24  # px of CSS blur on a matched sample until revealed

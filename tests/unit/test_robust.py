@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -259,74 +260,50 @@ def test_cover_view_inpaints_the_box_and_nothing_else() -> None:
     assert np.abs(covered.astype(int) - small).mean() < 0.5 * np.abs(inset.astype(int) - small).mean()
 
 
-def test_webcam_insets_found_through_the_cover_view() -> None:
-    pictures = [known_image(s, W, H) for s in range(120, 150)]
-    others = [tf.composition(s, W, H) for s in range(8)]
+def found_via(pictures: list[np.ndarray], show: Callable[[np.ndarray, int], np.ndarray], view: str,
+              **off: bool) -> tuple[int, int, int]:
+    """Each picture shown through `show` against a bank of them all: how many the matcher finds with the switches
+    `off` turned off, how many with the defaults, and how many of those through a probe whose view starts with
+    `view`. Never another picture."""
     bank = bank_of(pictures)
-    off = on = via = 0
+    without = found = via = 0
     for seed, pic in enumerate(pictures):
-        shown = sample(as_stream(tf.webcam(pic, seed, others)))
-        off += bool(KnownContentMatcher([bank], boxes=False).process(shown))
+        shown = sample(as_stream(show(pic, seed)))
+        if off:
+            without += bool(KnownContentMatcher([bank], **off).process(shown))
         matches = KnownContentMatcher([bank]).process_detailed(shown)
         assert {m.finding.entry_id for m in matches} <= {f"e{seed}"}  # never another picture
-        on += bool(matches)
-        via += bool(matches) and matches[0].view.startswith("cover")
+        found += bool(matches)
+        via += bool(matches) and matches[0].view.startswith(view)
+    return without, found, via
+
+
+def test_webcam_insets_found_through_the_cover_view() -> None:
+    others = [tf.composition(s, W, H) for s in range(8)]
+    off, on, via = found_via([known_image(s, W, H) for s in range(120, 150)],
+                             lambda pic, seed: tf.webcam(pic, seed, others), "cover", boxes=False)
     assert on >= off + 3 and via >= 3, (off, on, via)
 
 
 def test_small_picture_in_picture_found_through_the_snapped_box() -> None:
-    pictures = [known_image(s, W, H) for s in range(200, 230)]
     others = [tf.composition(s, W, H) for s in range(8)]
-    bank = bank_of(pictures)
-    found = via = 0
-    for seed, pic in enumerate(pictures):
-        shown = sample(as_stream(tf.pip_small(pic, seed, others)))
-        matches = KnownContentMatcher([bank]).process_detailed(shown)
-        assert {m.finding.entry_id for m in matches} <= {f"e{seed}"}  # never another picture
-        found += bool(matches)
-        via += bool(matches) and matches[0].view.startswith("boxsnap")
+    _, found, via = found_via([known_image(s, W, H) for s in range(200, 230)],
+                              lambda pic, seed: tf.pip_small(pic, seed, others), "boxsnap")
     assert via >= 10, (found, via)  # nearer with the box's sides on the window's edges than as detected
 
 
 def test_gamma_changed_pictures_found_through_the_tone_views() -> None:
-    pictures = [known_image(s, W, H) for s in range(40, 80)]
-    bank = bank_of(pictures)
-    off = on = via_tone = 0
-    for seed, pic in enumerate(pictures):
-        shown = sample(as_stream(tf.gamma(pic, seed)))
-        off += bool(KnownContentMatcher([bank], tones=False).process(shown))
-        matches = KnownContentMatcher([bank]).process_detailed(shown)
-        assert {m.finding.entry_id for m in matches} <= {f"e{seed}"}  # never another picture
-        on += bool(matches)
-        via_tone += bool(matches) and matches[0].view.startswith("tone")
+    off, on, via_tone = found_via([known_image(s, W, H) for s in range(40, 80)], tf.gamma, "tone", tones=False)
     assert on >= off + 2 and via_tone >= 2, (off, on, via_tone)
 
 
 def test_cropped_pictures_found_through_the_reextended_views() -> None:
-    pictures = [known_image(s, W, H) for s in range(80, 110)]
-    bank = bank_of(pictures)
-    off = on = via = 0
-    for seed, pic in enumerate(pictures):
-        shown = sample(as_stream(tf.crop5(pic, seed)))
-        off += bool(KnownContentMatcher([bank], reextend=False).process(shown))
-        matches = KnownContentMatcher([bank]).process_detailed(shown)
-        assert {m.finding.entry_id for m in matches} <= {f"e{seed}"}  # never another picture
-        on += bool(matches)
-        via += bool(matches) and matches[0].view.startswith("reext_")
+    off, on, via = found_via([known_image(s, W, H) for s in range(80, 110)], tf.crop5, "reext_", reextend=False)
     assert on >= off + 5 and via >= 5, (off, on, via)
 
 
 def test_slightly_rotated_pictures_found_through_the_tilt_views() -> None:
-    pictures = [known_image(s, W, H) for s in range(160, 190)]
-    bank = bank_of(pictures)
-    off = on = via = 0
-    for seed, pic in enumerate(pictures):
-        shown = sample(as_stream(tf.rotate_small(pic, seed)))
-        off += bool(KnownContentMatcher([bank], tilts=False).process(shown))
-        matches = KnownContentMatcher([bank]).process_detailed(shown)
-        assert {m.finding.entry_id for m in matches} <= {f"e{seed}"}  # never another picture
-        on += bool(matches)
-        via += bool(matches) and matches[0].view.startswith("tilt")
+    off, on, via = found_via([known_image(s, W, H) for s in range(160, 190)], tf.rotate_small, "tilt", tilts=False)
     assert on >= off + 5 and via >= 5, (off, on, via)
 
 
